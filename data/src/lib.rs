@@ -1,0 +1,16 @@
+//! Data side of efficienttrain-rs: ImageFolder datasets, decoding, the timm-style
+//! train / eval transforms, RandAugment, low-frequency cropping and a deterministic,
+//! multi-threaded loader. Images are `image::RgbImage` until they become CHW `f32`.
+
+pub mod error;
+pub mod folder;
+pub mod decode;
+pub mod resample;
+pub mod transform;
+pub mod randaugment;
+pub mod lowfreq;
+pub mod loader;
+pub mod rng;
+
+pub use error::DataError;
+pub use rng::Rng;
