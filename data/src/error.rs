@@ -10,6 +10,8 @@ pub enum DataError {
     NoClasses(PathBuf),
     #[error("{0} has class folders but no images (.jpg, .jpeg, .png, ...): add images or point --data elsewhere")]
     NoImages(PathBuf),
+    #[error("class folder {0} contains no images (.jpg, .jpeg, .png, ...): add images or remove the folder")]
+    EmptyClass(PathBuf),
     #[error("cannot decode image {path}: {reason} (remove or replace the file)")]
     Decode { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}")]

@@ -10,7 +10,10 @@ pub mod transform;
 pub mod randaugment;
 pub mod lowfreq;
 pub mod loader;
+pub mod metrics;
+pub mod evaluation;
 pub mod rng;
 
 pub use error::DataError;
+pub use image::{Rgb, RgbImage};
 pub use rng::Rng;

@@ -1,1 +1,455 @@
-//! (in progress)
+//! A deterministic, multi-threaded, prefetching batch loader.
+//!
+//! Determinism comes from keying every random draw by `(seed, epoch, dataset index)`
+//! and assembling each batch in order, so the number of threads and their scheduling
+//! never change a batch. A producer thread builds batches ahead of the consumer
+//! through a bounded channel; the samples of one batch are transformed in parallel
+//! on the loader's own rayon pool, so the loader does not compete with (or deadlock
+//! on) the global pool used by the training step.
+
+use crate::folder::Sample;
+use crate::{DataError, Rng};
+use rayon::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub drop_last: bool,
+    pub seed: u64,
+    /// Transform threads; 0 lets rayon choose (one per core).
+    pub threads: usize,
+    /// Batches built ahead of the consumer (0: build the next one while it waits).
+    pub prefetch: usize,
+    /// Leave undecodable samples out of their batch (listed in `Batch::skipped`)
+    /// instead of ending the epoch with an error.
+    pub skip_corrupt: bool,
+}
+
+/// One batch in NCHW layout. With `skip_corrupt`, `N` may be smaller than the batch
+/// size, and 0 if every sample of the batch failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub images: Vec<f32>,
+    pub labels: Vec<usize>,
+    /// Dataset indices of the samples, in batch order.
+    pub indices: Vec<usize>,
+    pub shape: [usize; 4],
+    /// Samples left out of this batch, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// The visiting order of one epoch: a Fisher–Yates shuffle keyed by `(seed, epoch)`,
+/// or the identity.
+pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        Rng::from_keys(&[seed, epoch, 0x5348]).shuffle(&mut order);
+    }
+    order
+}
+
+pub struct Loader {
+    samples: Arc<Vec<Sample>>,
+    cfg: LoaderConfig,
+    /// `None` only if the OS refused to start threads; transforms then run on the
+    /// producer thread, with the same results.
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Loader {
+    pub fn new(samples: Arc<Vec<Sample>>, cfg: LoaderConfig) -> Self {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .thread_name(|i| format!("et-loader-{i}"))
+            .build()
+            .ok()
+            .map(Arc::new);
+        Loader { samples, cfg, pool }
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.cfg
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.samples.len(), self.cfg.batch_size.max(1));
+        if self.cfg.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// Starts producing the batches of `epoch`. `transform(sample, rng)` must return a
+    /// CHW tensor of shape `chw`; its `rng` is `Rng::from_keys(&[seed, epoch, index])`.
+    pub fn epoch<F>(&self, epoch: u64, chw: [usize; 3], transform: Arc<F>) -> BatchIter
+    where
+        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Send + Sync + 'static,
+    {
+        let (tx, rx) = sync_channel(self.cfg.prefetch);
+        let stop = Arc::new(AtomicBool::new(false));
+        if self.cfg.batch_size == 0 {
+            let _ = tx.send(Err(DataError::Invalid("batch size must be at least 1".into())));
+            return BatchIter { rx: Some(rx), stop, handle: None, remaining: 1 };
+        }
+        let order = epoch_order(self.samples.len(), self.cfg.seed, epoch, self.cfg.shuffle);
+        let batches: Vec<Vec<usize>> = order
+            .chunks(self.cfg.batch_size)
+            .filter(|b| !self.cfg.drop_last || b.len() == self.cfg.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let remaining = batches.len();
+        let job = Producer {
+            samples: self.samples.clone(),
+            cfg: self.cfg.clone(),
+            pool: self.pool.clone(),
+            epoch,
+            chw,
+            stop: stop.clone(),
+        };
+        let spawned = std::thread::Builder::new().name("et-loader-producer".into()).spawn(move || {
+            for indices in batches {
+                let Some(item) = job.batch(&indices, &*transform) else { return };
+                let fatal = item.is_err();
+                if tx.send(item).is_err() || fatal {
+                    return;
+                }
+            }
+        });
+        match spawned {
+            Ok(handle) => BatchIter { rx: Some(rx), stop, handle: Some(handle), remaining },
+            Err(e) => {
+                let (tx, rx) = sync_channel(1);
+                let _ = tx.send(Err(DataError::Invalid(format!("cannot start the loader thread: {e}"))));
+                BatchIter { rx: Some(rx), stop, handle: None, remaining: 1 }
+            }
+        }
+    }
+}
+
+/// What the producer thread needs, detached from the `Loader`.
+struct Producer {
+    samples: Arc<Vec<Sample>>,
+    cfg: LoaderConfig,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    epoch: u64,
+    chw: [usize; 3],
+    stop: Arc<AtomicBool>,
+}
+
+/// Outcome of one sample: its tensor, or an error the batch may skip, or one that
+/// always ends the epoch (a wrong tensor size or a panic are bugs, not bad files).
+enum Outcome {
+    Ok(Vec<f32>),
+    Failed(DataError),
+    Fatal(DataError),
+    Cancelled,
+}
+
+impl Producer {
+    fn sample<F>(&self, index: usize, transform: &F) -> Outcome
+    where
+        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Sync,
+    {
+        if self.stop.load(Ordering::Relaxed) {
+            return Outcome::Cancelled;
+        }
+        let sample = &self.samples[index];
+        let mut rng = Rng::from_keys(&[self.cfg.seed, self.epoch, index as u64]);
+        let expected = self.chw.iter().product::<usize>();
+        match catch_unwind(AssertUnwindSafe(|| transform(sample, &mut rng))) {
+            Ok(Ok(v)) if v.len() == expected => Outcome::Ok(v),
+            Ok(Ok(v)) => Outcome::Fatal(DataError::Invalid(format!(
+                "the transform of {} returned {} values, expected {}x{}x{} = {expected}",
+                sample.path.display(),
+                v.len(),
+                self.chw[0],
+                self.chw[1],
+                self.chw[2]
+            ))),
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Outcome::Fatal(DataError::Invalid(format!("the transform panicked on {}: {msg}", sample.path.display())))
+            }
+        }
+    }
+
+    /// Builds one batch; `None` when the consumer has gone away.
+    fn batch<F>(&self, indices: &[usize], transform: &F) -> Option<Result<Batch, DataError>>
+    where
+        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Sync,
+    {
+        let run = || indices.par_iter().map(|&i| self.sample(i, transform)).collect::<Vec<_>>();
+        let outcomes = match &self.pool {
+            Some(pool) => pool.install(run),
+            None => indices.iter().map(|&i| self.sample(i, transform)).collect(),
+        };
+        let [c, h, w] = self.chw;
+        let mut batch = Batch {
+            images: Vec::with_capacity(indices.len() * c * h * w),
+            labels: Vec::with_capacity(indices.len()),
+            indices: Vec::with_capacity(indices.len()),
+            shape: [0, c, h, w],
+            skipped: Vec::new(),
+        };
+        for (&i, outcome) in indices.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Ok(v) => {
+                    batch.images.extend_from_slice(&v);
+                    batch.labels.push(self.samples[i].label);
+                    batch.indices.push(i);
+                }
+                Outcome::Failed(e) if self.cfg.skip_corrupt => {
+                    batch.skipped.push((self.samples[i].path.clone(), e.to_string()));
+                }
+                Outcome::Failed(e) | Outcome::Fatal(e) => return Some(Err(e)),
+                Outcome::Cancelled => return None,
+            }
+        }
+        batch.shape[0] = batch.labels.len();
+        Some(Ok(batch))
+    }
+}
+
+/// The batches of one epoch. Dropping it stops the producer (after the batch in
+/// progress) and waits for it, so no thread outlives the iterator.
+pub struct BatchIter {
+    rx: Option<Receiver<Result<Batch, DataError>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    remaining: usize,
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.rx.as_ref()?.recv().ok();
+        match item {
+            Some(Ok(b)) => {
+                self.remaining = self.remaining.saturating_sub(1);
+                Some(Ok(b))
+            }
+            Some(Err(e)) => {
+                self.finish();
+                Some(Err(e))
+            }
+            None => {
+                // The producer is done; a panic outside the transforms would otherwise
+                // look like a short epoch.
+                let panicked = self.handle.take().map(|h| h.join().is_err()).unwrap_or(false);
+                self.finish();
+                panicked.then(|| Err(DataError::Invalid("the loader thread panicked".into())))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.rx.is_some() {
+            (0, Some(self.remaining))
+        } else {
+            (0, Some(0))
+        }
+    }
+}
+
+impl BatchIter {
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver wakes a producer blocked on a full channel.
+        self.rx = None;
+        self.remaining = 0;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for BatchIter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    fn samples(n: usize) -> Arc<Vec<Sample>> {
+        Arc::new((0..n).map(|i| Sample { path: PathBuf::from(format!("img{i}.jpg")), label: i % 7 }).collect())
+    }
+
+    fn cfg(batch_size: usize, threads: usize) -> LoaderConfig {
+        LoaderConfig { batch_size, shuffle: true, drop_last: false, seed: 42, threads, prefetch: 2, skip_corrupt: false }
+    }
+
+    /// A transform that uses its rng and encodes the sample.
+    fn noisy(s: &Sample, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
+        Ok(vec![s.label as f32, rng.uniform() as f32, rng.normal() as f32, s.path.as_os_str().len() as f32])
+    }
+
+    fn collect(l: &Loader, epoch: u64) -> Vec<Batch> {
+        l.epoch(epoch, [1, 2, 2], Arc::new(noisy)).map(|b| b.unwrap()).collect()
+    }
+
+    #[test]
+    fn order_is_a_keyed_permutation() {
+        let a = epoch_order(100, 1, 0, true);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(100, 1, 0, true));
+        assert_ne!(a, epoch_order(100, 1, 1, true));
+        assert_ne!(a, epoch_order(100, 2, 0, true));
+        assert_eq!(epoch_order(5, 1, 0, false), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn identical_whatever_the_thread_count() {
+        let s = samples(53);
+        let one = Loader::new(s.clone(), cfg(8, 1));
+        let three = Loader::new(s.clone(), cfg(8, 3));
+        assert_eq!(one.batches_per_epoch(), 7);
+        let a = collect(&one, 3);
+        assert_eq!(a, collect(&three, 3));
+        assert_ne!(a, collect(&three, 4));
+        assert_eq!(a.len(), 7);
+        assert_eq!(a[6].shape, [5, 1, 2, 2]);
+        let seen: Vec<usize> = a.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(seen, epoch_order(53, 42, 3, true));
+        for b in &a {
+            assert_eq!(b.images.len(), b.shape.iter().product::<usize>());
+            for (k, &i) in b.indices.iter().enumerate() {
+                assert_eq!(b.labels[k], s[i].label);
+                assert_eq!(b.images[k * 4], s[i].label as f32);
+            }
+        }
+        let mut c = cfg(8, 2);
+        c.drop_last = true;
+        let l = Loader::new(s, c);
+        assert_eq!(l.batches_per_epoch(), 6);
+        assert!(collect(&l, 0).iter().all(|b| b.len() == 8));
+    }
+
+    fn failing(s: &Sample, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
+        let i: usize = s.path.to_string_lossy().trim_start_matches("img").trim_end_matches(".jpg").parse().unwrap();
+        if i % 5 == 3 {
+            return Err(DataError::Decode { path: s.path.clone(), reason: "truncated".into() });
+        }
+        noisy(s, rng)
+    }
+
+    #[test]
+    fn skip_mode_leaves_out_failures() {
+        let mut c = cfg(4, 3);
+        c.skip_corrupt = true;
+        c.shuffle = false;
+        let l = Loader::new(samples(12), c);
+        let b: Vec<Batch> = l.epoch(0, [1, 2, 2], Arc::new(failing)).map(|b| b.unwrap()).collect();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[0].indices, vec![0, 1, 2]);
+        assert_eq!(b[0].shape, [3, 1, 2, 2]);
+        assert_eq!(b[0].skipped.len(), 1);
+        assert_eq!(b[0].skipped[0].0, PathBuf::from("img3.jpg"));
+        assert!(b[0].skipped[0].1.contains("truncated"));
+        assert_eq!(b[2].indices, vec![9, 10, 11]);
+        assert_eq!(b[1].indices, vec![4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn fatal_mode_stops_at_the_first_failure() {
+        let mut c = cfg(2, 2);
+        c.shuffle = false;
+        let l = Loader::new(samples(12), c);
+        let mut it = l.epoch(0, [1, 2, 2], Arc::new(failing));
+        assert!(it.next().unwrap().is_ok());
+        match it.next() {
+            Some(Err(DataError::Decode { path, .. })) => assert_eq!(path, PathBuf::from("img3.jpg")),
+            other => panic!("expected the decode error, got {other:?}"),
+        }
+        assert!(it.next().is_none());
+        // A wrong tensor size is fatal even when skipping.
+        let mut c = cfg(2, 2);
+        c.skip_corrupt = true;
+        let l = Loader::new(samples(4), c);
+        let r: Vec<_> = l.epoch(0, [3, 2, 2], Arc::new(noisy)).collect();
+        assert!(matches!(r.as_slice(), [Err(DataError::Invalid(_))]));
+    }
+
+    #[test]
+    fn a_panicking_transform_is_an_error_not_a_short_epoch() {
+        let l = Loader::new(samples(6), cfg(3, 2));
+        let t = |s: &Sample, _: &mut Rng| -> Result<Vec<f32>, DataError> {
+            if s.label == 4 {
+                panic!("boom");
+            }
+            Ok(vec![0.0; 4])
+        };
+        let r: Vec<_> = l.epoch(0, [1, 2, 2], Arc::new(t)).collect();
+        assert!(r.iter().any(|b| matches!(b, Err(DataError::Invalid(m)) if m.contains("boom"))), "{r:?}");
+    }
+
+    #[test]
+    fn dropping_early_stops_the_producer() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let slow = move |s: &Sample, rng: &mut Rng| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            noisy(s, rng)
+        };
+        let mut c = cfg(4, 2);
+        c.prefetch = 1;
+        let l = Loader::new(samples(2000), c);
+        let mut it = l.epoch(0, [1, 2, 2], Arc::new(slow));
+        assert!(it.next().unwrap().is_ok());
+        let start = std::time::Instant::now();
+        drop(it);
+        assert!(start.elapsed() < Duration::from_secs(2));
+        let after_drop = calls.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(calls.load(Ordering::SeqCst), after_drop);
+        assert!(after_drop < 40, "{after_drop} samples transformed");
+        // The loader is reusable afterwards.
+        assert_eq!(collect(&Loader::new(samples(9), cfg(4, 2)), 0).len(), 3);
+    }
+
+    #[test]
+    fn zero_batch_size_is_an_error() {
+        let l = Loader::new(samples(3), cfg(0, 1));
+        let r: Vec<_> = l.epoch(0, [1, 2, 2], Arc::new(noisy)).collect();
+        assert!(matches!(r.as_slice(), [Err(DataError::Invalid(_))]));
+    }
+}

@@ -1,1 +1,352 @@
-//! (in progress)
+//! The torchvision / timm image transforms used for ImageNet training and evaluation.
+//!
+//! Each function reproduces its Python counterpart's geometry, including the places
+//! where Python rounds half to even (`round()`) or truncates (`int()`), and draws its
+//! random numbers in the same order, so a crop differs from the reference only by the
+//! random stream itself.
+
+use crate::resample::{resize, Filter};
+use crate::Rng;
+use image::RgbImage;
+
+/// Python's `round()`: half to even.
+fn py_round(x: f64) -> i64 {
+    x.round_ties_even() as i64
+}
+
+/// Copies the `height x width` window at (`top`, `left`), filling what falls outside
+/// the image with black, like PIL's `Image.crop`.
+pub fn crop(img: &RgbImage, top: i64, left: i64, height: u32, width: u32) -> RgbImage {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    RgbImage::from_fn(width, height, |x, y| {
+        let (sx, sy) = (left + x as i64, top + y as i64);
+        if (0..w).contains(&sx) && (0..h).contains(&sy) {
+            *img.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// torchvision `RandomResizedCrop` (and timm's `RandomResizedCropAndInterpolation`
+/// with a fixed interpolation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RandomResizedCrop {
+    pub size: u32,
+    pub scale: (f64, f64),
+    pub ratio: (f64, f64),
+    pub filter: Filter,
+}
+
+impl RandomResizedCrop {
+    /// The ImageNet defaults: scale (0.08, 1), ratio (3/4, 4/3), bicubic (timm).
+    pub fn new(size: u32) -> Self {
+        RandomResizedCrop { size, scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), filter: Filter::Bicubic }
+    }
+
+    /// torchvision `RandomResizedCrop.get_params` for a `w x h` image:
+    /// returns `(top, left, height, width)` of the crop.
+    pub fn params(&self, w: u32, h: u32, rng: &mut Rng) -> (u32, u32, u32, u32) {
+        let (width, height) = (w as i64, h as i64);
+        let area = (w as f64) * (h as f64);
+        let log_ratio = (self.ratio.0.ln(), self.ratio.1.ln());
+        for _ in 0..10 {
+            let target_area = area * rng.uniform_range(self.scale.0, self.scale.1);
+            let aspect = rng.uniform_range(log_ratio.0, log_ratio.1).exp();
+            let cw = py_round((target_area * aspect).sqrt());
+            let ch = py_round((target_area / aspect).sqrt());
+            if 0 < cw && cw <= width && 0 < ch && ch <= height {
+                let top = rng.below((height - ch + 1) as usize) as u32;
+                let left = rng.below((width - cw + 1) as usize) as u32;
+                return (top, left, ch as u32, cw as u32);
+            }
+        }
+        // Fallback: the largest centred crop whose ratio is within bounds.
+        let in_ratio = w as f64 / h as f64;
+        let (rmin, rmax) = (self.ratio.0.min(self.ratio.1), self.ratio.0.max(self.ratio.1));
+        let (cw, ch) = if in_ratio < rmin {
+            (width, py_round(width as f64 / rmin))
+        } else if in_ratio > rmax {
+            (py_round(height as f64 * rmax), height)
+        } else {
+            (width, height)
+        };
+        // `//` floors; the clamp only matters for degenerate (empty) images.
+        let top = (height - ch).div_euclid(2).max(0) as u32;
+        let left = (width - cw).div_euclid(2).max(0) as u32;
+        (top, left, ch.max(0) as u32, cw.max(0) as u32)
+    }
+
+    /// Crops at random and resizes the crop to `size x size`.
+    pub fn apply(&self, img: &RgbImage, rng: &mut Rng) -> RgbImage {
+        let (top, left, h, w) = self.params(img.width(), img.height(), rng);
+        let cropped = crop(img, top as i64, left as i64, h, w);
+        resize(&cropped, self.size, self.size, self.filter)
+    }
+}
+
+/// Mirrors left-right.
+pub fn hflip(img: &RgbImage) -> RgbImage {
+    image::imageops::flip_horizontal(img)
+}
+
+/// torchvision `RandomHorizontalFlip(p)`: one uniform draw, flip when below `p`.
+pub fn random_hflip(img: RgbImage, p: f64, rng: &mut Rng) -> RgbImage {
+    if rng.uniform() < p {
+        hflip(&img)
+    } else {
+        img
+    }
+}
+
+/// torchvision `Resize(size)` with an int: the shorter side becomes `size` and the
+/// longer one `int(size * long / short)` (truncated), keeping the aspect ratio.
+pub fn resize_shorter(img: &RgbImage, size: u32, filter: Filter) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return img.clone();
+    }
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (size as f64 * long as f64 / short as f64) as u32;
+    let (nw, nh) = if w <= h { (size, new_long) } else { (new_long, size) };
+    resize(img, nw, nh, filter)
+}
+
+/// torchvision `CenterCrop(size)`: zero-pads an image smaller than the crop (the
+/// extra pixel of an odd padding goes right / bottom), then crops at
+/// `int(round((h - size) / 2))`, `int(round((w - size) / 2))`.
+pub fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
+    let (mut w, mut h) = (img.width() as i64, img.height() as i64);
+    let s = size as i64;
+    // Padding shifts the image by the left / top pad; the crop is then taken in the
+    // padded frame, which `crop` addresses with a negative offset.
+    let (mut off_x, mut off_y) = (0i64, 0i64);
+    if s > w || s > h {
+        if s > w {
+            off_x = (s - w).div_euclid(2);
+            w = s;
+        }
+        if s > h {
+            off_y = (s - h).div_euclid(2);
+            h = s;
+        }
+    }
+    let top = py_round((h - s) as f64 / 2.0);
+    let left = py_round((w - s) as f64 / 2.0);
+    crop(img, top - off_y, left - off_x, size, size)
+}
+
+/// timm's evaluation transform: resize the shorter side to
+/// `floor(resolution / crop_pct)`, then centre-crop `resolution`. A `crop_pct` that
+/// is not positive and finite (which callers should reject) acts as 1.
+pub fn eval_transform(img: &RgbImage, resolution: u32, crop_pct: f64, filter: Filter) -> RgbImage {
+    let crop_pct = if crop_pct.is_finite() && crop_pct > 0.0 { crop_pct } else { 1.0 };
+    let scale = (resolution as f64 / crop_pct).floor() as u32;
+    center_crop(&resize_shorter(img, scale, filter), resolution)
+}
+
+/// torchvision `ToTensor`: HWC u8 to CHW f32 in [0, 1].
+pub fn to_chw_f32(img: &RgbImage) -> Vec<f32> {
+    let n = (img.width() * img.height()) as usize;
+    let raw = img.as_raw();
+    let mut out = vec![0f32; 3 * n];
+    for (i, p) in raw.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * n + i] = p[c] as f32 / 255.0;
+        }
+    }
+    out
+}
+
+/// torchvision `Normalize`: `(x - mean[c]) / std[c]` in place, in f32 as PyTorch does.
+pub fn normalize_chw(chw: &mut [f32], c: usize, mean: &[f32], std: &[f32]) {
+    if c == 0 || mean.is_empty() || std.is_empty() {
+        return;
+    }
+    let plane = chw.len() / c;
+    for (ch, values) in chw.chunks_exact_mut(plane).enumerate().take(c) {
+        let (m, s) = (mean[ch % mean.len()], std[ch % std.len()]);
+        values.iter_mut().for_each(|v| *v = (*v - m) / s);
+    }
+}
+
+/// timm `RandomErasing(probability, mode='pixel')` with one erase: a rectangle of
+/// 2%..33% of the area and log-uniform aspect in [0.3, 1/0.3] is replaced by
+/// per-pixel, per-channel standard normal noise (on the normalised tensor).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RandomErasing {
+    pub prob: f64,
+}
+
+impl RandomErasing {
+    const MIN_AREA: f64 = 0.02;
+    const MAX_AREA: f64 = 1.0 / 3.0;
+    const MIN_ASPECT: f64 = 0.3;
+
+    /// Returns the erased `(top, left, height, width)`, if any (never for a buffer
+    /// that is not `c * h * w` long).
+    pub fn apply(&self, chw: &mut [f32], c: usize, h: usize, w: usize, rng: &mut Rng) -> Option<(usize, usize, usize, usize)> {
+        // timm skips when `random() > p`.
+        if rng.uniform() > self.prob || chw.len() != c * h * w {
+            return None;
+        }
+        let area = (h * w) as f64;
+        let log_aspect = (Self::MIN_ASPECT.ln(), (1.0 / Self::MIN_ASPECT).ln());
+        for _ in 0..10 {
+            let target_area = rng.uniform_range(Self::MIN_AREA, Self::MAX_AREA) * area;
+            let aspect = rng.uniform_range(log_aspect.0, log_aspect.1).exp();
+            let eh = py_round((target_area * aspect).sqrt()).max(0) as usize;
+            let ew = py_round((target_area / aspect).sqrt()).max(0) as usize;
+            if ew < w && eh < h {
+                let top = rng.below(h - eh + 1);
+                let left = rng.below(w - ew + 1);
+                // Filled channel by channel, row-major: the order of `normal_()` on (c, h, w).
+                for ch in 0..c {
+                    for y in top..top + eh {
+                        let row = (ch * h + y) * w;
+                        for v in &mut chw[row + left..row + left + ew] {
+                            *v = rng.normal() as f32;
+                        }
+                    }
+                }
+                return Some((top, left, eh, ew));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8]))
+    }
+
+    #[test]
+    fn py_round_is_half_to_even() {
+        assert_eq!((py_round(0.5), py_round(1.5), py_round(2.5), py_round(-0.5)), (0, 2, 2, 0));
+    }
+
+    #[test]
+    fn rrc_params_in_bounds_and_deterministic() {
+        let t = RandomResizedCrop::new(32);
+        for (w, h) in [(500u32, 375u32), (64, 64), (10, 300), (3, 2)] {
+            let mut a = Rng::from_keys(&[1, 2, 3]);
+            let mut b = Rng::from_keys(&[1, 2, 3]);
+            for _ in 0..500 {
+                let p = t.params(w, h, &mut a);
+                assert_eq!(p, t.params(w, h, &mut b));
+                let (top, left, ch, cw) = p;
+                assert!(ch > 0 && cw > 0 && top + ch <= h && left + cw <= w, "{p:?} in {w}x{h}");
+            }
+        }
+        let mut r = Rng::new(9);
+        let areas: Vec<f64> = (0..2000)
+            .map(|_| {
+                let (_, _, ch, cw) = t.params(400, 400, &mut r);
+                (ch * cw) as f64 / 160_000.0
+            })
+            .collect();
+        let mean = areas.iter().sum::<f64>() / areas.len() as f64;
+        // Mostly-accepted uniform(0.08, 1) area draws average a little under 0.54.
+        assert!((0.45..0.6).contains(&mean), "mean area fraction {mean}");
+    }
+
+    #[test]
+    fn rrc_fallback_is_centred_with_clamped_ratio() {
+        // A 1000x10 strip cannot fit any 3/4..4/3 crop of >= 8% area: the fallback
+        // takes h = 10, w = round(10 * 4/3) = 13, centred.
+        let t = RandomResizedCrop::new(8);
+        let mut r = Rng::new(0);
+        assert_eq!(t.params(1000, 10, &mut r), (0, 493, 10, 13));
+        let out = t.apply(&gradient(1000, 10), &mut r);
+        assert_eq!(out.dimensions(), (8, 8));
+    }
+
+    #[test]
+    fn flips() {
+        let img = gradient(5, 3);
+        let f = hflip(&img);
+        assert_eq!(f.get_pixel(0, 1), img.get_pixel(4, 1));
+        assert_eq!(hflip(&f), img);
+        let mut r = Rng::new(1);
+        assert_eq!(random_hflip(img.clone(), 0.0, &mut r), img);
+        assert_eq!(random_hflip(img.clone(), 1.0, &mut r), f);
+    }
+
+    #[test]
+    fn resize_shorter_truncates_long_side() {
+        let img = gradient(500, 375);
+        assert_eq!(resize_shorter(&img, 256, Filter::Bilinear).dimensions(), (341, 256));
+        let img = gradient(375, 500);
+        assert_eq!(resize_shorter(&img, 256, Filter::Bilinear).dimensions(), (256, 341));
+        let img = gradient(10, 10);
+        assert_eq!(resize_shorter(&img, 10, Filter::Bicubic), img);
+    }
+
+    #[test]
+    fn center_crop_geometry() {
+        let img = gradient(9, 6);
+        // top = round(2/2) = 1, left = round(5/2) = 2 (half to even).
+        let c = center_crop(&img, 4);
+        assert_eq!(c.dimensions(), (4, 4));
+        assert_eq!(c.get_pixel(0, 0), img.get_pixel(2, 1));
+        let img = gradient(8, 7);
+        // Size 5: left = round(1.5) = 2, top = round(1.0) = 1.
+        let c = center_crop(&img, 5);
+        assert_eq!(c.get_pixel(0, 0), img.get_pixel(2, 1));
+        // Padding: 3x2 image into 6x6: pad l=1, r=2, t=2, b=2.
+        let img = RgbImage::from_pixel(3, 2, image::Rgb([9, 9, 9]));
+        let c = center_crop(&img, 6);
+        let filled: Vec<(u32, u32)> = c.enumerate_pixels().filter(|p| p.2 .0 == [9, 9, 9]).map(|p| (p.0, p.1)).collect();
+        assert_eq!(filled, vec![(1, 2), (2, 2), (3, 2), (1, 3), (2, 3), (3, 3)]);
+        // Padding in one dimension only, cropping in the other: 10x2 into 4x4.
+        let img = gradient(10, 2);
+        let c = center_crop(&img, 4);
+        assert_eq!(c.get_pixel(0, 1), img.get_pixel(3, 0));
+        assert_eq!(c.get_pixel(0, 0).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn eval_transform_size() {
+        let img = gradient(500, 375);
+        let out = eval_transform(&img, 224, 0.875, Filter::Bicubic);
+        assert_eq!(out.dimensions(), (224, 224));
+        // Resize to 341x256, crop at left = round(117/2) = 58, top = 16.
+        let resized = resize_shorter(&img, 256, Filter::Bicubic);
+        assert_eq!(out.get_pixel(0, 0), resized.get_pixel(58, 16));
+    }
+
+    #[test]
+    fn chw_and_normalize() {
+        let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([255 * x as u8, 51, 0]));
+        let mut t = to_chw_f32(&img);
+        assert_eq!(t, vec![0.0, 1.0, 0.2, 0.2, 0.0, 0.0]);
+        normalize_chw(&mut t, 3, &[0.5, 0.2, 0.0], &[0.5, 1.0, 2.0]);
+        assert_eq!(t, vec![-1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn erasing_replaces_a_plausible_region() {
+        let (c, h, w) = (3, 40, 50);
+        let e = RandomErasing { prob: 1.0 };
+        let mut r = Rng::new(5);
+        for _ in 0..50 {
+            let mut t = vec![7.0f32; c * h * w];
+            let (top, left, eh, ew) = e.apply(&mut t, c, h, w, &mut r).expect("p = 1 always erases here");
+            let changed = t.iter().filter(|&&v| v != 7.0).count();
+            assert_eq!(changed, c * eh * ew);
+            let frac = (eh * ew) as f64 / (h * w) as f64;
+            assert!((0.01..0.4).contains(&frac), "area fraction {frac}");
+            assert!(top + eh <= h && left + ew <= w);
+            for ch in 0..c {
+                assert_ne!(t[(ch * h + top) * w + left], 7.0);
+            }
+        }
+        let mut t = vec![7.0f32; c * h * w];
+        assert_eq!(RandomErasing { prob: 0.0 }.apply(&mut t, c, h, w, &mut r), None);
+        assert!(t.iter().all(|&v| v == 7.0));
+    }
+}

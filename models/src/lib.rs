@@ -1,1 +1,17 @@
+//! Models of efficienttrain-rs: parameters, the `Ops` abstraction that lets one model
+//! definition run in candle (training, inference) and be written out as ONNX, fast ops
+//! with correct gradients, the backbones (timm weight names) and their registry.
 
+pub mod error;
+pub mod params;
+pub mod ops;
+pub mod layers;
+pub mod convnext;
+pub mod registry;
+pub mod run_config;
+
+pub use error::ModelError;
+pub use ops::{CandleOps, Ops};
+pub use params::ParamStore;
+pub use registry::{create_model, Model, ModelOptions};
+pub use run_config::RunConfig;

@@ -1,0 +1,200 @@
+//! `OnnxOps`: the exporter's implementation of the models' [`Ops`] trait. Running a
+//! model's ordinary `forward` with it records ONNX nodes instead of computing, so the
+//! exported graph is the trained model's own definition, never a re-description.
+
+use super::proto::*;
+use candle_core::{DType, Result, Tensor, TensorId};
+use et_models::ops::{ConvGeom, Ops};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub const OPSET: i64 = 17;
+/// IR version 8 is what opset 17 shipped with; every runtime that knows opset 17 reads it.
+pub const IR_VERSION: i64 = 8;
+
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    by_tensor: HashMap<(TensorId, Vec<usize>), String>,
+    used_names: HashMap<String, usize>,
+    counter: usize,
+}
+
+pub struct OnnxOps {
+    graph: RefCell<Graph>,
+    /// timm names of the parameters, so the ONNX initialisers keep them.
+    param_names: HashMap<TensorId, String>,
+}
+
+/// An activation in the graph being recorded: the name of an ONNX value.
+pub type Value = Rc<str>;
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), i: Some(v), r#type: Some(attribute_type::INT), ..Default::default() }
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), ints: v.to_vec(), r#type: Some(attribute_type::INTS), ..Default::default() }
+}
+
+fn float_attr(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), f: Some(v), r#type: Some(attribute_type::FLOAT), ..Default::default() }
+}
+
+impl OnnxOps {
+    pub fn new(param_names: HashMap<TensorId, String>) -> Self {
+        OnnxOps { graph: RefCell::new(Graph::default()), param_names }
+    }
+
+    /// Nodes and initialisers recorded so far.
+    pub fn finish(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        let g = self.graph.into_inner();
+        (g.nodes, g.initializers)
+    }
+
+    fn fresh(&self, op: &str) -> String {
+        let mut g = self.graph.borrow_mut();
+        g.counter += 1;
+        format!("/{op}_{}", g.counter)
+    }
+
+    fn node(&self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> Value {
+        let out = self.fresh(op);
+        self.graph.borrow_mut().nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            name: Some(format!("{out}_node")),
+            op_type: Some(op.into()),
+            attribute: attrs,
+            domain: None,
+        });
+        out.into()
+    }
+
+    /// An f32 initialiser holding `t` reshaped to `shape` (one per distinct tensor and shape).
+    fn param(&self, t: &Tensor, shape: &[usize]) -> Result<String> {
+        let key = (t.id(), shape.to_vec());
+        if let Some(name) = self.graph.borrow().by_tensor.get(&key) {
+            return Ok(name.clone());
+        }
+        let base = self.param_names.get(&t.id()).cloned().unwrap_or_else(|| "param".to_string());
+        let data: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let name = self.unique(base);
+        self.add_initializer(&name, shape, data);
+        self.graph.borrow_mut().by_tensor.insert(key, name.clone());
+        Ok(name)
+    }
+
+    fn unique(&self, base: String) -> String {
+        let mut g = self.graph.borrow_mut();
+        let n = g.used_names.entry(base.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            base
+        } else {
+            format!("{base}.{}", *n - 1)
+        }
+    }
+
+    fn add_initializer(&self, name: &str, shape: &[usize], data: Vec<f32>) {
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.graph.borrow_mut().initializers.push(TensorProto {
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: Some(data_type::FLOAT),
+            name: Some(name.to_string()),
+            raw_data: Some(raw),
+        });
+    }
+
+    fn scalar(&self, v: f32) -> String {
+        let name = self.unique(format!("const_{v}"));
+        self.add_initializer(&name, &[], vec![v]);
+        name
+    }
+}
+
+impl Ops for OnnxOps {
+    type T = Value;
+
+    fn conv2d(&self, x: &Value, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Value> {
+        let (_, _, kh, kw) = w.dims4()?;
+        let wn = self.param(w, w.dims())?;
+        let mut inputs = vec![x.to_string(), wn];
+        if let Some(b) = b {
+            inputs.push(self.param(b, b.dims())?);
+        }
+        let p = g.padding as i64;
+        let s = g.stride as i64;
+        let attrs = vec![
+            ints_attr("kernel_shape", &[kh as i64, kw as i64]),
+            ints_attr("strides", &[s, s]),
+            ints_attr("pads", &[p, p, p, p]),
+            ints_attr("dilations", &[1, 1]),
+            int_attr("group", g.groups as i64),
+        ];
+        let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+        Ok(self.node("Conv", &refs, attrs))
+    }
+
+    fn linear(&self, x: &Value, w: &Tensor, b: Option<&Tensor>) -> Result<Value> {
+        // Gemm needs 2-D input; models call `linear` on (N, C) features here.
+        let wn = self.param(w, w.dims())?;
+        let mut inputs = vec![x.to_string(), wn];
+        if let Some(b) = b {
+            inputs.push(self.param(b, b.dims())?);
+        }
+        let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+        Ok(self.node("Gemm", &refs, vec![int_attr("transB", 1)]))
+    }
+
+    fn layer_norm_channels(&self, x: &Value, w: &Tensor, b: &Tensor, eps: f64) -> Result<Value> {
+        let t = self.node("Transpose", &[x], vec![ints_attr("perm", &[0, 2, 3, 1])]);
+        let y = self.layer_norm(&t, w, b, eps)?;
+        Ok(self.node("Transpose", &[&y], vec![ints_attr("perm", &[0, 3, 1, 2])]))
+    }
+
+    fn layer_norm(&self, x: &Value, w: &Tensor, b: &Tensor, eps: f64) -> Result<Value> {
+        let wn = self.param(w, w.dims())?;
+        let bn = self.param(b, b.dims())?;
+        Ok(self.node("LayerNormalization", &[x, &wn, &bn], vec![int_attr("axis", -1), float_attr("epsilon", eps as f32)]))
+    }
+
+    fn gelu(&self, x: &Value) -> Result<Value> {
+        // Gelu is a native op only from opset 20: 0.5·x·(1 + erf(x/√2)).
+        let sqrt2 = self.scalar(std::f32::consts::SQRT_2);
+        let one = self.scalar(1.0);
+        let half = self.scalar(0.5);
+        let d = self.node("Div", &[x, &sqrt2], vec![]);
+        let e = self.node("Erf", &[&d], vec![]);
+        let a = self.node("Add", &[&e, &one], vec![]);
+        let m = self.node("Mul", &[x, &a], vec![]);
+        Ok(self.node("Mul", &[&m, &half], vec![]))
+    }
+
+    fn relu(&self, x: &Value) -> Result<Value> {
+        Ok(self.node("Relu", &[x], vec![]))
+    }
+
+    fn add(&self, a: &Value, b: &Value) -> Result<Value> {
+        Ok(self.node("Add", &[a, b], vec![]))
+    }
+
+    fn scale_channels(&self, x: &Value, gamma: &Tensor) -> Result<Value> {
+        let g = self.param(gamma, &[1, gamma.elem_count(), 1, 1])?;
+        Ok(self.node("Mul", &[x, &g], vec![]))
+    }
+
+    fn global_avg_pool(&self, x: &Value) -> Result<Value> {
+        Ok(self.node("GlobalAveragePool", &[x], vec![]))
+    }
+
+    fn flatten(&self, x: &Value) -> Result<Value> {
+        Ok(self.node("Flatten", &[x], vec![int_attr("axis", 1)]))
+    }
+
+    fn drop_path(&self, x: &Value, _rate: f64) -> Result<Value> {
+        Ok(x.clone())
+    }
+}

@@ -1,0 +1,43 @@
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use candle_core::{DType, Device, Tensor, Var};
+use et_models::ops::{ConvGeom, Ops};
+use et_models::CandleOps;
+use std::time::Instant;
+
+fn time(name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>, vars: &[&Var]) -> candle_core::Result<()> {
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        let t = Instant::now();
+        let y = f()?;
+        let tf = t.elapsed().as_secs_f64();
+        let g = y.sum_all()?.backward()?;
+        let tb = t.elapsed().as_secs_f64() - tf;
+        for v in vars { assert!(g.get(v.as_tensor()).is_some()); }
+        best = (best.0.min(tf), best.1.min(tb));
+    }
+    println!("{name:<28} fwd {:7.2} ms  bwd {:7.2} ms", best.0 * 1e3, best.1 * 1e3);
+    Ok(())
+}
+
+fn main() -> candle_core::Result<()> {
+    let d = Device::Cpu;
+    let o = CandleOps::eval();
+    let (n, c, h) = (64, 40, 16);
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, h), &d)?)?;
+    let wdw = Var::from_tensor(&Tensor::randn(0f32, 1., (c, 1, 7, 7), &d)?)?;
+    let b = Var::from_tensor(&Tensor::zeros(c, DType::F32, &d)?)?;
+    let lw = Var::from_tensor(&Tensor::ones(c, DType::F32, &d)?)?;
+    let w1 = Var::from_tensor(&Tensor::randn(0f32, 1., (4 * c, c, 1, 1), &d)?)?;
+    let b1 = Var::from_tensor(&Tensor::zeros(4 * c, DType::F32, &d)?)?;
+    let big = Var::from_tensor(&Tensor::randn(0f32, 1., (n, 4 * c, h, h), &d)?)?;
+    let wds = Var::from_tensor(&Tensor::randn(0f32, 1., (2 * c, c, 2, 2), &d)?)?;
+    time("depthwise 7x7", &|| o.conv2d(&x, &wdw, Some(&b), ConvGeom { stride: 1, padding: 3, groups: c }), &[&x, &wdw])?;
+    time("layernorm channels", &|| o.layer_norm_channels(&x, &lw, &b, 1e-6), &[&x, &lw])?;
+    time("pointwise c->4c", &|| o.conv2d(&x, &w1, Some(&b1), ConvGeom { stride: 1, padding: 0, groups: 1 }), &[&x, &w1])?;
+    time("gelu 4c", &|| o.gelu(&big), &[&big])?;
+    time("scale channels", &|| o.scale_channels(&x, &lw), &[&x])?;
+    time("add residual", &|| o.add(&x, &x), &[&x])?;
+    time("downsample conv 2x2 s2", &|| o.conv2d(&x, &wds, None, ConvGeom { stride: 2, padding: 0, groups: 1 }), &[&x, &wds])?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! ConvNeXt (Liu et al., 2022) with timm's module names, so timm checkpoints load as-is.
+//!
+//! Both block flavours compute in NCHW: timm's `conv_mlp=False` blocks (permute →
+//! LayerNorm → Linear → GELU → Linear → permute) equal channel LayerNorm + 1×1 convs with
+//! the linear weights, which avoids two transposes per block. Weights keep timm's shapes.
+
+use crate::layers::{Conv2d, LayerNorm};
+use crate::ops::{ConvGeom, Ops};
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub depths: Vec<usize>,
+    pub dims: Vec<usize>,
+    /// Stem kernel = stride. timm: 4. For 32-px images we use 2, so the last stage still
+    /// sees a 2×2 map; weight names are unchanged. (This is not timm's `patch_size=2`,
+    /// which keeps a total stride of 32 by adding a stride-2 downsample to stage 0.)
+    pub stem_stride: usize,
+    /// timm's `conv_mlp`: MLP weights stored as 1×1 convs (atto…nano) or linears (tiny…).
+    pub conv_mlp: bool,
+    pub kernel_size: usize,
+    pub ls_init_value: f64,
+    pub drop_path_rate: f64,
+    pub in_chans: usize,
+    pub num_classes: usize,
+}
+
+impl Config {
+    pub fn new(depths: &[usize], dims: &[usize], conv_mlp: bool) -> Self {
+        Config {
+            depths: depths.to_vec(),
+            dims: dims.to_vec(),
+            stem_stride: 4,
+            conv_mlp,
+            kernel_size: 7,
+            ls_init_value: 1e-6,
+            drop_path_rate: 0.0,
+            in_chans: 3,
+            num_classes: 1000,
+        }
+    }
+
+    /// Smallest input side: every downsampling must see at least a 2×2 map.
+    pub fn min_input(&self) -> usize {
+        self.stem_stride * (1 << (self.dims.len() - 1))
+    }
+}
+
+const LN_EPS: f64 = 1e-6;
+
+struct Block {
+    conv_dw: Conv2d,
+    norm: LayerNorm,
+    fc1: Conv2d,
+    fc2: Conv2d,
+    gamma: Option<Tensor>,
+    drop_path: f64,
+}
+
+impl Block {
+    fn new(vb: VarBuilder, dim: usize, cfg: &Config, drop_path: f64) -> Result<Self> {
+        let k = cfg.kernel_size;
+        let geom = ConvGeom { stride: 1, padding: k / 2, groups: dim };
+        let conv_dw = Conv2d::new(vb.pp("conv_dw"), dim, dim, k, geom, true)?;
+        let norm = LayerNorm::new(vb.pp("norm"), dim, LN_EPS)?;
+        let (fc1, fc2) = if cfg.conv_mlp {
+            let pw = ConvGeom { stride: 1, padding: 0, groups: 1 };
+            (Conv2d::new(vb.pp("mlp.fc1"), dim, 4 * dim, 1, pw, true)?, Conv2d::new(vb.pp("mlp.fc2"), 4 * dim, dim, 1, pw, true)?)
+        } else {
+            (Conv2d::pointwise_from_linear(vb.pp("mlp.fc1"), dim, 4 * dim)?, Conv2d::pointwise_from_linear(vb.pp("mlp.fc2"), 4 * dim, dim)?)
+        };
+        let gamma = if cfg.ls_init_value > 0.0 { Some(vb.get_with_hints(dim, "gamma", Init::Const(cfg.ls_init_value))?) } else { None };
+        Ok(Block { conv_dw, norm, fc1, fc2, gamma, drop_path })
+    }
+
+    fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let y = self.conv_dw.forward(o, x)?;
+        let y = self.norm.forward_channels(o, &y)?;
+        let y = o.gelu(&self.fc1.forward(o, &y)?)?;
+        let mut y = self.fc2.forward(o, &y)?;
+        if let Some(g) = &self.gamma {
+            y = o.scale_channels(&y, g)?;
+        }
+        o.add(&o.drop_path(&y, self.drop_path)?, x)
+    }
+}
+
+struct Stage {
+    downsample: Option<(LayerNorm, Conv2d)>,
+    blocks: Vec<Block>,
+}
+
+pub struct ConvNeXt {
+    pub config: Config,
+    stem: (Conv2d, LayerNorm),
+    stages: Vec<Stage>,
+    head_norm: LayerNorm,
+    head_fc: crate::layers::Linear,
+}
+
+impl ConvNeXt {
+    pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let p = cfg.stem_stride;
+        let stem_geom = ConvGeom { stride: p, padding: 0, groups: 1 };
+        let stem = (
+            Conv2d::new(vb.pp("stem.0"), cfg.in_chans, cfg.dims[0], p, stem_geom, true)?,
+            LayerNorm::new(vb.pp("stem.1"), cfg.dims[0], LN_EPS)?,
+        );
+        let total: usize = cfg.depths.iter().sum();
+        // Stochastic depth grows linearly with block index over the whole network, as in timm.
+        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let mut stages = Vec::new();
+        let mut block_idx = 0;
+        for (i, (&depth, &dim)) in cfg.depths.iter().zip(&cfg.dims).enumerate() {
+            let vs = vb.pp(format!("stages.{i}"));
+            let downsample = if i > 0 {
+                let prev = cfg.dims[i - 1];
+                let geom = ConvGeom { stride: 2, padding: 0, groups: 1 };
+                Some((LayerNorm::new(vs.pp("downsample.0"), prev, LN_EPS)?, Conv2d::new(vs.pp("downsample.1"), prev, dim, 2, geom, true)?))
+            } else {
+                None
+            };
+            let mut blocks = Vec::with_capacity(depth);
+            for j in 0..depth {
+                blocks.push(Block::new(vs.pp(format!("blocks.{j}")), dim, cfg, rate(block_idx))?);
+                block_idx += 1;
+            }
+            stages.push(Stage { downsample, blocks });
+        }
+        let last = *cfg.dims.last().unwrap_or(&0);
+        let head_norm = LayerNorm::new(vb.pp("head.norm"), last, LN_EPS)?;
+        let head_fc = crate::layers::Linear::new(vb.pp("head.fc"), last, cfg.num_classes, true)?;
+        Ok(ConvNeXt { config: cfg.clone(), stem, stages, head_norm, head_fc })
+    }
+
+    /// Pooled, normalised features (N, C).
+    pub fn forward_features<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let mut x = self.stem.0.forward(o, x)?;
+        x = self.stem.1.forward_channels(o, &x)?;
+        for stage in &self.stages {
+            if let Some((norm, conv)) = &stage.downsample {
+                x = conv.forward(o, &norm.forward_channels(o, &x)?)?;
+            }
+            for block in &stage.blocks {
+                x = block.forward(o, &x)?;
+            }
+        }
+        let x = o.global_avg_pool(&x)?;
+        let x = self.head_norm.forward_channels(o, &x)?;
+        o.flatten(&x)
+    }
+
+    pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let f = self.forward_features(o, x)?;
+        self.head_fc.forward(o, &f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::seeded;
+    use crate::ops::CandleOps;
+    use crate::params::ParamStore;
+    use candle_core::{DType, Device};
+
+    fn tiny(patch: usize) -> Config {
+        let mut c = Config::new(&[1, 1, 2, 1], &[8, 16, 24, 32], true);
+        c.stem_stride = patch;
+        c.num_classes = 5;
+        c.drop_path_rate = 0.1;
+        c
+    }
+
+    #[test]
+    fn every_trainable_parameter_gets_a_gradient() -> candle_core::Result<()> {
+        for (conv_mlp, size) in [(true, 24), (false, 32)] {
+            let mut cfg = tiny(2);
+            cfg.conv_mlp = conv_mlp;
+            // A non-trivial layer scale, so that gradients reach through every branch.
+            cfg.ls_init_value = 0.5;
+            let ps = ParamStore::new(1);
+            let model = ConvNeXt::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+            let x = seeded(&[3, 3, size, size], 2, &Device::Cpu, DType::F32)?;
+            let y = model.forward(&CandleOps::train(7), &x)?;
+            assert_eq!(y.dims(), &[3, 5]);
+            let grads = y.sqr()?.sum_all()?.backward()?;
+            for (name, var) in ps.trainable() {
+                let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} received no gradient"));
+                let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+                assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn timm_names_and_parameter_count() {
+        let ps = ParamStore::new(0);
+        let cfg = Config::new(&[2, 2, 6, 2], &[40, 80, 160, 320], true);
+        ConvNeXt::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg).unwrap();
+        let names: Vec<String> = ps.all().into_iter().map(|(n, _)| n).collect();
+        for expected in ["stem.0.weight", "stem.1.bias", "stages.0.blocks.0.conv_dw.weight", "stages.0.blocks.0.mlp.fc1.weight",
+                         "stages.0.blocks.0.gamma", "stages.1.downsample.0.weight", "stages.1.downsample.1.weight", "head.norm.weight", "head.fc.bias"] {
+            assert!(names.iter().any(|n| n == expected), "missing {expected}");
+        }
+        assert!(!names.iter().any(|n| n.starts_with("stages.0.downsample")));
+        // timm 1.0.31: sum(p.numel() for p in timm.create_model(name).parameters()).
+        assert_eq!(ps.num_trainable(), 3_695_520);
+    }
+}

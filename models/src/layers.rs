@@ -1,0 +1,76 @@
+//! Parameter-holding layers with timm's names and initialisation; their `forward` is
+//! written once against [`Ops`].
+
+use crate::ops::{ConvGeom, Ops};
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// timm's `trunc_normal_(std=.02)` for conv and linear weights.
+pub const WEIGHT_INIT: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
+
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub geom: ConvGeom,
+}
+
+impl Conv2d {
+    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize, geom: ConvGeom, bias: bool) -> Result<Self> {
+        let weight = vb.get_with_hints((c_out, c_in / geom.groups, kernel, kernel), "weight", WEIGHT_INIT)?;
+        let bias = if bias { Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Conv2d { weight, bias, geom })
+    }
+
+    /// A 1×1 convolution whose weight is stored as a linear layer's (out, in), as in
+    /// ConvNeXt blocks without `conv_mlp`: same numbers, timm's names and shapes.
+    pub fn pointwise_from_linear(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
+        let weight = vb.get_with_hints((c_out, c_in), "weight", WEIGHT_INIT)?.reshape((c_out, c_in, 1, 1))?;
+        let bias = Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?);
+        Ok(Conv2d { weight, bias, geom: ConvGeom { stride: 1, padding: 0, groups: 1 } })
+    }
+
+    pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        o.conv2d(x, &self.weight, self.bias.as_ref(), self.geom)
+    }
+}
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get_with_hints((c_out, c_in), "weight", WEIGHT_INIT)?;
+        let bias = if bias { Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        o.linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    /// Over the channels of an NCHW tensor (timm's `LayerNorm2d`).
+    pub fn forward_channels<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        o.layer_norm_channels(x, &self.weight, &self.bias, self.eps)
+    }
+
+    /// Over the last dimension (`nn.LayerNorm`).
+    pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        o.layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}

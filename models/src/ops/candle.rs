@@ -1,0 +1,207 @@
+use super::depthwise::depthwise_conv2d;
+use super::gelu::gelu;
+use super::layer_norm::layer_norm;
+use super::pointwise::pointwise_conv;
+use super::{ConvGeom, Ops};
+use candle_core::{Result, Tensor, D};
+use std::cell::Cell;
+
+/// Runs models in candle. Every op here has a working gradient (no `*_no_bwd` paths, see
+/// NOTES.md); `train` switches stochastic depth on.
+pub struct CandleOps {
+    pub train: bool,
+    rng: Cell<u64>,
+}
+
+impl CandleOps {
+    pub fn eval() -> Self {
+        CandleOps { train: false, rng: Cell::new(0) }
+    }
+
+    /// Training mode; `seed` drives drop-path masks (reseed per step for reproducibility).
+    pub fn train(seed: u64) -> Self {
+        CandleOps { train: true, rng: Cell::new(seed) }
+    }
+
+    fn uniform(&self) -> f64 {
+        // SplitMix64: a fresh, cheap stream per CandleOps.
+        let s = self.rng.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.rng.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn bias_or_zeros(b: Option<&Tensor>, c: usize, x: &Tensor) -> Result<Tensor> {
+    match b {
+        Some(b) => Ok(b.clone()),
+        None => Tensor::zeros(c, x.dtype(), x.device()),
+    }
+}
+
+/// candle's conv2d backward derives the transposed conv's output padding from the height
+/// only, so when the stride leaves a different remainder in height and width the input
+/// gradient has the wrong shape (an error). Padding explicitly and dropping the rows and
+/// columns the convolution never reads gives the same output with zero remainders.
+fn trim_for_backward(x: &Tensor, k: usize, g: ConvGeom) -> Result<(Tensor, usize)> {
+    let (_, _, h, w) = x.dims4()?;
+    let rem = |n: usize| (n + 2 * g.padding).checked_sub(k).map(|v| v % g.stride).unwrap_or(0);
+    if g.stride == 1 || (rem(h) == 0 && rem(w) == 0) {
+        return Ok((x.clone(), g.padding));
+    }
+    let p = g.padding;
+    let x = if p > 0 { x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)? } else { x.clone() };
+    let x = x.narrow(2, 0, h + 2 * p - rem(h))?.narrow(3, 0, w + 2 * p - rem(w))?;
+    Ok((x, 0))
+}
+
+impl Ops for CandleOps {
+    type T = Tensor;
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
+        let (_, c_in, _, _) = x.dims4()?;
+        let (c_out, c_per_group, kh, kw) = w.dims4()?;
+        if g.groups > 1 && g.groups == c_in && g.groups == c_out && c_per_group == 1 && kh == kw {
+            return depthwise_conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
+        }
+        if kh == 1 && kw == 1 && g.stride == 1 && g.padding == 0 && g.groups == 1 {
+            return pointwise_conv(x, w, &bias_or_zeros(b, c_out, x)?);
+        }
+        let (x, padding) = trim_for_backward(x, kh, g)?;
+        let y = x.conv2d(w, padding, g.stride, 1, g.groups)?;
+        match b {
+            Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = match x.rank() {
+            2 => x.matmul(&w.t()?)?,
+            _ => x.broadcast_matmul(&w.t()?)?,
+        };
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        layer_norm(x, w, b, 1, eps)
+    }
+
+    fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        layer_norm(x, w, b, x.rank() - 1, eps)
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        gelu(x)
+    }
+
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        x.relu()
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a + b
+    }
+
+    fn scale_channels(&self, x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        let c = gamma.elem_count();
+        x.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)
+    }
+
+    fn global_avg_pool(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        x.reshape((n, c, h * w))?.mean_keepdim(D::Minus1)?.reshape((n, c, 1, 1))
+    }
+
+    fn flatten(&self, x: &Tensor) -> Result<Tensor> {
+        x.flatten_from(1)
+    }
+
+    fn drop_path(&self, x: &Tensor, rate: f64) -> Result<Tensor> {
+        if !self.train || rate <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - rate;
+        let n = x.dim(0)?;
+        let mask: Vec<f32> = (0..n).map(|_| if self.uniform() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+        let mut shape = vec![1usize; x.rank()];
+        shape[0] = n;
+        let mask = Tensor::from_vec(mask, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
+        x.broadcast_mul(&mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_grads, seeded};
+    use candle_core::{DType, Device, Var};
+
+    fn var(shape: &[usize], seed: u64) -> Result<Var> {
+        Var::from_tensor(&seeded(shape, seed, &Device::Cpu, DType::F64)?)
+    }
+
+    #[test]
+    fn pointwise_conv_matches_conv2d_and_has_gradients() -> Result<()> {
+        let ops = CandleOps::eval();
+        let (x, w, b) = (var(&[2, 3, 4, 5], 1)?, var(&[6, 3, 1, 1], 2)?, var(&[6], 3)?);
+        let g = ConvGeom { stride: 1, padding: 0, groups: 1 };
+        let ours = ops.conv2d(&x, &w, Some(&b), g)?;
+        let refr = x.conv2d(&w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, 6, 1, 1))?)?;
+        let diff = (ours - refr)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12);
+        check_grads(&[&x, &w, &b], |v| ops.conv2d(v[0], v[1], Some(v[2]), g))
+    }
+
+    #[test]
+    fn strided_conv_gradients() -> Result<()> {
+        let ops = CandleOps::eval();
+        let (x, w, b) = (var(&[2, 3, 6, 5], 4)?, var(&[4, 3, 2, 2], 5)?, var(&[4], 6)?);
+        check_grads(&[&x, &w, &b], |v| ops.conv2d(v[0], v[1], Some(v[2]), ConvGeom { stride: 2, padding: 0, groups: 1 }))?;
+        let w3 = var(&[2, 3, 3, 3], 7)?;
+        check_grads(&[&x, &w3], |v| ops.conv2d(v[0], v[1], None, ConvGeom { stride: 2, padding: 1, groups: 1 }))?;
+        // 3x3 map, 2x2 stride-2 conv: ConvNeXt's last downsampling at odd sizes.
+        let (x, w) = (var(&[2, 2, 3, 3], 19)?, var(&[3, 2, 2, 2], 20)?);
+        check_grads(&[&x, &w], |v| ops.conv2d(v[0], v[1], None, ConvGeom { stride: 2, padding: 0, groups: 1 }))
+    }
+
+    #[test]
+    fn layer_norms_have_correct_gradients() -> Result<()> {
+        let ops = CandleOps::eval();
+        let (x, w, b) = (var(&[2, 5, 3, 2], 8)?, var(&[5], 9)?, var(&[5], 10)?);
+        check_grads(&[&x, &w, &b], |v| ops.layer_norm_channels(v[0], v[1], v[2], 1e-6))?;
+        let (x, w, b) = (var(&[3, 4, 7], 11)?, var(&[7], 12)?, var(&[7], 13)?);
+        check_grads(&[&x, &w, &b], |v| ops.layer_norm(v[0], v[1], v[2], 1e-6))
+    }
+
+    #[test]
+    fn activations_pooling_and_linear_have_correct_gradients() -> Result<()> {
+        let ops = CandleOps::eval();
+        let x = var(&[2, 3, 4, 3], 14)?;
+        check_grads(&[&x], |v| ops.gelu(v[0]))?;
+        check_grads(&[&x], |v| ops.flatten(&ops.global_avg_pool(v[0])?))?;
+        let g = var(&[3], 15)?;
+        check_grads(&[&x, &g], |v| ops.scale_channels(v[0], v[1]))?;
+        let (x2, w, b) = (var(&[4, 6], 16)?, var(&[5, 6], 17)?, var(&[5], 18)?);
+        check_grads(&[&x2, &w, &b], |v| ops.linear(v[0], v[1], Some(v[2])))
+    }
+
+    #[test]
+    fn drop_path_is_identity_in_eval_and_zeroes_whole_samples_in_train() -> Result<()> {
+        let x = Tensor::ones((64, 2, 2, 2), DType::F32, &Device::Cpu)?;
+        let y = CandleOps::eval().drop_path(&x, 0.5)?;
+        assert_eq!(y.sum_all()?.to_scalar::<f32>()?, 512.0);
+        let y = CandleOps::train(3).drop_path(&x, 0.5)?;
+        let per_sample: Vec<f32> = y.flatten_from(1)?.sum(1)?.to_vec1()?;
+        assert!(per_sample.iter().all(|&s| s == 0.0 || (s - 16.0).abs() < 1e-5));
+        let dropped = per_sample.iter().filter(|&&s| s == 0.0).count();
+        assert!((16..=48).contains(&dropped), "dropped {dropped} of 64");
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! Fused LayerNorm with affine, forward and backward, over one axis of a contiguous tensor
+//! viewed as (outer, C, inner): inner = H·W for ConvNeXt's channels-first norm, inner = 1
+//! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
+//! composed one costs ~10 strided passes each way (NOTES.md).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    c: usize,
+    inner: usize,
+}
+
+fn dims(shape: &Shape, axis: usize) -> Dims {
+    let d = shape.dims();
+    Dims { c: d[axis], inner: d[axis + 1..].iter().product() }
+}
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("layer norm: inputs must be contiguous"),
+    }
+}
+
+/// Mean and 1/σ of every column i of a (C, inner) slice (two passes: stable).
+fn stats<T: WithDType>(x: &[T], d: Dims, eps: f64, mean: &mut [f64], rstd: &mut [f64]) {
+    mean.fill(0.0);
+    rstd.fill(0.0);
+    for c in 0..d.c {
+        for (m, &v) in mean.iter_mut().zip(&x[c * d.inner..(c + 1) * d.inner]) {
+            *m += v.to_f64();
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= d.c as f64);
+    for c in 0..d.c {
+        for ((s, &v), &m) in rstd.iter_mut().zip(&x[c * d.inner..(c + 1) * d.inner]).zip(mean.iter()) {
+            let t = v.to_f64() - m;
+            *s += t * t;
+        }
+    }
+    rstd.iter_mut().for_each(|s| *s = 1.0 / (*s / d.c as f64 + eps).sqrt());
+}
+
+fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], d: Dims, eps: f64) -> Vec<T> {
+    let slice = d.c * d.inner;
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(slice).zip(x.par_chunks(slice)).for_each(|(y, x)| {
+        let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
+        stats(x, d, eps, &mut mean, &mut rstd);
+        for c in 0..d.c {
+            let (wc, bc) = (w[c].to_f64(), b[c].to_f64());
+            let r = c * d.inner..(c + 1) * d.inner;
+            for (((o, &v), &m), &s) in y[r.clone()].iter_mut().zip(&x[r]).zip(&mean).zip(&rstd) {
+                *o = T::from_f64((v.to_f64() - m) * s * wc + bc);
+            }
+        }
+    });
+    y
+}
+
+/// Returns dx (same size as x) followed by dw (C) and db (C) in one buffer.
+fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], d: Dims, eps: f64) -> Vec<T> {
+    let slice = d.c * d.inner;
+    let mut dx = vec![T::zero(); x.len()];
+    let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+        .par_chunks_mut(slice)
+        .zip(x.par_chunks(slice).zip(dy.par_chunks(slice)))
+        .map(|(dx, (x, dy))| {
+            let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
+            stats(x, d, eps, &mut mean, &mut rstd);
+            let (mut a, mut bsum) = (vec![0.0; d.inner], vec![0.0; d.inner]);
+            let (mut dw, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
+            for c in 0..d.c {
+                let wc = w[c].to_f64();
+                let r = c * d.inner..(c + 1) * d.inner;
+                for i in 0..d.inner {
+                    let (g, xh) = (dy[r.start + i].to_f64(), (x[r.start + i].to_f64() - mean[i]) * rstd[i]);
+                    a[i] += g * wc;
+                    bsum[i] += g * wc * xh;
+                    dw[c] += g * xh;
+                    db[c] += g;
+                }
+            }
+            let inv_c = 1.0 / d.c as f64;
+            for c in 0..d.c {
+                let wc = w[c].to_f64();
+                let r = c * d.inner;
+                for i in 0..d.inner {
+                    let xh = (x[r + i].to_f64() - mean[i]) * rstd[i];
+                    let g = dy[r + i].to_f64() * wc;
+                    dx[r + i] = T::from_f64(rstd[i] * (g - a[i] * inv_c - xh * bsum[i] * inv_c));
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut out = dx;
+    let (mut dw, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
+    for (pw, pb) in partial {
+        dw.iter_mut().zip(pw).for_each(|(s, v)| *s += v);
+        db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
+    }
+    out.extend(dw.into_iter().map(T::from_f64));
+    out.extend(db.into_iter().map(T::from_f64));
+    out
+}
+
+struct LayerNormFwd {
+    axis: usize,
+    eps: f64,
+}
+
+/// (x, w, dy) -> [dx, dw, db] flattened.
+struct LayerNormBwd {
+    axis: usize,
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormFwd {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l1.shape(), self.axis);
+        let (x, w, b) = ((s1, l1), (s2, l2), (s3, l3));
+        let eps = self.eps;
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(forward::<f32>(contiguous(x.0, x.1)?, contiguous(w.0, w.1)?, contiguous(b.0, b.1)?, d, eps)),
+            DType::F64 => f64::to_cpu_storage_owned(forward::<f64>(contiguous(x.0, x.1)?, contiguous(w.0, w.1)?, contiguous(b.0, b.1)?, d, eps)),
+            dt => candle_core::bail!("layer norm: unsupported dtype {dt:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let all = x.apply_op3_no_bwd(w, &grad, &LayerNormBwd { axis: self.axis, eps: self.eps })?;
+        let (n, c) = (x.elem_count(), w.elem_count());
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = all.narrow(0, n, c)?;
+        let db = all.narrow(0, n + c, c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp3 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l1.shape(), self.axis);
+        let eps = self.eps;
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(backward::<f32>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, d, eps)),
+            DType::F64 => f64::to_cpu_storage_owned(backward::<f64>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, d, eps)),
+            dt => candle_core::bail!("layer norm: unsupported dtype {dt:?}"),
+        };
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * l2.shape().elem_count())))
+    }
+}
+
+/// LayerNorm of `x` over `axis` with weight and bias of size `x.dim(axis)`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
+    if w.elem_count() != x.dim(axis)? || b.elem_count() != x.dim(axis)? {
+        candle_core::bail!("layer norm: weight {:?} / bias {:?} do not fit axis {axis} of {:?}", w.shape(), b.shape(), x.shape())
+    }
+    x.contiguous()?.apply_op3(&w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?, LayerNormFwd { axis, eps })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_grads, seeded};
+    use candle_core::{Device, Var};
+
+    fn composed(x: &Tensor, w: &Tensor, b: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
+        let mean = x.mean_keepdim(axis)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(axis)?;
+        let mut shape = vec![1usize; x.rank()];
+        shape[axis] = x.dim(axis)?;
+        xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(&w.reshape(shape.as_slice())?)?.broadcast_add(&b.reshape(shape.as_slice())?)
+    }
+
+    #[test]
+    fn forward_matches_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shape, axis) in [(vec![2, 5, 3, 4], 1), (vec![3, 4, 7], 2), (vec![1, 6, 1, 1], 1)] {
+            let x = (seeded(&shape, 1, &dev, DType::F32)? * 3.0)?;
+            let w = seeded(&[shape[axis]], 2, &dev, DType::F32)?;
+            let b = seeded(&[shape[axis]], 3, &dev, DType::F32)?;
+            let d = (layer_norm(&x, &w, &b, axis, 1e-6)? - composed(&x, &w, &b, axis, 1e-6)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{shape:?}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shape, axis) in [(vec![2, 5, 3, 2], 1), (vec![3, 2, 7], 2), (vec![2, 3, 1, 1], 1)] {
+            let x = Var::from_tensor(&seeded(&shape, 4, &dev, DType::F64)?)?;
+            let w = Var::from_tensor(&seeded(&[shape[axis]], 5, &dev, DType::F64)?)?;
+            let b = Var::from_tensor(&seeded(&[shape[axis]], 6, &dev, DType::F64)?)?;
+            check_grads(&[&x, &w, &b], |v| layer_norm(v[0], v[1], v[2], axis, 1e-5))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! One model definition, several back-ends.
+//!
+//! Models are written once against [`Ops`]: [`CandleOps`] runs them in candle (with
+//! gradients, in train or eval mode) and the exporter implements the same trait to emit
+//! ONNX nodes. Parameters are always candle tensors; only activations change type.
+
+mod candle;
+pub mod depthwise;
+pub mod gelu;
+pub mod pointwise;
+pub mod layer_norm;
+pub mod test_util;
+
+pub use self::candle::CandleOps;
+use candle_core::{Result, Tensor};
+
+/// Geometry of a 2-D convolution (dilation 1, square kernel, symmetric padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+pub trait Ops {
+    /// An activation: a candle tensor, or the name of an ONNX value.
+    type T: Clone;
+
+    /// NCHW convolution; `w` is (out, in/groups, k, k) as in PyTorch.
+    fn conv2d(&self, x: &Self::T, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Self::T>;
+    /// `x @ w^T + b` over the last dimension; `w` is (out, in) as in PyTorch.
+    fn linear(&self, x: &Self::T, w: &Tensor, b: Option<&Tensor>) -> Result<Self::T>;
+    /// LayerNorm over dimension 1 of an NCHW tensor (timm's `LayerNorm2d`).
+    fn layer_norm_channels(&self, x: &Self::T, w: &Tensor, b: &Tensor, eps: f64) -> Result<Self::T>;
+    /// LayerNorm over the last dimension.
+    fn layer_norm(&self, x: &Self::T, w: &Tensor, b: &Tensor, eps: f64) -> Result<Self::T>;
+    /// GELU, exact (erf) form as in PyTorch's default.
+    fn gelu(&self, x: &Self::T) -> Result<Self::T>;
+    fn relu(&self, x: &Self::T) -> Result<Self::T>;
+    fn add(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// Multiplies NCHW `x` by a per-channel parameter of shape (C).
+    fn scale_channels(&self, x: &Self::T, gamma: &Tensor) -> Result<Self::T>;
+    /// Global average pooling of NCHW to (N, C, 1, 1).
+    fn global_avg_pool(&self, x: &Self::T) -> Result<Self::T>;
+    /// (N, C, H, W) -> (N, C*H*W).
+    fn flatten(&self, x: &Self::T) -> Result<Self::T>;
+    /// Stochastic depth on a residual branch: identity outside training.
+    fn drop_path(&self, x: &Self::T, rate: f64) -> Result<Self::T>;
+}

@@ -1,0 +1,59 @@
+//! Helpers for gradient tests: deterministic inputs and an f64 finite-difference check.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+/// Deterministic pseudo-random values in [-1, 1) (a tiny LCG: tests need no RNG crate).
+pub fn seeded(shape: &[usize], seed: u64, dev: &Device, dtype: DType) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)
+}
+
+/// Checks d(sum(f(vars) * r))/d(var) against central differences for every element of every
+/// var (inputs are small). `r` is a fixed random projection so that every output element
+/// matters with a different weight. Vars must be f64.
+pub fn check_grads<F>(vars: &[&Var], f: F) -> Result<()>
+where
+    F: Fn(&[&Tensor]) -> Result<Tensor>,
+{
+    let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+    let out = f(&tensors)?;
+    let r = seeded(out.dims(), 99, out.device(), DType::F64)?;
+    let loss = |t: &[&Tensor]| -> Result<f64> { (f(t)? * &r)?.sum_all()?.to_scalar::<f64>() };
+    let grads = (out * &r)?.sum_all()?.backward()?;
+    let eps = 1e-6;
+    for (i, var) in vars.iter().enumerate() {
+        let analytic: Vec<f64> = match grads.get(var.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1()?,
+            None => candle_core::bail!("var {i} received no gradient"),
+        };
+        let base: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
+        let shape = var.dims().to_vec();
+        for j in 0..base.len() {
+            let mut plus = base.clone();
+            plus[j] += eps;
+            let mut minus = base.clone();
+            minus[j] -= eps;
+            let tp = Tensor::from_vec(plus, shape.as_slice(), var.device())?;
+            let tm = Tensor::from_vec(minus, shape.as_slice(), var.device())?;
+            let mut args_p = tensors.clone();
+            args_p[i] = &tp;
+            let lp = loss(&args_p)?;
+            let mut args_m = tensors.clone();
+            args_m[i] = &tm;
+            let lm = loss(&args_m)?;
+            let numeric = (lp - lm) / (2.0 * eps);
+            let err = (numeric - analytic[j]).abs() / (1.0 + numeric.abs());
+            if err > 1e-6 {
+                candle_core::bail!("var {i} element {j}: analytic {} numeric {numeric}", analytic[j]);
+            }
+        }
+    }
+    Ok(())
+}

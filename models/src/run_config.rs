@@ -1,0 +1,70 @@
+//! `config.json` of a training run: everything needed to rebuild the model and to
+//! preprocess images for it, read by et-export and et-eval.
+
+use crate::error::{ModelError, Result};
+use crate::registry::ModelConfig;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Registry name the run started from (e.g. `convnext_atto`).
+    pub model: String,
+    pub model_config: ModelConfig,
+    pub num_classes: usize,
+    /// Class folder names, index = label.
+    pub class_names: Vec<String>,
+    /// Resolution of the last curriculum stage (the model's native evaluation size).
+    pub base_resolution: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub interpolation: String,
+    pub crop_pct: f64,
+}
+
+impl RunConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ModelError::BadConfig { path: path.to_path_buf(), reason: format!("{e} (is this a directory written by et-train?)") })?;
+        let cfg: RunConfig = serde_json::from_str(&text).map_err(|e| ModelError::BadConfig { path: path.to_path_buf(), reason: e.to_string() })?;
+        if cfg.class_names.len() != cfg.num_classes || cfg.model_config.num_classes() != cfg.num_classes {
+            return Err(ModelError::BadConfig { path: path.to_path_buf(), reason: "num_classes disagrees with class_names or model_config".into() });
+        }
+        Ok(cfg)
+    }
+
+    /// Atomic write (temp + rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let err = |reason: String| ModelError::Write { path: path.to_path_buf(), reason };
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n").map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// A trained run loaded from its directory (`config.json` + `model.safetensors`).
+pub struct LoadedRun {
+    pub config: RunConfig,
+    pub params: std::sync::Arc<crate::params::ParamStore>,
+    pub model: crate::registry::Model,
+}
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+impl LoadedRun {
+    pub fn open(dir: &Path, device: &candle_core::Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::BadConfig {
+                path: dir.to_path_buf(),
+                reason: "not a directory: pass the --out directory of an et-train run".into(),
+            });
+        }
+        let config = RunConfig::load(&dir.join(CONFIG_FILE))?;
+        let params = crate::params::ParamStore::new(0);
+        let model = crate::registry::Model::new(&config.model_config, params.var_builder(candle_core::DType::F32, device))?;
+        params.load(&dir.join(WEIGHTS_FILE), &[])?;
+        Ok(LoadedRun { config, params, model })
+    }
+}

@@ -1,0 +1,79 @@
+//! The models against timm: logits on fixtures written by tools/gen_fixtures.py (timm
+//! modules, random weights), and parameter counts of every registered variant.
+
+use candle_core::{DType, Device, Tensor};
+use et_models::registry::{model_config, model_names, ModelConfig, ModelOptions};
+use et_models::{convnext, CandleOps, Model, ParamStore};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn fixture(name: &str) -> HashMap<String, Tensor> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Loads the fixture's weights strictly into `cfg` and compares logits for every input.
+fn check(name: &str, cfg: convnext::Config) {
+    let tensors = fixture(name);
+    let weights: HashMap<String, Tensor> = tensors.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let dir = std::env::temp_dir().join(format!("et-parity-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wpath = dir.join("w.safetensors");
+    et_models::params::save_tensors(&weights, &wpath).unwrap();
+    let ps = ParamStore::new(0);
+    let model = Model::new(&ModelConfig::Convnext(cfg), ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    ps.load(&wpath, &[]).unwrap();
+    let mut i = 0;
+    while let Some(x) = tensors.get(&format!("__input{i}__")) {
+        let want = &tensors[&format!("__logits{i}__")];
+        let got = model.forward(&CandleOps::eval(), x).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-4, "{name} input {i} {:?}: max abs diff {diff}", x.dims());
+        i += 1;
+    }
+    assert!(i >= 2, "{name}: fixture has {i} inputs");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn small(depths: &[usize], conv_mlp: bool, classes: usize, stem: usize) -> convnext::Config {
+    let mut c = convnext::Config::new(depths, &[8, 16, 24, 32], conv_mlp);
+    c.num_classes = classes;
+    c.stem_stride = stem;
+    c
+}
+
+#[test]
+fn convnext_conv_mlp_matches_timm() {
+    check("convnext_convmlp", small(&[1, 1, 2, 1], true, 7, 4));
+}
+
+#[test]
+fn convnext_linear_mlp_matches_timm() {
+    check("convnext_linear", small(&[1, 2, 1, 1], false, 5, 4));
+}
+
+#[test]
+fn convnext_small_image_stem_matches_timm_modules() {
+    check("convnext_stem2", small(&[1, 1, 1, 1], true, 10, 2));
+}
+
+#[test]
+fn parameter_counts_equal_timm() {
+    // timm 1.0.31, num_classes=1000: sum(p.numel() for p in timm.create_model(name).parameters()).
+    let timm = [
+        ("convnext_atto", 3_695_520),
+        ("convnext_femto", 5_217_784),
+        ("convnext_pico", 9_045_672),
+        ("convnext_nano", 15_593_560),
+        ("convnext_tiny", 28_589_128),
+        ("convnext_small", 50_223_688),
+        ("convnext_base", 88_591_464),
+    ];
+    assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
+    for (name, count) in timm {
+        let ps = ParamStore::new(0);
+        let cfg = model_config(name, &ModelOptions::default()).unwrap();
+        Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        assert_eq!(ps.num_trainable(), count, "{name}");
+    }
+}
