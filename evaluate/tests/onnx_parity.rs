@@ -1,0 +1,122 @@
+//! The exported ONNX graph against the candle model it was recorded from, through ONNX
+//! Runtime (`ort`), at several input sizes; and the file against onnx.checker.
+
+use candle_core::{DType, Device};
+use et_eval::backend::{CandleClassifier, Classifier, OnnxClassifier};
+use et_models::ops::test_util::seeded;
+use et_models::registry::{model_config, ModelOptions};
+use et_models::{Model, ParamStore, RunConfig};
+use std::path::{Path, PathBuf};
+
+fn temp(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("et-onnx-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// A run with random, O(1)-scale weights, so that logits differ clearly between inputs.
+fn random_run(dir: &Path, name: &str, stem: usize, conv_mlp_linear: bool) -> RunConfig {
+    let opts = ModelOptions { num_classes: 7, drop_path_rate: 0.0, stem_stride: Some(stem) };
+    let mut cfg = model_config(name, &opts).unwrap();
+    if conv_mlp_linear {
+        let et_models::registry::ModelConfig::Convnext(c) = &mut cfg;
+        c.conv_mlp = false;
+    }
+    let ps = ParamStore::new(3);
+    Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    for (i, (name, var)) in ps.all().into_iter().enumerate() {
+        let noise = seeded(var.dims(), i as u64, &Device::Cpu, DType::F32).unwrap();
+        let v = if name.contains("norm") && name.ends_with("weight") { ((noise * 0.2).unwrap() + 1.0).unwrap() } else { (noise * 0.3).unwrap() };
+        var.set(&v).unwrap();
+    }
+    ps.save(&dir.join("model.safetensors")).unwrap();
+    let rc = RunConfig {
+        model: name.into(),
+        model_config: cfg,
+        num_classes: 7,
+        class_names: (0..7).map(|i| format!("c{i}")).collect(),
+        base_resolution: 32,
+        mean: [0.5; 3],
+        std: [0.25; 3],
+        interpolation: "bicubic".into(),
+        crop_pct: 1.0,
+    };
+    rc.save(&dir.join("config.json")).unwrap();
+    rc
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn check_parity(tag: &str, name: &str, stem: usize, linear: bool, sizes: &[(usize, usize)]) {
+    let dir = temp(tag);
+    random_run(&dir, name, stem, linear);
+    let mut candle = CandleClassifier::open(&dir).unwrap();
+    let onnx_path = dir.join("model.onnx");
+    et_export::export_onnx(&candle.run, 32, &onnx_path).unwrap();
+    let mut ort = OnnxClassifier::open(&onnx_path, None, 2).expect("ONNX Runtime is installed by scripts/test.sh (.ort/)");
+    assert_eq!(ort.num_classes(), 7);
+    assert_eq!(ort.metadata.resolution, Some(32));
+    for (i, &(h, w)) in sizes.iter().enumerate() {
+        let x = seeded(&[3, 3, h, w], 100 + i as u64, &Device::Cpu, DType::F32).unwrap();
+        let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let a = candle.logits(&data, [3, 3, h, w]).unwrap();
+        let b = ort.logits(&data, [3, 3, h, w]).unwrap();
+        let spread = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(spread > 0.1, "logits too small to compare meaningfully: {spread}");
+        let d = max_abs_diff(&a, &b);
+        assert!(d <= 1e-4, "{name} at {h}x{w}: max abs diff {d} (logits up to {spread})");
+    }
+    check_onnx_checker(&onnx_path);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `onnx.checker.check_model(full_check=True)` from the `onnx` package that scripts/test.sh
+/// installs into .ort/checker.
+fn check_onnx_checker(path: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let site = root.join(".ort/checker");
+    let out = std::process::Command::new("python3")
+        .env("PYTHONPATH", &site)
+        .args(["-c", "import sys, onnx; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True); print('ok')"])
+        .arg(path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "onnx.checker rejected {} (or the onnx package is missing from {}: run scripts/test.sh):\n{}",
+        path.display(),
+        site.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn convnext_atto_small_stem_matches_onnx_runtime() {
+    check_parity("atto", "convnext_atto", 2, false, &[(32, 32), (24, 24), (40, 24)]);
+}
+
+#[test]
+fn convnext_linear_mlp_imagenet_stem_matches_onnx_runtime() {
+    check_parity("femto", "convnext_femto", 4, true, &[(64, 64), (96, 96)]);
+}
+
+#[test]
+fn fixed_size_graphs_and_metadata() {
+    let dir = temp("meta");
+    random_run(&dir, "convnext_atto", 2, false);
+    let run = CandleClassifier::open(&dir).unwrap();
+    let path = dir.join("m.onnx");
+    let summary = et_export::export_onnx(&run.run, 24, &path).unwrap();
+    assert!(summary.nodes > 50 && summary.initializers > 50, "{summary:?}");
+    let ort = OnnxClassifier::open(&path, None, 1).unwrap();
+    assert_eq!(ort.metadata.resolution, Some(24));
+    assert_eq!(ort.metadata.mean, Some([0.5; 3]));
+    assert_eq!(ort.metadata.crop_pct, Some(1.0));
+    assert_eq!(ort.metadata.class_names.as_ref().map(|c| c.len()), Some(7));
+    // Dynamic height/width: any size the model takes is accepted.
+    assert!(ort.check_resolution(48).is_ok());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,122 @@
+//! Bad input never panics: one line naming the problem and the fix, non-zero exit.
+
+mod common;
+use common::*;
+
+/// A run directory with random weights (no training needed to test export / eval errors).
+fn random_run(dir: &std::path::Path) {
+    use candle_core::{DType, Device};
+    use et_models::registry::{model_config, ModelOptions};
+    use et_models::{Model, ParamStore, RunConfig};
+    std::fs::create_dir_all(dir).unwrap();
+    let opts = ModelOptions { num_classes: 3, drop_path_rate: 0.0, stem_stride: Some(2) };
+    let cfg = model_config("convnext_atto", &opts).unwrap();
+    let ps = ParamStore::new(1);
+    Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    ps.save(&dir.join("model.safetensors")).unwrap();
+    RunConfig {
+        model: "convnext_atto".into(),
+        model_config: cfg,
+        num_classes: 3,
+        class_names: vec!["airplane".into(), "cat".into(), "ship".into()],
+        base_resolution: 32,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        interpolation: "bicubic".into(),
+        crop_pct: 1.0,
+    }
+    .save(&dir.join("config.json"))
+    .unwrap();
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["--data", data, "--epochs", "0.2", "--batch-size", "4", "--out", out]
+}
+
+#[test]
+fn missing_and_empty_data_directories() {
+    let tmp = TempDir::new("missing");
+    let o = run("et-train", &train_args(&tmp.s("nope"), &tmp.s("out")));
+    assert_clean_failure(&o, "et-train", "does not exist");
+    std::fs::create_dir_all(tmp.join("empty")).unwrap();
+    let o = run("et-train", &train_args(&tmp.s("empty"), &tmp.s("out")));
+    assert_clean_failure(&o, "et-train", "no class folders");
+    std::fs::create_dir_all(tmp.join("noimg/train/cat")).unwrap();
+    std::fs::write(tmp.join("noimg/train/cat/readme.txt"), "not an image").unwrap();
+    let o = run("et-train", &train_args(&tmp.s("noimg"), &tmp.s("out")));
+    assert_clean_failure(&o, "et-train", "noimg");
+    let o = run("et-eval", &["--run", &tmp.s("norun"), "--data", &tmp.s("empty")]);
+    assert_clean_failure(&o, "et-eval", "norun");
+}
+
+#[test]
+fn corrupt_images_are_named_and_can_be_skipped() {
+    let tmp = TempDir::new("corrupt");
+    mini_dataset(tmp.path(), &["airplane", "cat"], 6);
+    let good = tmp.join("train/cat/0000.jpg");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(tmp.join("train/cat/truncated.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+    let o = run("et-train", &train_args(&tmp.s(""), &tmp.s("out")));
+    assert_clean_failure(&o, "et-train", "truncated.jpg");
+    std::fs::remove_file(tmp.join("train/cat/truncated.jpg")).unwrap();
+    std::fs::write(tmp.join("train/airplane/notes.jpg"), "this is text, not a JPEG").unwrap();
+    let o = run("et-train", &train_args(&tmp.s(""), &tmp.s("out")));
+    assert_clean_failure(&o, "et-train", "notes.jpg");
+    // With --skip-corrupt the run finishes and says what it skipped.
+    let (data, out) = (tmp.s(""), tmp.s("out"));
+    let mut args = train_args(&data, &out);
+    args.push("--skip-corrupt");
+    let o = run("et-train", &args);
+    assert_ok(&o, "et-train --skip-corrupt");
+    assert!(stderr(&o).contains("notes.jpg"), "skipped file is reported:\n{}", stderr(&o));
+    assert!(stdout(&o).contains("unreadable images skipped"), "{}", stdout(&o));
+}
+
+#[test]
+fn unknown_model_name() {
+    let tmp = TempDir::new("model");
+    mini_dataset(tmp.path(), &["airplane", "cat"], 4);
+    let (data, out) = (tmp.s(""), tmp.s("out"));
+    let mut args = train_args(&data, &out);
+    args.extend(["--model", "resnet9000"]);
+    let o = run("et-train", &args);
+    assert_clean_failure(&o, "et-train", "unknown model 'resnet9000'");
+    assert!(stderr(&o).contains("convnext_atto"), "lists the available models");
+}
+
+#[test]
+fn resolutions_the_model_cannot_take() {
+    let tmp = TempDir::new("res");
+    random_run(&tmp.join("run"));
+    mini_dataset(tmp.path(), &["airplane", "cat", "ship"], 2);
+    let o = run("et-export", &["--onnx", &tmp.s("run"), "--resolution", "8"]);
+    assert_clean_failure(&o, "et-export", "cannot take 8x8");
+    let o = run("et-eval", &["--run", &tmp.s("run"), "--data", &tmp.s(""), "--resolutions", "32,12"]);
+    assert_clean_failure(&o, "et-eval", "cannot take 12x12");
+    let o = run("et-eval", &["--run", &tmp.s("run"), "--data", &tmp.s(""), "--resolutions", "0"]);
+    assert_clean_failure(&o, "et-eval", "not a valid size");
+    // Data whose classes are not the model's.
+    let other = TempDir::new("res-other");
+    mini_dataset(other.path(), &["bird", "cat", "ship"], 2);
+    let o = run("et-eval", &["--run", &tmp.s("run"), "--data", &other.s("")]);
+    assert_clean_failure(&o, "et-eval", "'bird'");
+}
+
+#[test]
+fn missing_or_broken_onnx_runtime_library() {
+    let tmp = TempDir::new("ort");
+    random_run(&tmp.join("run"));
+    mini_dataset(tmp.path(), &["airplane", "cat", "ship"], 2);
+    assert_ok(&run("et-export", &["--onnx", &tmp.s("run")]), "et-export");
+    let onnx = tmp.s("run/model.onnx");
+    let data = tmp.s("");
+    let o = run_env("et-eval", &["--onnx", &onnx, "--data", &data], &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    assert_clean_failure(&o, "et-eval", "pip install onnxruntime");
+    std::fs::write(tmp.join("fake.so"), "not a library").unwrap();
+    let o = run("et-eval", &["--onnx", &onnx, "--data", &data, "--ort-lib", &tmp.s("fake.so")]);
+    assert_clean_failure(&o, "et-eval", "cannot load ONNX Runtime");
+    // Not an ONNX file at all.
+    std::fs::write(tmp.join("bad.onnx"), "garbage").unwrap();
+    let o = run("et-eval", &["--onnx", &tmp.s("bad.onnx"), "--data", &data, "--resolutions", "32"]);
+    assert_clean_failure(&o, "et-eval", "not a usable ONNX image classifier");
+}

@@ -1,0 +1,79 @@
+//! The product's main path on a fresh checkout: et-train on a small dataset → safetensors
+//! → et-export --onnx → et-eval with ONNX Runtime and with candle, which must agree.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn results(path: &std::path::Path) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("json written")).expect("valid json");
+    v["results"].as_array().expect("results array").clone()
+}
+
+#[test]
+fn train_export_and_evaluate_agree_across_backends() {
+    let tmp = TempDir::new("e2e");
+    mini_dataset(tmp.path(), &["airplane", "cat", "ship"], 8);
+    let run_dir = tmp.s("run");
+    let o = run("et-train", &["--data", &tmp.s(""), "--epochs", "1", "--batch-size", "8", "--out", &run_dir, "--seed", "3"]);
+    assert_ok(&o, "et-train");
+    let out = stdout(&o);
+    assert!(out.contains("stage 10/10") && out.contains("val top-1"), "progress and validation are printed:\n{out}");
+
+    // config.json has what export and eval need to rebuild and preprocess.
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(tmp.join("run/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model"], "convnext_atto");
+    assert_eq!(cfg["num_classes"], 3);
+    assert_eq!(cfg["class_names"], serde_json::json!(["airplane", "cat", "ship"]));
+    assert_eq!(cfg["base_resolution"], 32);
+    assert_eq!(cfg["model_config"]["family"], "convnext");
+    for key in ["mean", "std", "interpolation", "crop_pct"] {
+        assert!(!cfg[key].is_null(), "config.json lacks {key}");
+    }
+    let metrics = std::fs::read_to_string(tmp.join("run/metrics.jsonl")).unwrap();
+    let stage_ends = metrics.lines().filter(|l| l.contains("\"stage_end\"")).count();
+    assert_eq!(stage_ends, 10, "one stage_end record per ET++ stage");
+    for line in metrics.lines() {
+        serde_json::from_str::<Value>(line).expect("every metrics line is JSON");
+    }
+
+    let onnx = tmp.s("run/model.onnx");
+    assert_ok(&run("et-export", &["--onnx", &run_dir]), "et-export");
+    assert!(tmp.join("run/model.onnx").is_file());
+
+    let ort_json = tmp.s("ort.json");
+    let o = run("et-eval", &["--onnx", &onnx, "--data", &tmp.s(""), "--resolutions", "24,32", "--json", &ort_json]);
+    assert_ok(&o, "et-eval --onnx");
+    assert!(stdout(&o).contains("top-1"), "table printed:\n{}", stdout(&o));
+    let candle_json = tmp.s("candle.json");
+    assert_ok(&run("et-eval", &["--run", &run_dir, "--data", &tmp.s(""), "--resolutions", "24,32", "--json", &candle_json]), "et-eval --run");
+
+    let (a, b) = (results(&tmp.join("ort.json")), results(&tmp.join("candle.json")));
+    assert_eq!(a.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["resolution"], y["resolution"]);
+        assert_eq!(x["images"], 12, "3 classes x 4 val images");
+        assert_eq!(x["images"], y["images"]);
+        assert_eq!(x["top1"], y["top1"], "ONNX Runtime and candle disagree on top-1: {x} vs {y}");
+        assert_eq!(x["top5"], y["top5"]);
+        let (la, lb) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((la - lb).abs() < 1e-4, "mean loss {la} vs {lb}");
+    }
+}
+
+#[test]
+fn every_flag_is_documented_in_help() {
+    let cases: [(&str, &[&str]); 3] = [
+        ("et-train", &["--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--schedule", "--skip-corrupt"]),
+        ("et-export", &["--onnx", "--resolution", "--out"]),
+        ("et-eval", &["--onnx", "--run", "--data", "--resolutions", "--json", "--ort-lib", "--mean", "--std", "--crop-pct", "--interpolation"]),
+    ];
+    for (tool, flags) in cases {
+        let o = run(tool, &["--help"]);
+        assert_ok(&o, tool);
+        let help = stdout(&o);
+        for flag in flags {
+            assert!(help.contains(flag), "{tool} --help does not document {flag}:\n{help}");
+        }
+    }
+}
