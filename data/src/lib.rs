@@ -7,6 +7,7 @@ pub mod folder;
 pub mod decode;
 pub mod resample;
 pub mod transform;
+pub mod augment_ops;
 pub mod randaugment;
 pub mod lowfreq;
 pub mod loader;

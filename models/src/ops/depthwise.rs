@@ -5,8 +5,8 @@
 //! Here each (image, channel) plane is one rayon task and the inner loops run over
 //! contiguous rows, so stride 1 vectorises.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use super::kernel::{dispatch, Kernel};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Geometry shared by the forward and the two backward kernels.
@@ -35,13 +35,6 @@ impl Geom {
     fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
         let iy = (oy * self.stride + ky) as isize - self.pad as isize;
         (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
-    }
-}
-
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("depthwise conv: {what} must be contiguous"),
     }
 }
 
@@ -155,8 +148,7 @@ fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
 
 /// Forward op: (x, weight, bias) -> y.
 struct DepthwiseFwd {
-    stride: usize,
-    pad: usize,
+    g: Geom,
 }
 
 /// Gradient w.r.t. the input: (grad_out, weight) -> grad_x.
@@ -169,11 +161,11 @@ struct DepthwiseGradWeight {
     g: Geom,
 }
 
-fn geom(x: &Layout, w: &Layout, stride: usize, pad: usize) -> Result<Geom> {
-    let (n, c, h, wd) = x.shape().dims4()?;
-    let (wc, one, k, k2) = w.shape().dims4()?;
+fn geom(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Geom> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (wc, one, k, k2) = w.dims4()?;
     if wc != c || one != 1 || k != k2 {
-        candle_core::bail!("depthwise conv: weight {:?} does not fit input {:?}", w.shape(), x.shape())
+        candle_core::bail!("depthwise conv: weight {:?} does not fit input {:?}", w.dims(), x.dims())
     }
     if h + 2 * pad < k || wd + 2 * pad < k {
         candle_core::bail!("depthwise conv: input {h}x{wd} smaller than kernel {k} with padding {pad}")
@@ -183,49 +175,39 @@ fn geom(x: &Layout, w: &Layout, stride: usize, pad: usize) -> Result<Geom> {
     Ok(Geom { n, c, h, w: wd, k, stride, pad, ho, wo })
 }
 
+impl Kernel for DepthwiseFwd {
+    const NAME: &'static str = "depthwise conv";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        forward(i[0], i[1], i[2], self.g)
+    }
+}
+
+impl Kernel for DepthwiseGradInput {
+    const NAME: &'static str = "depthwise conv grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        grad_input(i[0], i[1], self.g)
+    }
+}
+
+impl Kernel for DepthwiseGradWeight {
+    const NAME: &'static str = "depthwise conv grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        grad_weight(i[0], i[1], self.g)
+    }
+}
+
 impl CustomOp3 for DepthwiseFwd {
     fn name(&self) -> &'static str {
         "depthwise-conv2d"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = geom(l1, l2, self.stride, self.pad)?;
-        let shape = Shape::from((g.n, g.c, g.ho, g.wo));
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(forward::<f32>(
-                contiguous(s1, l1, "input")?,
-                contiguous(s2, l2, "weight")?,
-                contiguous(s3, l3, "bias")?,
-                g,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(forward::<f64>(
-                contiguous(s1, l1, "input")?,
-                contiguous(s2, l2, "weight")?,
-                contiguous(s3, l3, "bias")?,
-                g,
-            )),
-            dt => candle_core::bail!("depthwise conv: unsupported dtype {dt:?}"),
-        };
-        Ok((out, shape))
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = geom(x.layout(), w.layout(), self.stride, self.pad)?;
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.g;
         let grad = grad.contiguous()?;
         let gx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
         let gw = grad.apply_op2_no_bwd(x, &DepthwiseGradWeight { g })?;
@@ -241,21 +223,7 @@ impl CustomOp2 for DepthwiseGradInput {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.g;
-        let shape = Shape::from((g.n, g.c, g.h, g.w));
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(grad_input::<f32>(
-                contiguous(s1, l1, "grad")?,
-                contiguous(s2, l2, "weight")?,
-                g,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(grad_input::<f64>(
-                contiguous(s1, l1, "grad")?,
-                contiguous(s2, l2, "weight")?,
-                g,
-            )),
-            dt => candle_core::bail!("depthwise conv: unsupported dtype {dt:?}"),
-        };
-        Ok((out, shape))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
 
@@ -266,21 +234,7 @@ impl CustomOp2 for DepthwiseGradWeight {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.g;
-        let shape = Shape::from((g.c, 1, g.k, g.k));
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(grad_weight::<f32>(
-                contiguous(s1, l1, "grad")?,
-                contiguous(s2, l2, "input")?,
-                g,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(grad_weight::<f64>(
-                contiguous(s1, l1, "grad")?,
-                contiguous(s2, l2, "input")?,
-                g,
-            )),
-            dt => candle_core::bail!("depthwise conv: unsupported dtype {dt:?}"),
-        };
-        Ok((out, shape))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((g.c, 1, g.k, g.k))))
     }
 }
 
@@ -292,14 +246,15 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: 
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     let b = b.contiguous()?;
-    x.apply_op3(&w, &b, DepthwiseFwd { stride, pad })
+    let g = geom(&x, &w, stride, pad)?;
+    x.apply_op3(&w, &b, DepthwiseFwd { g })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::test_util::{check_grads, seeded};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
         let c = x.dim(1)?;

@@ -3,8 +3,8 @@
 //! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
 //! composed one costs ~10 strided passes each way (NOTES.md).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use super::kernel::{dispatch, Kernel};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -16,13 +16,6 @@ struct Dims {
 fn dims(shape: &Shape, axis: usize) -> Dims {
     let d = shape.dims();
     Dims { c: d[axis], inner: d[axis + 1..].iter().product() }
-}
-
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("layer norm: inputs must be contiguous"),
-    }
 }
 
 /// Mean and 1/σ of every column i of a (C, inner) slice (two passes: stable).
@@ -109,14 +102,28 @@ fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], d: Dims, eps: f64) -> Vec<
 }
 
 struct LayerNormFwd {
-    axis: usize,
+    d: Dims,
     eps: f64,
 }
 
 /// (x, w, dy) -> [dx, dw, db] flattened.
 struct LayerNormBwd {
-    axis: usize,
+    d: Dims,
     eps: f64,
+}
+
+impl Kernel for LayerNormFwd {
+    const NAME: &'static str = "layer norm";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        forward(i[0], i[1], i[2], self.d, self.eps)
+    }
+}
+
+impl Kernel for LayerNormBwd {
+    const NAME: &'static str = "layer norm grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        backward(i[0], i[1], i[2], self.d, self.eps)
+    }
 }
 
 impl CustomOp3 for LayerNormFwd {
@@ -125,20 +132,12 @@ impl CustomOp3 for LayerNormFwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l1.shape(), self.axis);
-        let (x, w, b) = ((s1, l1), (s2, l2), (s3, l3));
-        let eps = self.eps;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(forward::<f32>(contiguous(x.0, x.1)?, contiguous(w.0, w.1)?, contiguous(b.0, b.1)?, d, eps)),
-            DType::F64 => f64::to_cpu_storage_owned(forward::<f64>(contiguous(x.0, x.1)?, contiguous(w.0, w.1)?, contiguous(b.0, b.1)?, d, eps)),
-            dt => candle_core::bail!("layer norm: unsupported dtype {dt:?}"),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let all = x.apply_op3_no_bwd(w, &grad, &LayerNormBwd { axis: self.axis, eps: self.eps })?;
+        let all = x.apply_op3_no_bwd(w, &grad, &LayerNormBwd { d: self.d, eps: self.eps })?;
         let (n, c) = (x.elem_count(), w.elem_count());
         let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = all.narrow(0, n, c)?;
@@ -153,13 +152,7 @@ impl CustomOp3 for LayerNormBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l1.shape(), self.axis);
-        let eps = self.eps;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(backward::<f32>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, d, eps)),
-            DType::F64 => f64::to_cpu_storage_owned(backward::<f64>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, d, eps)),
-            dt => candle_core::bail!("layer norm: unsupported dtype {dt:?}"),
-        };
+        let out = dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * l2.shape().elem_count())))
     }
 }
@@ -169,14 +162,15 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, axis: usize, eps: f64) -> 
     if w.elem_count() != x.dim(axis)? || b.elem_count() != x.dim(axis)? {
         candle_core::bail!("layer norm: weight {:?} / bias {:?} do not fit axis {axis} of {:?}", w.shape(), b.shape(), x.shape())
     }
-    x.contiguous()?.apply_op3(&w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?, LayerNormFwd { axis, eps })
+    let d = dims(x.shape(), axis);
+    x.contiguous()?.apply_op3(&w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?, LayerNormFwd { d, eps })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::test_util::{check_grads, seeded};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn composed(x: &Tensor, w: &Tensor, b: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
         let mean = x.mean_keepdim(axis)?;

@@ -7,6 +7,7 @@
 mod candle;
 pub mod depthwise;
 pub mod gelu;
+mod kernel;
 pub mod pointwise;
 pub mod layer_norm;
 pub mod test_util;

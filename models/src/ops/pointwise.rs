@@ -2,16 +2,9 @@
 //! backward that is two more GEMMs per image. Through candle (`broadcast_matmul` on a
 //! broadcast weight) the backward was ~7x the forward; here it is ~2x.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use super::kernel::{dispatch, Kernel};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("pointwise conv: {what} must be contiguous"),
-    }
-}
 
 /// A matrix view: data with row and column strides (in elements).
 #[derive(Clone, Copy)]
@@ -129,12 +122,37 @@ fn grad_weight<T: WithDType>(dy: &[T], x: &[T], g: Geom) -> Vec<T> {
     acc
 }
 
-struct PointwiseFwd;
+struct PointwiseFwd {
+    g: Geom,
+    hw: (usize, usize),
+}
 struct PointwiseGradInput {
     g: Geom,
+    hw: (usize, usize),
 }
 struct PointwiseGradWeight {
     g: Geom,
+}
+
+impl Kernel for PointwiseFwd {
+    const NAME: &'static str = "pointwise conv";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        forward(i[0], i[1], i[2], self.g)
+    }
+}
+
+impl Kernel for PointwiseGradInput {
+    const NAME: &'static str = "pointwise conv grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        grad_input(i[0], i[1], self.g)
+    }
+}
+
+impl Kernel for PointwiseGradWeight {
+    const NAME: &'static str = "pointwise conv grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        grad_weight(i[0], i[1], self.g)
+    }
 }
 
 impl CustomOp3 for PointwiseFwd {
@@ -143,20 +161,14 @@ impl CustomOp3 for PointwiseFwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = geom(l1.shape(), l2.shape())?;
-        let (_, _, h, w) = l1.shape().dims4()?;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(forward::<f32>(contiguous(s1, l1, "input")?, contiguous(s2, l2, "weight")?, contiguous(s3, l3, "bias")?, g)),
-            DType::F64 => f64::to_cpu_storage_owned(forward::<f64>(contiguous(s1, l1, "input")?, contiguous(s2, l2, "weight")?, contiguous(s3, l3, "bias")?, g)),
-            dt => candle_core::bail!("pointwise conv: unsupported dtype {dt:?}"),
-        };
-        Ok((out, Shape::from((g.n, g.c_out, h, w))))
+        let g = self.g;
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((g.n, g.c_out, self.hw.0, self.hw.1))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = geom(x.shape(), w.shape())?;
+        let g = self.g;
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &PointwiseGradInput { g })?;
+        let dx = grad.apply_op2_no_bwd(w, &PointwiseGradInput { g, hw: self.hw })?;
         let all = grad.apply_op2_no_bwd(x, &PointwiseGradWeight { g })?;
         let dw = all.narrow(0, 0, g.c_out * g.c_in)?.reshape((g.c_out, g.c_in))?;
         let db = all.narrow(0, g.c_out * g.c_in, g.c_out)?;
@@ -171,13 +183,7 @@ impl CustomOp2 for PointwiseGradInput {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.g;
-        let (_, _, h, w) = l1.shape().dims4()?;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(grad_input::<f32>(contiguous(s1, l1, "grad")?, contiguous(s2, l2, "weight")?, g)),
-            DType::F64 => f64::to_cpu_storage_owned(grad_input::<f64>(contiguous(s1, l1, "grad")?, contiguous(s2, l2, "weight")?, g)),
-            dt => candle_core::bail!("pointwise conv: unsupported dtype {dt:?}"),
-        };
-        Ok((out, Shape::from((g.n, g.c_in, h, w))))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((g.n, g.c_in, self.hw.0, self.hw.1))))
     }
 }
 
@@ -188,12 +194,7 @@ impl CustomOp2 for PointwiseGradWeight {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.g;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(grad_weight::<f32>(contiguous(s1, l1, "grad")?, contiguous(s2, l2, "input")?, g)),
-            DType::F64 => f64::to_cpu_storage_owned(grad_weight::<f64>(contiguous(s1, l1, "grad")?, contiguous(s2, l2, "input")?, g)),
-            dt => candle_core::bail!("pointwise conv: unsupported dtype {dt:?}"),
-        };
-        Ok((out, Shape::from(g.c_out * g.c_in + g.c_out)))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(g.c_out * g.c_in + g.c_out)))
     }
 }
 
@@ -201,14 +202,16 @@ impl CustomOp2 for PointwiseGradWeight {
 pub fn pointwise_conv(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let c_out = w.dim(0)?;
     let w = w.reshape((c_out, w.elem_count() / c_out))?.contiguous()?;
-    x.contiguous()?.apply_op3(&w, &b.contiguous()?, PointwiseFwd)
+    let (_, _, h, wd) = x.dims4()?;
+    let g = geom(x.shape(), w.shape())?;
+    x.contiguous()?.apply_op3(&w, &b.contiguous()?, PointwiseFwd { g, hw: (h, wd) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::test_util::{check_grads, seeded};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn forward_matches_conv2d() -> Result<()> {
