@@ -1,0 +1,123 @@
+// Same allocator as the training binary: measure what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand};
+use et_models::ops::test_util::seeded;
+use et_models::registry::{create_model, ModelOptions};
+use et_models::{CandleOps, ParamStore};
+use et_train::loss::{smoothed_targets, soft_cross_entropy};
+use et_train::optim::{AdamW, AdamWConfig};
+use std::time::Instant;
+
+/// Benchmarks with a fixed output format; compare with the PyTorch scripts in bench/.
+#[derive(Parser)]
+#[command(name = "et-bench", version)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// forward + backward + AdamW step on random data; prints per-step times, then
+    /// `img/s: X` (median over the timed steps) as the last line, with peak RSS.
+    TrainStep {
+        /// Registry model name.
+        #[arg(long, default_value = "convnext_atto")]
+        model: String,
+        /// Input height and width.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Images per step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Worker threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Number of output classes.
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// ConvNeXt stem stride (2 = et-train's small-image stem) [default: timm's 4].
+        #[arg(long)]
+        stem_stride: Option<usize>,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
+}
+
+/// Peak resident set size of this process in MiB (Linux), if known.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn main() -> Result<()> {
+    match Args::parse().cmd {
+        Cmd::TrainStep { model, size, batch, threads, classes, stem_stride, warmup, steps } => {
+            if let Some(t) = threads {
+                // candle's CPU kernels and gemm run on rayon's global pool.
+                std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+                rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("configuring threads")?;
+            }
+            let dev = Device::Cpu;
+            let ps = ParamStore::new(0);
+            let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride };
+            let (cfg, net) = create_model(&model, &opts, ps.var_builder(DType::F32, &dev))?;
+            cfg.check_input(&model, size, size)?;
+            let mut opt = AdamW::new(ps.trainable(), AdamWConfig::default());
+            let x = seeded(&[batch, 3, size, size], 1, &dev, DType::F32)?;
+            let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
+            let targets = smoothed_targets(&labels, classes, 0.1, &dev)?;
+            println!(
+                "{model} @ {size}px, batch {batch}, {} threads, {:.2} M params",
+                rayon::current_num_threads(),
+                ps.num_trainable() as f64 / 1e6
+            );
+            let mut times = Vec::new();
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                let logits = net.forward(&CandleOps::train(i as u64), &x)?;
+                let loss = soft_cross_entropy(&logits, &targets)?;
+                let t_fwd = t.elapsed().as_secs_f64();
+                let grads = loss.backward()?;
+                let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
+                opt.step(&grads, 1e-3)?;
+                let total = t.elapsed().as_secs_f64();
+                println!(
+                    "step {i}{}: forward {:.3} s, backward {:.3} s, optimiser {:.3} s, {:.1} img/s",
+                    if i < warmup { " (warm-up)" } else { "" },
+                    t_fwd,
+                    t_bwd,
+                    total - t_fwd - t_bwd,
+                    batch as f64 / total
+                );
+                if i >= warmup {
+                    times.push(total);
+                }
+            }
+            let rss = peak_rss_mib().map_or("unknown".to_string(), |m| format!("{m:.0} MiB"));
+            println!("peak RSS: {rss}");
+            println!("img/s: {:.1}", batch as f64 / median(times));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+"""PyTorch counterpart of `et-bench train-step`: the same architecture from timm, the same
+step (forward, soft-target cross-entropy with label smoothing 0.1, backward, AdamW) on
+random data, with `torch.set_num_threads(T)`. Prints `img/s: X` (median) as the last line.
+
+    pip install torch timm
+    python bench/torch_train_step.py --model convnext_atto --size 224 --batch 16 --threads 2
+"""
+import argparse
+import resource
+import statistics
+import time
+
+import timm
+import torch
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="convnext_atto")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--stem-stride", type=int, default=None, help="ConvNeXt stem kernel=stride (et-train's small-image stem: 2)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = timm.create_model(a.model, num_classes=a.classes)
+    if a.stem_stride is not None:
+        c = model.stem[0].out_channels
+        model.stem[0] = torch.nn.Conv2d(3, c, kernel_size=a.stem_stride, stride=a.stem_stride)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    x = torch.randn(a.batch, 3, a.size, a.size)
+    y = torch.arange(a.batch) % a.classes
+    n_params = sum(q.numel() for q in model.parameters())
+    print(f"{a.model} @ {a.size}px, batch {a.batch}, {torch.get_num_threads()} threads, {n_params / 1e6:.2f} M params")
+    times = []
+    for i in range(a.warmup + a.steps):
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        dt = time.perf_counter() - t
+        print(f"step {i}{' (warm-up)' if i < a.warmup else ''}: {dt:.3f} s, {a.batch / dt:.1f} img/s")
+        if i >= a.warmup:
+            times.append(dt)
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"img/s: {a.batch / statistics.median(times):.1f}")
+
+
+if __name__ == "__main__":
+    main()
