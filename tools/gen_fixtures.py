@@ -1,15 +1,19 @@
 """Reference fixtures for the models' parity tests, generated with PyTorch + timm (PyPI).
 
-Each fixture is one safetensors file holding a timm model's weights under timm's names,
-plus `__input__` (NCHW float32) and `__logits__` (timm's eval-mode output for it).
-The models are small instances of the real timm classes (custom depths/widths), so the
-files stay tiny while every code path of the architecture is exercised.
+1. Small models (`<name>.safetensors`): a small instance of a timm class (custom
+   depths/widths) with random weights under timm's names, inputs `__input{i}__` and timm's
+   eval-mode logits `__logits{i}__`.
+2. Registered models at full size (`zoo_logits.safetensors`): weights and inputs are not
+   stored but computed by `fixture_values` below, which the Rust tests reproduce bit for bit
+   (models/src/ops/test_util.rs); only timm's logits are stored, as `<model>@<size>`.
 
     python -m venv .venv-ref && .venv-ref/bin/pip install torch timm safetensors
     .venv-ref/bin/python tools/gen_fixtures.py            # writes models/tests/fixtures/
 """
 import os
 
+import numpy as np
+import timm
 import torch
 from safetensors.torch import save_file
 from timm.models.convnext import ConvNeXt
@@ -47,6 +51,60 @@ def fixture(name, model, sizes, seed=0):
     print(f"{path}: {sum(t.numel() for t in tensors.values())} values, logits {tuple(y.shape)}")
 
 
+def fixture_values(name, shape):
+    """Same integer arithmetic as `fixture_values` in models/src/ops/test_util.rs."""
+    h = 0x811C9DC5
+    for b in name.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    n = int(np.prod(shape)) if len(shape) else 1
+    i = np.arange(n, dtype=np.uint64)
+    u = ((i * np.uint64(2654435761) + np.uint64(h)) & np.uint64(0xFFFFFFFF)).astype(np.float64) / 4294967296.0
+    fan_in = max(int(np.prod(shape[1:])), 1) if len(shape) > 1 else 1
+    if name == "__input__":
+        v = (u - 0.5) * 4.0
+    elif name.endswith("running_var"):
+        v = 0.5 + u
+    elif name.endswith("running_mean") or name.endswith("bias"):
+        v = 0.2 * (u - 0.5)
+    elif name.endswith("gamma"):
+        v = 0.5 + 0.5 * u
+    elif len(shape) == 1:
+        v = 0.8 + 0.4 * u
+    else:
+        v = (u - 0.5) * np.sqrt(24.0 / fan_in)
+    return torch.from_numpy(v.astype(np.float32).reshape(shape))
+
+
+def small_stem_resnet(name, stride):
+    """Our ResNet small-image stem: one 3x3 conv (stride s), no max-pool; timm names."""
+    m = timm.create_model(name)
+    m.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=stride, padding=1, bias=False)
+    m.maxpool = torch.nn.Identity()
+    return m
+
+
+def zoo():
+    cases = [
+        ("convnext_atto", lambda: timm.create_model("convnext_atto"), [224, 160]),
+        ("convnext_tiny", lambda: timm.create_model("convnext_tiny"), [224]),
+        ("resnet18", lambda: timm.create_model("resnet18"), [224, 160]),
+        ("resnet50", lambda: timm.create_model("resnet50"), [224, 128]),
+        ("resnet18_stem1", lambda: small_stem_resnet("resnet18", 1), [32]),
+    ]
+    out = {}
+    for key, ctor, sizes in cases:
+        model = ctor().eval()
+        with torch.no_grad():
+            for name, t in model.state_dict().items():
+                if not name.endswith("num_batches_tracked"):
+                    t.copy_(fixture_values(name, tuple(t.shape)))
+            for s in sizes:
+                x = fixture_values("__input__", (2, 3, s, s))
+                out[f"{key}@{s}"] = model(x).contiguous()
+                print(f"{key}@{s}: logits {tuple(out[f'{key}@{s}'].shape)}, |max| {out[f'{key}@{s}'].abs().max():.3f}")
+    save_file(out, os.path.join(OUT, "zoo_logits.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     # conv_mlp=True is timm's atto..nano layout; False is tiny..base (Linear MLP weights).
@@ -57,6 +115,7 @@ def main():
     small = ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), conv_mlp=True, num_classes=10)
     small.stem[0] = torch.nn.Conv2d(3, 8, kernel_size=2, stride=2)
     fixture("convnext_stem2", small, [(32, 32), (24, 24)])
+    zoo()
 
 
 if __name__ == "__main__":

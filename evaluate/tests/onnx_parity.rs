@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device};
 use et_eval::backend::{CandleClassifier, Classifier, OnnxClassifier};
-use et_models::ops::test_util::seeded;
+use et_models::ops::test_util::{fill_for_fixture, seeded};
 use et_models::registry::{model_config, ModelOptions};
 use et_models::{Model, ParamStore, RunConfig};
 use std::path::{Path, PathBuf};
@@ -14,21 +14,17 @@ fn temp(tag: &str) -> PathBuf {
     p
 }
 
-/// A run with random, O(1)-scale weights, so that logits differ clearly between inputs.
+/// A run with O(1)-scale deterministic weights, so that logits differ clearly between inputs.
 fn random_run(dir: &Path, name: &str, stem: usize, conv_mlp_linear: bool) -> RunConfig {
-    let opts = ModelOptions { num_classes: 7, drop_path_rate: 0.0, stem_stride: Some(stem) };
+    // stem 0: the model's standard (timm) stem.
+    let opts = ModelOptions { num_classes: 7, drop_path_rate: 0.0, stem_stride: (stem > 0).then_some(stem) };
     let mut cfg = model_config(name, &opts).unwrap();
-    if conv_mlp_linear {
-        let et_models::registry::ModelConfig::Convnext(c) = &mut cfg;
+    if let (true, et_models::registry::ModelConfig::Convnext(c)) = (conv_mlp_linear, &mut cfg) {
         c.conv_mlp = false;
     }
     let ps = ParamStore::new(3);
     Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
-    for (i, (name, var)) in ps.all().into_iter().enumerate() {
-        let noise = seeded(var.dims(), i as u64, &Device::Cpu, DType::F32).unwrap();
-        let v = if name.contains("norm") && name.ends_with("weight") { ((noise * 0.2).unwrap() + 1.0).unwrap() } else { (noise * 0.3).unwrap() };
-        var.set(&v).unwrap();
-    }
+    fill_for_fixture(&ps).unwrap();
     ps.save(&dir.join("model.safetensors")).unwrap();
     let rc = RunConfig {
         model: name.into(),
@@ -101,6 +97,16 @@ fn convnext_atto_small_stem_matches_onnx_runtime() {
 #[test]
 fn convnext_linear_mlp_imagenet_stem_matches_onnx_runtime() {
     check_parity("femto", "convnext_femto", 4, true, &[(64, 64), (96, 96)]);
+}
+
+#[test]
+fn resnet18_imagenet_stem_matches_onnx_runtime() {
+    check_parity("r18", "resnet18", 0, false, &[(64, 64), (96, 80)]);
+}
+
+#[test]
+fn resnet50_small_stem_matches_onnx_runtime() {
+    check_parity("r50", "resnet50", 1, false, &[(32, 32), (24, 24)]);
 }
 
 #[test]

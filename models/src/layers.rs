@@ -74,3 +74,35 @@ impl LayerNorm {
         o.layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
+
+/// BatchNorm2d (timm / PyTorch names: weight, bias, running_mean, running_var).
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+impl BatchNorm2d {
+    pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        Self::with_init(vb, dim, 1.0)
+    }
+
+    /// `weight_init` 0 gives timm's `zero_init_last` for the last norm of a residual block.
+    pub fn with_init(vb: VarBuilder, dim: usize, weight_init: f64) -> Result<Self> {
+        Ok(BatchNorm2d {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(weight_init))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            running_mean: vb.get_with_hints(dim, "running_mean", Init::Const(0.0))?,
+            running_var: vb.get_with_hints(dim, "running_var", Init::Const(1.0))?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        o.batch_norm(x, &self.weight, &self.bias, &self.running_mean, &self.running_var, self.eps, self.momentum)
+    }
+}

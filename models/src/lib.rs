@@ -8,6 +8,7 @@ pub mod ops;
 pub mod layers;
 pub mod convnext;
 pub mod registry;
+pub mod resnet;
 pub mod run_config;
 
 pub use error::ModelError;

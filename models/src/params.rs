@@ -97,6 +97,21 @@ impl ParamStore {
         self.lock().get(name).cloned()
     }
 
+    /// Writes new buffer values (BatchNorm running statistics from `CandleOps`) in place.
+    pub fn apply_buffer_updates(&self, updates: Vec<(candle_core::TensorId, Tensor)>) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let by_id: HashMap<_, Var> = self.all().into_iter().map(|(_, v)| (v.as_tensor().id(), v)).collect();
+        for (id, value) in updates {
+            match by_id.get(&id) {
+                Some(var) => var.set(&value.to_dtype(var.dtype())?)?,
+                None => return Err(ModelError::Candle(candle_core::Error::Msg("buffer update for a tensor that is not a parameter".into()))),
+            }
+        }
+        Ok(())
+    }
+
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         self.all().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect()
     }
@@ -130,7 +145,8 @@ impl ParamStore {
                 Some(_) => {}
             }
         }
-        let mut unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
+        // PyTorch's BatchNorm counter: timm checkpoints carry it, our momentum is fixed.
+        let mut unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k) && !k.ends_with("num_batches_tracked")).collect();
         unexpected.sort();
         if !missing.is_empty() || !mismatched.is_empty() || !unexpected.is_empty() {
             let list = |v: Vec<String>| if v.len() > 8 { format!("{}, ... ({} in all)", v[..8].join(", "), v.len()) } else { v.join(", ") };

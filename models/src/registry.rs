@@ -2,6 +2,7 @@
 //! preprocessing, and one `Model` type that dispatches `forward` to the architecture.
 
 use crate::convnext::{self, ConvNeXt};
+use crate::resnet::{self, BlockKind, ResNet};
 use crate::error::{ModelError, Result};
 use crate::ops::Ops;
 use candle_nn::VarBuilder;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum ModelConfig {
     Convnext(convnext::Config),
+    Resnet(resnet::Config),
 }
 
 /// Options a user may change without changing the architecture's identity.
@@ -19,7 +21,8 @@ pub enum ModelConfig {
 pub struct ModelOptions {
     pub num_classes: usize,
     pub drop_path_rate: f64,
-    /// Stem stride for small images (ConvNeXt: 2 for 32-px data; timm default 4).
+    /// A small-image stem with this stride (ConvNeXt: 2×2 patchify instead of 4×4;
+    /// ResNet: one 3×3 conv instead of 7×7/2 + max-pool). `None`: timm's stem.
     pub stem_stride: Option<usize>,
 }
 
@@ -52,16 +55,31 @@ const CONVNEXT: &[(&str, &[usize], &[usize], bool)] = &[
     ("convnext_base", &[3, 3, 27, 3], &[128, 256, 512, 1024], false),
 ];
 
+const RESNET: &[(&str, BlockKind, &[usize])] = &[
+    ("resnet18", BlockKind::Basic, &[2, 2, 2, 2]),
+    ("resnet34", BlockKind::Basic, &[3, 4, 6, 3]),
+    ("resnet50", BlockKind::Bottleneck, &[3, 4, 6, 3]),
+];
+
 pub fn model_names() -> Vec<&'static str> {
-    CONVNEXT.iter().map(|m| m.0).collect()
+    CONVNEXT.iter().map(|m| m.0).chain(RESNET.iter().map(|m| m.0)).collect()
 }
 
-pub fn defaults(_name: &str) -> ModelDefaults {
-    ModelDefaults { mean: IMAGENET_MEAN, std: IMAGENET_STD, crop_pct: 0.875, interpolation: "bicubic", input_size: 224 }
+/// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (crop 0.95).
+pub fn defaults(name: &str) -> ModelDefaults {
+    let crop_pct = if name.starts_with("resnet") { 0.95 } else { 0.875 };
+    ModelDefaults { mean: IMAGENET_MEAN, std: IMAGENET_STD, crop_pct, interpolation: "bicubic", input_size: 224 }
 }
 
 /// The architecture config of a registered model name.
 pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
+    if let Some(&(_, block, layers)) = RESNET.iter().find(|m| m.0 == name) {
+        let mut cfg = resnet::Config::new(block, layers);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.small_stem_stride = opts.stem_stride;
+        return Ok(ModelConfig::Resnet(cfg));
+    }
     let Some(&(_, depths, dims, conv_mlp)) = CONVNEXT.iter().find(|m| m.0 == name) else {
         return Err(ModelError::UnknownModel { name: name.to_string(), available: model_names().join(", ") });
     };
@@ -76,12 +94,14 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
 
 pub enum Model {
     ConvNeXt(ConvNeXt),
+    ResNet(ResNet),
 }
 
 impl ModelConfig {
     pub fn num_classes(&self) -> usize {
         match self {
             ModelConfig::Convnext(c) => c.num_classes,
+            ModelConfig::Resnet(c) => c.num_classes,
         }
     }
 
@@ -89,25 +109,25 @@ impl ModelConfig {
     pub fn head_names(&self) -> &'static [&'static str] {
         match self {
             ModelConfig::Convnext(_) => &["head.fc.weight", "head.fc.bias"],
+            ModelConfig::Resnet(_) => &["fc.weight", "fc.bias"],
         }
     }
 
     /// Whether the architecture accepts an input of this size (and why not).
     pub fn check_input(&self, name: &str, height: usize, width: usize) -> Result<()> {
-        match self {
-            ModelConfig::Convnext(c) => {
-                let min = c.min_input();
-                if height < min || width < min {
-                    return Err(ModelError::BadResolution {
-                        model: name.to_string(),
-                        height,
-                        width,
-                        reason: format!("the smallest input is {min}x{min} (stem stride {} and {} stages)", c.stem_stride, c.dims.len()),
-                    });
-                }
-                Ok(())
-            }
+        let (min, why) = match self {
+            ModelConfig::Convnext(c) => (c.min_input(), format!("stem stride {} and {} stages", c.stem_stride, c.dims.len())),
+            ModelConfig::Resnet(c) => (c.min_input(), "its total stride".to_string()),
+        };
+        if height < min || width < min {
+            return Err(ModelError::BadResolution {
+                model: name.to_string(),
+                height,
+                width,
+                reason: format!("the smallest input is {min}x{min} ({why})"),
+            });
         }
+        Ok(())
     }
 }
 
@@ -115,6 +135,7 @@ impl Model {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         Ok(match cfg {
             ModelConfig::Convnext(c) => Model::ConvNeXt(ConvNeXt::new(vb, c)?),
+            ModelConfig::Resnet(c) => Model::ResNet(ResNet::new(vb, c)?),
         })
     }
 
@@ -122,6 +143,7 @@ impl Model {
     pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> candle_core::Result<O::T> {
         match self {
             Model::ConvNeXt(m) => m.forward(o, x),
+            Model::ResNet(m) => m.forward(o, x),
         }
     }
 }

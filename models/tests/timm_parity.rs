@@ -68,6 +68,9 @@ fn parameter_counts_equal_timm() {
         ("convnext_tiny", 28_589_128),
         ("convnext_small", 50_223_688),
         ("convnext_base", 88_591_464),
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
     ];
     assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
     for (name, count) in timm {
@@ -76,4 +79,49 @@ fn parameter_counts_equal_timm() {
         Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
         assert_eq!(ps.num_trainable(), count, "{name}");
     }
+}
+
+/// Registered models at full size: weights and inputs from `fixture_values` (shared with
+/// tools/gen_fixtures.py), logits from timm in zoo_logits.safetensors.
+fn check_zoo(key: &str, name: &str, stem_stride: Option<usize>, sizes: &[usize]) {
+    let logits = fixture("zoo_logits");
+    let ps = ParamStore::new(0);
+    let opts = ModelOptions { num_classes: 1000, drop_path_rate: 0.0, stem_stride };
+    let cfg = model_config(name, &opts).unwrap();
+    let model = Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    et_models::ops::test_util::fill_for_fixture(&ps).unwrap();
+    for &s in sizes {
+        let want = logits.get(&format!("{key}@{s}")).unwrap_or_else(|| panic!("fixture lacks {key}@{s}: rerun tools/gen_fixtures.py"));
+        let x = Tensor::from_vec(et_models::ops::test_util::fixture_values("__input__", &[2, 3, s, s]), (2, 3, s, s), &Device::Cpu).unwrap();
+        let got = model.forward(&CandleOps::eval(), &x).unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        // 1e-4 absolute for logits of order one; relative to the logits' size beyond that.
+        assert!(diff <= 1e-4 * scale.max(1.0), "{key} at {s}px: max abs diff {diff} (logits up to {scale})");
+    }
+}
+
+#[test]
+fn convnext_atto_full_size_matches_timm() {
+    check_zoo("convnext_atto", "convnext_atto", None, &[224, 160]);
+}
+
+#[test]
+fn convnext_tiny_full_size_matches_timm() {
+    check_zoo("convnext_tiny", "convnext_tiny", None, &[224]);
+}
+
+#[test]
+fn resnet18_matches_timm() {
+    check_zoo("resnet18", "resnet18", None, &[224, 160]);
+}
+
+#[test]
+fn resnet50_matches_timm() {
+    check_zoo("resnet50", "resnet50", None, &[224, 128]);
+}
+
+#[test]
+fn resnet18_small_stem_matches_timm_modules() {
+    check_zoo("resnet18_stem1", "resnet18", Some(1), &[32]);
 }

@@ -219,6 +219,7 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(&Event)) -> Result<Summ
                 }
                 let lr = lr_schedule.at(progress);
                 let missing = opt.step(&loss.backward()?, lr)?;
+                params.apply_buffer_updates(ops.take_buffer_updates())?;
                 if !missing.is_empty() {
                     return Err(TrainError::Internal(format!("no gradient reached {}", missing.join(", "))));
                 }

@@ -197,4 +197,15 @@ impl Ops for OnnxOps {
     fn drop_path(&self, x: &Value, _rate: f64) -> Result<Value> {
         Ok(x.clone())
     }
+
+    fn batch_norm(&self, x: &Value, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, _momentum: f64) -> Result<Value> {
+        let names = [self.param(w, w.dims())?, self.param(b, b.dims())?, self.param(running_mean, running_mean.dims())?, self.param(running_var, running_var.dims())?];
+        Ok(self.node("BatchNormalization", &[x, &names[0], &names[1], &names[2], &names[3]], vec![float_attr("epsilon", eps as f32)]))
+    }
+
+    fn max_pool2d(&self, x: &Value, kernel: usize, stride: usize, padding: usize) -> Result<Value> {
+        let (k, s, p) = (kernel as i64, stride as i64, padding as i64);
+        let attrs = vec![ints_attr("kernel_shape", &[k, k]), ints_attr("strides", &[s, s]), ints_attr("pads", &[p, p, p, p])];
+        Ok(self.node("MaxPool", &[x], attrs))
+    }
 }

@@ -1,26 +1,35 @@
 use super::depthwise::depthwise_conv2d;
 use super::gelu::gelu;
 use super::layer_norm::layer_norm;
+use super::max_pool::max_pool2d;
 use super::pointwise::pointwise_conv;
 use super::{ConvGeom, Ops};
-use candle_core::{Result, Tensor, D};
-use std::cell::Cell;
+use candle_core::{Result, Tensor, TensorId, D};
+use std::cell::{Cell, RefCell};
 
 /// Runs models in candle. Every op here has a working gradient (no `*_no_bwd` paths, see
 /// NOTES.md); `train` switches stochastic depth on.
 pub struct CandleOps {
     pub train: bool,
     rng: Cell<u64>,
+    /// New running statistics computed in training mode, keyed by the buffer tensor's id;
+    /// the trainer writes them into the buffers after the step (`ParamStore::apply`).
+    updates: RefCell<Vec<(TensorId, Tensor)>>,
 }
 
 impl CandleOps {
     pub fn eval() -> Self {
-        CandleOps { train: false, rng: Cell::new(0) }
+        CandleOps { train: false, rng: Cell::new(0), updates: RefCell::new(Vec::new()) }
     }
 
     /// Training mode; `seed` drives drop-path masks (reseed per step for reproducibility).
     pub fn train(seed: u64) -> Self {
-        CandleOps { train: true, rng: Cell::new(seed) }
+        CandleOps { train: true, rng: Cell::new(seed), updates: RefCell::new(Vec::new()) }
+    }
+
+    /// Buffer updates (BatchNorm running statistics) recorded by a training forward pass.
+    pub fn take_buffer_updates(&self) -> Vec<(TensorId, Tensor)> {
+        self.updates.take()
     }
 
     fn uniform(&self) -> f64 {
@@ -135,6 +144,35 @@ impl Ops for CandleOps {
         let mask = Tensor::from_vec(mask, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
         x.broadcast_mul(&mask)
     }
+
+    fn batch_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Tensor> {
+        let c = w.elem_count();
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+        if !self.train {
+            // y = x·s + (b − μ·s) with s = w / √(σ² + ε): two broadcast ops on x.
+            let scale = (w / (running_var + eps)?.sqrt()?)?;
+            let shift = (b - (running_mean * &scale)?)?;
+            return x.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?);
+        }
+        let (n, _, h, wd) = x.dims4()?;
+        let mean_c = |t: &Tensor| t.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3);
+        let mean = mean_c(x)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = mean_c(&xc.sqr()?)?;
+        let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?.broadcast_mul(&per_channel(w)?)?.broadcast_add(&per_channel(b)?)?;
+        let count = (n * h * wd) as f64;
+        let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
+        let new_mean = ((running_mean * (1.0 - momentum))? + (mean.detach().flatten_all()? * momentum)?)?;
+        let new_var = ((running_var * (1.0 - momentum))? + (unbiased * momentum)?)?;
+        let mut u = self.updates.borrow_mut();
+        u.push((running_mean.id(), new_mean));
+        u.push((running_var.id(), new_var));
+        Ok(y)
+    }
+
+    fn max_pool2d(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        max_pool2d(x, kernel, stride, padding)
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +228,31 @@ mod tests {
         check_grads(&[&x, &g], |v| ops.scale_channels(v[0], v[1]))?;
         let (x2, w, b) = (var(&[4, 6], 16)?, var(&[5, 6], 17)?, var(&[5], 18)?);
         check_grads(&[&x2, &w, &b], |v| ops.linear(v[0], v[1], Some(v[2])))
+    }
+
+    #[test]
+    fn batch_norm_gradients_and_running_statistics() -> Result<()> {
+        let (x, w, b) = (var(&[3, 2, 4, 3], 21)?, var(&[2], 22)?, var(&[2], 23)?);
+        let rm = Tensor::new(&[0.1f64, -0.2], &Device::Cpu)?;
+        let rv = Tensor::new(&[1.5f64, 0.7], &Device::Cpu)?;
+        let ops = CandleOps::train(0);
+        check_grads(&[&x, &w, &b], |v| ops.batch_norm(v[0], v[1], v[2], &rm, &rv, 1e-5, 0.1))?;
+        let eval = CandleOps::eval();
+        check_grads(&[&x, &w, &b], |v| eval.batch_norm(v[0], v[1], v[2], &rm, &rv, 1e-5, 0.1))?;
+        // Running statistics as PyTorch: (1-m)·old + m·batch, unbiased variance.
+        let ops = CandleOps::train(0);
+        ops.batch_norm(&x, &w, &b, &rm, &rv, 1e-5, 0.1)?;
+        let updates = ops.take_buffer_updates();
+        assert_eq!(updates.len(), 2);
+        assert_eq!(updates[0].0, rm.id());
+        let x0: Vec<f64> = x.as_tensor().narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
+        let m = x0.iter().sum::<f64>() / 36.0;
+        let v = x0.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / 35.0;
+        let got_m: Vec<f64> = updates[0].1.to_vec1()?;
+        let got_v: Vec<f64> = updates[1].1.to_vec1()?;
+        assert!((got_m[0] - (0.9 * 0.1 + 0.1 * m)).abs() < 1e-12);
+        assert!((got_v[0] - (0.9 * 1.5 + 0.1 * v)).abs() < 1e-12);
+        Ok(())
     }
 
     #[test]

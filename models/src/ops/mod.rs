@@ -8,6 +8,7 @@ mod candle;
 pub mod depthwise;
 pub mod gelu;
 mod kernel;
+pub mod max_pool;
 pub mod pointwise;
 pub mod layer_norm;
 pub mod test_util;
@@ -47,4 +48,11 @@ pub trait Ops {
     fn flatten(&self, x: &Self::T) -> Result<Self::T>;
     /// Stochastic depth on a residual branch: identity outside training.
     fn drop_path(&self, x: &Self::T, rate: f64) -> Result<Self::T>;
+    /// BatchNorm over the channels of NCHW `x`. Inference uses the running statistics;
+    /// training uses the batch's and reports updated running statistics (PyTorch's
+    /// momentum rule, unbiased variance) through the implementation, never in place.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm(&self, x: &Self::T, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Self::T>;
+    /// Max pooling with a square window, stride and symmetric padding.
+    fn max_pool2d(&self, x: &Self::T, kernel: usize, stride: usize, padding: usize) -> Result<Self::T>;
 }
