@@ -77,3 +77,25 @@ fn every_flag_is_documented_in_help() {
         }
     }
 }
+
+#[test]
+fn resnet_with_batch_norm_trains_exports_and_agrees() {
+    let tmp = TempDir::new("e2e-resnet");
+    mini_dataset(tmp.path(), &["cat", "ship"], 8);
+    let run_dir = tmp.s("run");
+    let o = run("et-train", &["--data", &tmp.s(""), "--model", "resnet18", "--epochs", "0.5", "--batch-size", "8", "--out", &run_dir]);
+    assert_ok(&o, "et-train resnet18");
+    // Training updated the BatchNorm running statistics that inference uses.
+    let w = candle_core::safetensors::load(tmp.join("run/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let rv: Vec<f32> = w["bn1.running_var"].to_vec1().unwrap();
+    assert!(rv.iter().any(|v| (v - 1.0).abs() > 1e-3), "running_var never updated: {:?}", &rv[..4]);
+    assert!(!w.contains_key("bn1.num_batches_tracked"));
+    assert_ok(&run("et-export", &["--onnx", &run_dir]), "et-export resnet18");
+    let (a, b) = (tmp.s("a.json"), tmp.s("b.json"));
+    assert_ok(&run("et-eval", &["--onnx", &tmp.s("run/model.onnx"), "--data", &tmp.s(""), "--resolutions", "32,24", "--json", &a]), "et-eval --onnx");
+    assert_ok(&run("et-eval", &["--run", &run_dir, "--data", &tmp.s(""), "--resolutions", "32,24", "--json", &b]), "et-eval --run");
+    for (x, y) in results(&tmp.join("a.json")).iter().zip(&results(&tmp.join("b.json"))) {
+        assert_eq!(x["top1"], y["top1"], "{x} vs {y}");
+        assert!((x["loss"].as_f64().unwrap() - y["loss"].as_f64().unwrap()).abs() < 1e-4, "{x} vs {y}");
+    }
+}

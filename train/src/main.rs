@@ -20,7 +20,8 @@ struct Args {
     /// or DIR/<class>/* to train without validation.
     #[arg(long, value_name = "DIR", default_value = "assets/cifar10-mini")]
     data: PathBuf,
-    /// Model name from the registry (convnext_atto, convnext_femto, ..., convnext_base).
+    /// Model name from the registry: convnext_{atto,femto,pico,nano,tiny,small,base},
+    /// resnet{18,34,50}.
     #[arg(long, default_value = "convnext_atto")]
     model: String,
     /// Curriculum: et-pp (EfficientTrain++, 10 stages) or baseline (base resolution throughout).
@@ -51,7 +52,8 @@ struct Args {
     /// Stochastic-depth (drop-path) rate of the last block.
     #[arg(long, default_value_t = 0.0)]
     drop_path: f64,
-    /// Stem patch size (ConvNeXt) [default: 2 for images under 64 px, else timm's 4].
+    /// Small-image stem with this stride (ConvNeXt: 2×2 patchify; ResNet: one 3×3 conv, no
+    /// max-pool) [default: 2 for images under 64 px, else timm's stem].
     #[arg(long)]
     stem_stride: Option<usize>,
     /// Base (final-stage) resolution [default: the first training image's shorter side,
