@@ -90,6 +90,9 @@ def zoo():
         ("resnet18", lambda: timm.create_model("resnet18"), [224, 160]),
         ("resnet50", lambda: timm.create_model("resnet50"), [224, 128]),
         ("resnet18_stem1", lambda: small_stem_resnet("resnet18", 1), [32]),
+        # Other sizes resample the position embedding on the fly (timm's dynamic_img_size).
+        ("deit_tiny_patch16_224", lambda: timm.create_model("deit_tiny_patch16_224", dynamic_img_size=True), [224, 160]),
+        ("deit_tiny_p4", lambda: timm.create_model("deit_tiny_patch16_224", patch_size=4, img_size=32, dynamic_img_size=True), [32, 24]),
     ]
     out = {}
     for key, ctor, sizes in cases:

@@ -80,7 +80,7 @@ fn main() -> Result<()> {
             }
             let dev = Device::Cpu;
             let ps = ParamStore::new(0);
-            let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride };
+            let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride, img_size: None };
             let (cfg, net) = create_model(&model, &opts, ps.var_builder(DType::F32, &dev))?;
             cfg.check_input(&model, size, size)?;
             let mut opt = AdamW::new(ps.trainable(), AdamWConfig::default());

@@ -16,8 +16,12 @@ fn temp(tag: &str) -> PathBuf {
 
 /// A run with O(1)-scale deterministic weights, so that logits differ clearly between inputs.
 fn random_run(dir: &Path, name: &str, stem: usize, conv_mlp_linear: bool) -> RunConfig {
+    random_run_at(dir, name, stem, conv_mlp_linear, None)
+}
+
+fn random_run_at(dir: &Path, name: &str, stem: usize, conv_mlp_linear: bool, img_size: Option<usize>) -> RunConfig {
     // stem 0: the model's standard (timm) stem.
-    let opts = ModelOptions { num_classes: 7, drop_path_rate: 0.0, stem_stride: (stem > 0).then_some(stem) };
+    let opts = ModelOptions { num_classes: 7, drop_path_rate: 0.0, stem_stride: (stem > 0).then_some(stem), img_size };
     let mut cfg = model_config(name, &opts).unwrap();
     if let (true, et_models::registry::ModelConfig::Convnext(c)) = (conv_mlp_linear, &mut cfg) {
         c.conv_mlp = false;
@@ -107,6 +111,29 @@ fn resnet18_imagenet_stem_matches_onnx_runtime() {
 #[test]
 fn resnet50_small_stem_matches_onnx_runtime() {
     check_parity("r50", "resnet50", 1, false, &[(32, 32), (24, 24)]);
+}
+
+/// ViTs export one graph per resolution (the position embedding is resampled at export).
+#[test]
+fn deit_matches_onnx_runtime_at_each_exported_resolution() {
+    let dir = temp("deit");
+    random_run_at(&dir, "deit_tiny_patch16_224", 4, false, Some(32));
+    let mut candle = CandleClassifier::open(&dir).unwrap();
+    for r in [32, 24] {
+        let path = dir.join(format!("deit_{r}.onnx"));
+        et_export::export_onnx(&candle.run, r, &path).unwrap();
+        let mut ort = OnnxClassifier::open(&path, None, 2).unwrap();
+        assert!(ort.check_resolution(r).is_ok());
+        let err = ort.check_resolution(r + 4).unwrap_err().to_string();
+        assert!(err.contains("fixed"), "{err}");
+        let x = seeded(&[2, 3, r, r], 7, &Device::Cpu, DType::F32).unwrap();
+        let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let (a, b) = (candle.logits(&data, [2, 3, r, r]).unwrap(), ort.logits(&data, [2, 3, r, r]).unwrap());
+        let d = max_abs_diff(&a, &b);
+        assert!(d <= 1e-4, "deit at {r}: max abs diff {d}");
+        check_onnx_checker(&path);
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub fn build_model_proto(run: &LoadedRun, resolution: usize) -> Result<ModelProt
     let cfg = &run.config;
     cfg.model_config.check_input(&cfg.model, resolution, resolution)?;
     let names: HashMap<TensorId, String> = run.params.all().into_iter().map(|(name, var)| (var.as_tensor().id(), name)).collect();
-    let ops = OnnxOps::new(names);
+    let ops = OnnxOps::new(names, INPUT_NAME, (resolution, resolution));
     let input: onnx::builder::Value = INPUT_NAME.into();
     let logits = run.model.forward(&ops, &input)?;
     let (mut nodes, initializers) = ops.finish();
@@ -68,12 +68,19 @@ pub fn build_model_proto(run: &LoadedRun, resolution: usize) -> Result<ModelProt
             last.output[0] = OUTPUT_NAME.into();
         }
     }
+    // Convolutional models take any size; ViTs are exported for one grid (their position
+    // embedding is resampled for `resolution` at export).
+    let input_dims = if cfg.model_config.dynamic_input_size() {
+        vec![dim_param("batch"), dim_value(3), dim_param("height"), dim_param("width")]
+    } else {
+        vec![dim_param("batch"), dim_value(3), dim_value(resolution), dim_value(resolution)]
+    };
     let meta = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
     let graph = GraphProto {
         node: nodes,
         name: Some(cfg.model.clone()),
         initializer: initializers,
-        input: vec![value_info(INPUT_NAME, vec![dim_param("batch"), dim_value(3), dim_param("height"), dim_param("width")])],
+        input: vec![value_info(INPUT_NAME, input_dims)],
         output: vec![value_info(OUTPUT_NAME, vec![dim_param("batch"), dim_value(cfg.num_classes)])],
     };
     Ok(ModelProto {

@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
     let size: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(32);
     let batch: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(64);
     let ps = ParamStore::new(0);
-    let opts = ModelOptions { num_classes: 10, drop_path_rate: 0.0, stem_stride: Some(2) };
+    let opts = ModelOptions { num_classes: 10, drop_path_rate: 0.0, stem_stride: Some(2), img_size: None };
     let (_, model) = create_model("convnext_atto", &opts, ps.var_builder(DType::F32, &Device::Cpu))?;
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?;
     for i in 0..4 {

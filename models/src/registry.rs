@@ -3,6 +3,7 @@
 
 use crate::convnext::{self, ConvNeXt};
 use crate::resnet::{self, BlockKind, ResNet};
+use crate::vit::{self, VisionTransformer};
 use crate::error::{ModelError, Result};
 use crate::ops::Ops;
 use candle_nn::VarBuilder;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub enum ModelConfig {
     Convnext(convnext::Config),
     Resnet(resnet::Config),
+    Vit(vit::Config),
 }
 
 /// Options a user may change without changing the architecture's identity.
@@ -22,13 +24,16 @@ pub struct ModelOptions {
     pub num_classes: usize,
     pub drop_path_rate: f64,
     /// A small-image stem with this stride (ConvNeXt: 2×2 patchify instead of 4×4;
-    /// ResNet: one 3×3 conv instead of 7×7/2 + max-pool). `None`: timm's stem.
+    /// ResNet: one 3×3 conv instead of 7×7/2 + max-pool; ViT: the patch size). `None`:
+    /// timm's stem.
     pub stem_stride: Option<usize>,
+    /// Input size a ViT's position embedding is laid out for [default: 224].
+    pub img_size: Option<usize>,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { num_classes: 1000, drop_path_rate: 0.0, stem_stride: None }
+        ModelOptions { num_classes: 1000, drop_path_rate: 0.0, stem_stride: None, img_size: None }
     }
 }
 
@@ -61,18 +66,47 @@ const RESNET: &[(&str, BlockKind, &[usize])] = &[
     ("resnet50", BlockKind::Bottleneck, &[3, 4, 6, 3]),
 ];
 
+const VIT: &[(&str, usize, usize, usize)] = &[
+    ("deit_tiny_patch16_224", 192, 12, 3),
+    ("deit_small_patch16_224", 384, 12, 6),
+    ("deit_base_patch16_224", 768, 12, 12),
+];
+
 pub fn model_names() -> Vec<&'static str> {
-    CONVNEXT.iter().map(|m| m.0).chain(RESNET.iter().map(|m| m.0)).collect()
+    CONVNEXT.iter().map(|m| m.0).chain(RESNET.iter().map(|m| m.0)).chain(VIT.iter().map(|m| m.0)).collect()
 }
 
-/// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (crop 0.95).
+/// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (0.95),
+/// `deit_*.fb_in1k` (0.9).
 pub fn defaults(name: &str) -> ModelDefaults {
-    let crop_pct = if name.starts_with("resnet") { 0.95 } else { 0.875 };
+    let crop_pct = if name.starts_with("resnet") {
+        0.95
+    } else if name.starts_with("deit") {
+        0.9
+    } else {
+        0.875
+    };
     ModelDefaults { mean: IMAGENET_MEAN, std: IMAGENET_STD, crop_pct, interpolation: "bicubic", input_size: 224 }
 }
 
 /// The architecture config of a registered model name.
 pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
+    if let Some(&(_, dim, depth, heads)) = VIT.iter().find(|m| m.0 == name) {
+        let mut cfg = vit::Config::new(dim, depth, heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.patch_size = opts.stem_stride.unwrap_or(16);
+        cfg.img_size = opts.img_size.unwrap_or(224);
+        if cfg.img_size % cfg.patch_size != 0 {
+            return Err(ModelError::BadResolution {
+                model: name.to_string(),
+                height: cfg.img_size,
+                width: cfg.img_size,
+                reason: format!("the base size must be a multiple of the patch size {}", cfg.patch_size),
+            });
+        }
+        return Ok(ModelConfig::Vit(cfg));
+    }
     if let Some(&(_, block, layers)) = RESNET.iter().find(|m| m.0 == name) {
         let mut cfg = resnet::Config::new(block, layers);
         cfg.num_classes = opts.num_classes;
@@ -95,6 +129,7 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
 pub enum Model {
     ConvNeXt(ConvNeXt),
     ResNet(ResNet),
+    Vit(VisionTransformer),
 }
 
 impl ModelConfig {
@@ -102,6 +137,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Convnext(c) => c.num_classes,
             ModelConfig::Resnet(c) => c.num_classes,
+            ModelConfig::Vit(c) => c.num_classes,
         }
     }
 
@@ -110,7 +146,13 @@ impl ModelConfig {
         match self {
             ModelConfig::Convnext(_) => &["head.fc.weight", "head.fc.bias"],
             ModelConfig::Resnet(_) => &["fc.weight", "fc.bias"],
+            ModelConfig::Vit(_) => &["head.weight", "head.bias"],
         }
+    }
+
+    /// Whether the exported graph can take any height and width (convolutional models).
+    pub fn dynamic_input_size(&self) -> bool {
+        !matches!(self, ModelConfig::Vit(_))
     }
 
     /// Whether the architecture accepts an input of this size (and why not).
@@ -118,6 +160,18 @@ impl ModelConfig {
         let (min, why) = match self {
             ModelConfig::Convnext(c) => (c.min_input(), format!("stem stride {} and {} stages", c.stem_stride, c.dims.len())),
             ModelConfig::Resnet(c) => (c.min_input(), "its total stride".to_string()),
+            ModelConfig::Vit(c) => {
+                let p = c.patch_size;
+                if height % p != 0 || width % p != 0 {
+                    return Err(ModelError::BadResolution {
+                        model: name.to_string(),
+                        height,
+                        width,
+                        reason: format!("height and width must be multiples of the patch size {p}"),
+                    });
+                }
+                (p, format!("patch size {p}"))
+            }
         };
         if height < min || width < min {
             return Err(ModelError::BadResolution {
@@ -136,6 +190,7 @@ impl Model {
         Ok(match cfg {
             ModelConfig::Convnext(c) => Model::ConvNeXt(ConvNeXt::new(vb, c)?),
             ModelConfig::Resnet(c) => Model::ResNet(ResNet::new(vb, c)?),
+            ModelConfig::Vit(c) => Model::Vit(VisionTransformer::new(vb, c)?),
         })
     }
 
@@ -144,6 +199,7 @@ impl Model {
         match self {
             Model::ConvNeXt(m) => m.forward(o, x),
             Model::ResNet(m) => m.forward(o, x),
+            Model::Vit(m) => m.forward(o, x),
         }
     }
 }

@@ -71,6 +71,9 @@ fn parameter_counts_equal_timm() {
         ("resnet18", 11_689_512),
         ("resnet34", 21_797_672),
         ("resnet50", 25_557_032),
+        ("deit_tiny_patch16_224", 5_717_416),
+        ("deit_small_patch16_224", 22_050_664),
+        ("deit_base_patch16_224", 86_567_656),
     ];
     assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
     for (name, count) in timm {
@@ -84,9 +87,13 @@ fn parameter_counts_equal_timm() {
 /// Registered models at full size: weights and inputs from `fixture_values` (shared with
 /// tools/gen_fixtures.py), logits from timm in zoo_logits.safetensors.
 fn check_zoo(key: &str, name: &str, stem_stride: Option<usize>, sizes: &[usize]) {
+    check_zoo_at(key, name, stem_stride, None, sizes)
+}
+
+fn check_zoo_at(key: &str, name: &str, stem_stride: Option<usize>, img_size: Option<usize>, sizes: &[usize]) {
     let logits = fixture("zoo_logits");
     let ps = ParamStore::new(0);
-    let opts = ModelOptions { num_classes: 1000, drop_path_rate: 0.0, stem_stride };
+    let opts = ModelOptions { num_classes: 1000, drop_path_rate: 0.0, stem_stride, img_size };
     let cfg = model_config(name, &opts).unwrap();
     let model = Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
     et_models::ops::test_util::fill_for_fixture(&ps).unwrap();
@@ -124,4 +131,14 @@ fn resnet50_matches_timm() {
 #[test]
 fn resnet18_small_stem_matches_timm_modules() {
     check_zoo("resnet18_stem1", "resnet18", Some(1), &[32]);
+}
+
+#[test]
+fn deit_tiny_matches_timm_at_224_and_with_resampled_position_embedding() {
+    check_zoo("deit_tiny_patch16_224", "deit_tiny_patch16_224", None, &[224, 160]);
+}
+
+#[test]
+fn deit_tiny_with_small_patches_matches_timm() {
+    check_zoo_at("deit_tiny_p4", "deit_tiny_patch16_224", Some(4), Some(32), &[32, 24]);
 }

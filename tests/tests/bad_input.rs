@@ -9,7 +9,7 @@ fn random_run(dir: &std::path::Path) {
     use et_models::registry::{model_config, ModelOptions};
     use et_models::{Model, ParamStore, RunConfig};
     std::fs::create_dir_all(dir).unwrap();
-    let opts = ModelOptions { num_classes: 3, drop_path_rate: 0.0, stem_stride: Some(2) };
+    let opts = ModelOptions { num_classes: 3, drop_path_rate: 0.0, stem_stride: Some(2), img_size: None };
     let cfg = model_config("convnext_atto", &opts).unwrap();
     let ps = ParamStore::new(1);
     Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();

@@ -121,8 +121,8 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(&Event)) -> Result<Summ
         .ok_or_else(|| TrainError::Config(format!("unknown schedule '{}': use et-pp or baseline", cfg.schedule)))?;
     let classes = train_set.classes.len();
     // Small images keep timm's layout but a finer stem (see models/src/convnext.rs).
-    let stem_stride = cfg.stem_stride.or((base < 64).then_some(2));
-    let opts = ModelOptions { num_classes: classes, drop_path_rate: cfg.drop_path, stem_stride };
+    let stem_stride = cfg.stem_stride.or((base < 64).then_some(if family == Family::DeiT { 4 } else { 2 }));
+    let opts = ModelOptions { num_classes: classes, drop_path_rate: cfg.drop_path, stem_stride, img_size: Some(base) };
     let model_cfg = model_config(&cfg.model, &opts)?;
     for s in &schedule.stages {
         model_cfg.check_input(&cfg.model, s.resolution, s.resolution)?;

@@ -26,6 +26,8 @@ pub struct OnnxOps {
     graph: RefCell<Graph>,
     /// timm names of the parameters, so the ONNX initialisers keep them.
     param_names: HashMap<TensorId, String>,
+    /// Name and (H, W) of the graph input, for models whose structure depends on the size.
+    input: (String, (usize, usize)),
 }
 
 /// An activation in the graph being recorded: the name of an ONNX value.
@@ -44,8 +46,8 @@ fn float_attr(name: &str, v: f32) -> AttributeProto {
 }
 
 impl OnnxOps {
-    pub fn new(param_names: HashMap<TensorId, String>) -> Self {
-        OnnxOps { graph: RefCell::new(Graph::default()), param_names }
+    pub fn new(param_names: HashMap<TensorId, String>, input: &str, input_hw: (usize, usize)) -> Self {
+        OnnxOps { graph: RefCell::new(Graph::default()), param_names, input: (input.to_string(), input_hw) }
     }
 
     /// Nodes and initialisers recorded so far.
@@ -108,6 +110,18 @@ impl OnnxOps {
         });
     }
 
+    fn ints(&self, base: &str, v: &[i64], scalar: bool) -> String {
+        let name = self.unique(base.to_string());
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.graph.borrow_mut().initializers.push(TensorProto {
+            dims: if scalar { vec![] } else { vec![v.len() as i64] },
+            data_type: Some(data_type::INT64),
+            name: Some(name.clone()),
+            raw_data: Some(raw),
+        });
+        name
+    }
+
     fn scalar(&self, v: f32) -> String {
         let name = self.unique(format!("const_{v}"));
         self.add_initializer(&name, &[], vec![v]);
@@ -139,14 +153,18 @@ impl Ops for OnnxOps {
     }
 
     fn linear(&self, x: &Value, w: &Tensor, b: Option<&Tensor>) -> Result<Value> {
-        // Gemm needs 2-D input; models call `linear` on (N, C) features here.
+        // MatMul (any rank) against the transposed weight; the initialiser keeps its name and
+        // PyTorch layout, runtimes fold the Transpose.
         let wn = self.param(w, w.dims())?;
-        let mut inputs = vec![x.to_string(), wn];
-        if let Some(b) = b {
-            inputs.push(self.param(b, b.dims())?);
+        let wt = self.node("Transpose", &[&wn], vec![ints_attr("perm", &[1, 0])]);
+        let y = self.node("MatMul", &[x, &wt], vec![]);
+        match b {
+            Some(b) => {
+                let bn = self.param(b, b.dims())?;
+                Ok(self.node("Add", &[&y, &bn], vec![]))
+            }
+            None => Ok(y),
         }
-        let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
-        Ok(self.node("Gemm", &refs, vec![int_attr("transB", 1)]))
     }
 
     fn layer_norm_channels(&self, x: &Value, w: &Tensor, b: &Tensor, eps: f64) -> Result<Value> {
@@ -201,6 +219,63 @@ impl Ops for OnnxOps {
     fn batch_norm(&self, x: &Value, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, _momentum: f64) -> Result<Value> {
         let names = [self.param(w, w.dims())?, self.param(b, b.dims())?, self.param(running_mean, running_mean.dims())?, self.param(running_var, running_var.dims())?];
         Ok(self.node("BatchNormalization", &[x, &names[0], &names[1], &names[2], &names[3]], vec![float_attr("epsilon", eps as f32)]))
+    }
+
+    fn input_hw(&self, x: &Value) -> Result<(usize, usize)> {
+        if **x == *self.input.0 {
+            Ok(self.input.1)
+        } else {
+            candle_core::bail!("ONNX export: the spatial size is only known for the graph input")
+        }
+    }
+
+    fn to_tokens(&self, x: &Value) -> Result<Value> {
+        let shape = self.ints("shape_nc_flat", &[0, 0, -1], false);
+        let flat = self.node("Reshape", &[x, &shape], vec![]);
+        Ok(self.node("Transpose", &[&flat], vec![ints_attr("perm", &[0, 2, 1])]))
+    }
+
+    fn prepend_token(&self, x: &Value, token: &Tensor) -> Result<Value> {
+        // Expand the (1, 1, C) token to (N, 1, C) with N read from x at run time.
+        let c = token.elem_count() as i64;
+        let tok = self.param(token, token.dims())?;
+        let shape = self.node("Shape", &[x], vec![]);
+        let idx0 = self.ints("index_0", &[0], false);
+        let n = self.node("Gather", &[&shape, &idx0], vec![int_attr("axis", 0)]);
+        let rest = self.ints("dims_1_c", &[1, c], false);
+        let target = self.node("Concat", &[&n, &rest], vec![int_attr("axis", 0)]);
+        let expanded = self.node("Expand", &[&tok, &target], vec![]);
+        Ok(self.node("Concat", &[&expanded, x], vec![int_attr("axis", 1)]))
+    }
+
+    fn add_param(&self, x: &Value, p: &Tensor) -> Result<Value> {
+        let pn = self.param(p, p.dims())?;
+        Ok(self.node("Add", &[x, &pn], vec![]))
+    }
+
+    fn attention(&self, qkv: &Value, heads: usize, head_dim: usize) -> Result<Value> {
+        let split = self.ints("shape_qkv", &[0, -1, 3, heads as i64, head_dim as i64], false);
+        let t = self.node("Reshape", &[qkv, &split], vec![]);
+        let t = self.node("Transpose", &[&t], vec![ints_attr("perm", &[2, 0, 3, 1, 4])]);
+        let pick = |i: i64| -> Value {
+            let idx = self.ints(&format!("index_{i}"), &[i], true);
+            self.node("Gather", &[&t, &idx], vec![int_attr("axis", 0)])
+        };
+        let (q, k, v) = (pick(0), pick(1), pick(2));
+        let kt = self.node("Transpose", &[&k], vec![ints_attr("perm", &[0, 1, 3, 2])]);
+        let scores = self.node("MatMul", &[&q, &kt], vec![]);
+        let scale = self.scalar((1.0 / (head_dim as f64).sqrt()) as f32);
+        let scores = self.node("Mul", &[&scores, &scale], vec![]);
+        let p = self.node("Softmax", &[&scores], vec![int_attr("axis", -1)]);
+        let o = self.node("MatMul", &[&p, &v], vec![]);
+        let o = self.node("Transpose", &[&o], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+        let merge = self.ints("shape_merge", &[0, -1, (heads * head_dim) as i64], false);
+        Ok(self.node("Reshape", &[&o, &merge], vec![]))
+    }
+
+    fn token(&self, x: &Value, index: usize) -> Result<Value> {
+        let idx = self.ints(&format!("index_{index}"), &[index as i64], true);
+        Ok(self.node("Gather", &[x, &idx], vec![int_attr("axis", 1)]))
     }
 
     fn max_pool2d(&self, x: &Value, kernel: usize, stride: usize, padding: usize) -> Result<Value> {

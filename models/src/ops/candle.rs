@@ -173,6 +173,38 @@ impl Ops for CandleOps {
     fn max_pool2d(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
         max_pool2d(x, kernel, stride, padding)
     }
+
+    fn input_hw(&self, x: &Tensor) -> Result<(usize, usize)> {
+        let (_, _, h, w) = x.dims4()?;
+        Ok((h, w))
+    }
+
+    fn to_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        x.flatten_from(2)?.transpose(1, 2)?.contiguous()
+    }
+
+    fn prepend_token(&self, x: &Tensor, token: &Tensor) -> Result<Tensor> {
+        let (n, _, c) = x.dims3()?;
+        Tensor::cat(&[&token.broadcast_as((n, 1, c))?, x], 1)
+    }
+
+    fn add_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {
+        x.broadcast_add(p)
+    }
+
+    fn attention(&self, qkv: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+        let (n, l, _) = qkv.dims3()?;
+        let qkv = qkv.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+        // `ops::softmax` has a gradient; `softmax_last_dim` does not (NOTES.md).
+        let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        p.matmul(&v)?.transpose(1, 2)?.reshape((n, l, heads * head_dim))
+    }
+
+    fn token(&self, x: &Tensor, index: usize) -> Result<Tensor> {
+        x.narrow(1, index, 1)?.squeeze(1)
+    }
 }
 
 #[cfg(test)]

@@ -55,4 +55,18 @@ pub trait Ops {
     fn batch_norm(&self, x: &Self::T, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Self::T>;
     /// Max pooling with a square window, stride and symmetric padding.
     fn max_pool2d(&self, x: &Self::T, kernel: usize, stride: usize, padding: usize) -> Result<Self::T>;
+    /// (H, W) of the model's NCHW input. Graph recorders know it only for the graph input
+    /// (the export resolution).
+    fn input_hw(&self, x: &Self::T) -> Result<(usize, usize)>;
+    /// NCHW map → (N, H·W, C) tokens.
+    fn to_tokens(&self, x: &Self::T) -> Result<Self::T>;
+    /// Prepends a learned token (1, 1, C) to every sequence: (N, L, C) → (N, 1 + L, C).
+    fn prepend_token(&self, x: &Self::T, token: &Tensor) -> Result<Self::T>;
+    /// Adds a parameter broadcast over the batch, e.g. a position embedding (1, L, C).
+    fn add_param(&self, x: &Self::T, p: &Tensor) -> Result<Self::T>;
+    /// Multi-head self-attention core on packed projections: qkv (N, L, 3·heads·head_dim) →
+    /// softmax(q·kᵀ/√head_dim)·v with heads merged back, (N, L, heads·head_dim).
+    fn attention(&self, qkv: &Self::T, heads: usize, head_dim: usize) -> Result<Self::T>;
+    /// Token `index` of every sequence: (N, L, C) → (N, C).
+    fn token(&self, x: &Self::T, index: usize) -> Result<Self::T>;
 }

@@ -1,0 +1,206 @@
+//! Vision Transformer as DeiT trains it (Touvron et al., 2021), with timm's
+//! `VisionTransformer` names: `patch_embed.proj`, `cls_token`, `pos_embed`,
+//! `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`, `head`.
+//!
+//! Other resolutions work as timm's `dynamic_img_size=True`: the stored position embedding
+//! keeps the base grid and is resampled on every forward (bicubic, antialiased, as
+//! `resample_abs_pos_embed`). The resampling is two matrix products, so it is
+//! differentiable and training at a low-resolution stage updates the base embedding.
+
+use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT};
+use crate::ops::{ConvGeom, Ops};
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub patch_size: usize,
+    /// Input size the position embedding is laid out for (grid = img_size / patch_size).
+    pub img_size: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f64,
+    pub drop_path_rate: f64,
+    pub in_chans: usize,
+    pub num_classes: usize,
+}
+
+impl Config {
+    pub fn new(embed_dim: usize, depth: usize, num_heads: usize) -> Self {
+        Config { patch_size: 16, img_size: 224, embed_dim, depth, num_heads, mlp_ratio: 4.0, drop_path_rate: 0.0, in_chans: 3, num_classes: 1000 }
+    }
+
+    pub fn grid(&self) -> usize {
+        self.img_size / self.patch_size
+    }
+}
+
+const LN_EPS: f64 = 1e-6;
+
+/// Row-stochastic (out × in) matrix of antialiased bicubic resampling (a = -0.5, Pillow's
+/// and PyTorch's `antialias=True` kernel, half-pixel centres).
+pub fn bicubic_aa_matrix(input: usize, output: usize) -> Vec<f32> {
+    fn cubic(x: f64) -> f64 {
+        let (a, x) = (-0.5, x.abs());
+        if x < 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        } else {
+            0.0
+        }
+    }
+    let scale = input as f64 / output as f64;
+    let filter_scale = scale.max(1.0);
+    let support = 2.0 * filter_scale;
+    let mut m = vec![0f32; output * input];
+    for i in 0..output {
+        let center = (i as f64 + 0.5) * scale;
+        let lo = ((center - support + 0.5).trunc().max(0.0)) as usize;
+        let hi = ((center + support + 0.5).trunc() as usize).min(input);
+        let w: Vec<f64> = (lo..hi).map(|j| cubic((j as f64 - center + 0.5) / filter_scale)).collect();
+        let total: f64 = w.iter().sum();
+        for (j, wj) in (lo..hi).zip(w) {
+            m[i * input + j] = (wj / total) as f32;
+        }
+    }
+    m
+}
+
+/// The position embedding (1, prefix + g², C) resampled to an (h × w) grid.
+fn resample_pos_embed(pos: &Tensor, grid: usize, h: usize, w: usize, prefix: usize) -> Result<Tensor> {
+    if h == grid && w == grid {
+        return Ok(pos.clone());
+    }
+    let c = pos.dim(2)?;
+    let dev = pos.device();
+    let cls = pos.narrow(1, 0, prefix)?;
+    let p = pos.narrow(1, prefix, grid * grid)?.reshape((grid, grid * c))?;
+    let ry = Tensor::from_vec(bicubic_aa_matrix(grid, h), (h, grid), dev)?.to_dtype(pos.dtype())?;
+    let rx = Tensor::from_vec(bicubic_aa_matrix(grid, w), (w, grid), dev)?.to_dtype(pos.dtype())?;
+    // Rows first: (h, g·C) → (g, h·C) with columns leading, then columns.
+    let t = ry.matmul(&p)?.reshape((h, grid, c))?.transpose(0, 1)?.contiguous()?.reshape((grid, h * c))?;
+    let t = rx.matmul(&t)?.reshape((w, h, c))?.transpose(0, 1)?.contiguous()?.reshape((1, h * w, c))?;
+    Tensor::cat(&[&cls, &t], 1)
+}
+
+struct Block {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+    drop_path: f64,
+}
+
+impl Block {
+    fn new(vb: VarBuilder, cfg: &Config, drop_path: f64) -> Result<Self> {
+        let d = cfg.embed_dim;
+        let hidden = (d as f64 * cfg.mlp_ratio) as usize;
+        Ok(Block {
+            norm1: LayerNorm::new(vb.pp("norm1"), d, LN_EPS)?,
+            qkv: Linear::new(vb.pp("attn.qkv"), d, 3 * d, true)?,
+            proj: Linear::new(vb.pp("attn.proj"), d, d, true)?,
+            norm2: LayerNorm::new(vb.pp("norm2"), d, LN_EPS)?,
+            fc1: Linear::new(vb.pp("mlp.fc1"), d, hidden, true)?,
+            fc2: Linear::new(vb.pp("mlp.fc2"), hidden, d, true)?,
+            heads: cfg.num_heads,
+            drop_path,
+        })
+    }
+
+    fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let d = self.proj.weight.dim(0)?;
+        let y = self.qkv.forward(o, &self.norm1.forward(o, x)?)?;
+        let y = self.proj.forward(o, &o.attention(&y, self.heads, d / self.heads)?)?;
+        let x = o.add(x, &o.drop_path(&y, self.drop_path)?)?;
+        let y = self.fc2.forward(o, &o.gelu(&self.fc1.forward(o, &self.norm2.forward(o, &x)?)?)?)?;
+        o.add(&x, &o.drop_path(&y, self.drop_path)?)
+    }
+}
+
+pub struct VisionTransformer {
+    pub config: Config,
+    patch_embed: Conv2d,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    head: Linear,
+}
+
+impl VisionTransformer {
+    pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (d, p) = (cfg.embed_dim, cfg.patch_size);
+        let patch_embed = Conv2d::new(vb.pp("patch_embed.proj"), cfg.in_chans, d, p, ConvGeom { stride: p, padding: 0, groups: 1 }, true)?;
+        let cls_token = vb.get_with_hints((1, 1, d), "cls_token", Init::Randn { mean: 0.0, stdev: 1e-6 })?;
+        let pos_embed = vb.get_with_hints((1, 1 + cfg.grid() * cfg.grid(), d), "pos_embed", WEIGHT_INIT)?;
+        let rate = |i: usize| if cfg.depth > 1 { cfg.drop_path_rate * i as f64 / (cfg.depth - 1) as f64 } else { 0.0 };
+        let blocks = (0..cfg.depth).map(|i| Block::new(vb.pp(format!("blocks.{i}")), cfg, rate(i))).collect::<Result<Vec<_>>>()?;
+        let norm = LayerNorm::new(vb.pp("norm"), d, LN_EPS)?;
+        let head = Linear::new(vb.pp("head"), d, cfg.num_classes, true)?;
+        Ok(VisionTransformer { config: cfg.clone(), patch_embed, cls_token, pos_embed, blocks, norm, head })
+    }
+
+    pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let (h, w) = o.input_hw(x)?;
+        let p = self.config.patch_size;
+        let pos = resample_pos_embed(&self.pos_embed, self.config.grid(), h / p, w / p, 1)?;
+        let x = o.to_tokens(&self.patch_embed.forward(o, x)?)?;
+        let mut x = o.add_param(&o.prepend_token(&x, &self.cls_token)?, &pos)?;
+        for b in &self.blocks {
+            x = b.forward(o, &x)?;
+        }
+        let x = self.norm.forward(o, &x)?;
+        self.head.forward(o, &o.token(&x, 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::seeded;
+    use crate::ops::CandleOps;
+    use crate::params::ParamStore;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn resampling_matrix_is_identity_at_same_size_and_averages_when_shrinking() {
+        let m = bicubic_aa_matrix(5, 5);
+        for i in 0..5 {
+            for j in 0..5 {
+                assert!((m[i * 5 + j] - if i == j { 1.0 } else { 0.0 }).abs() < 1e-6);
+            }
+        }
+        let m = bicubic_aa_matrix(14, 10);
+        for row in m.chunks(14) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient_at_another_resolution() -> Result<()> {
+        let mut cfg = Config::new(16, 2, 2);
+        cfg.patch_size = 4;
+        cfg.img_size = 16;
+        cfg.num_classes = 3;
+        cfg.drop_path_rate = 0.1;
+        let ps = ParamStore::new(1);
+        let model = VisionTransformer::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+        // 12 px: a 3×3 grid, so the 4×4 position embedding is resampled (and learns through it).
+        let x = seeded(&[2, 3, 12, 12], 2, &Device::Cpu, DType::F32)?;
+        let y = model.forward(&CandleOps::train(3), &x)?;
+        assert_eq!(y.dims(), &[2, 3]);
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        for (name, var) in ps.trainable() {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} received no gradient"));
+            let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+        }
+        Ok(())
+    }
+}
