@@ -134,7 +134,7 @@ impl Classifier for OnnxClassifier {
     fn check_resolution(&self, size: usize) -> Result<(), EvalError> {
         match self.fixed_hw {
             (Some(h), _) | (_, Some(h)) if h != size => Err(EvalError::Input(format!(
-                "{} takes fixed {}x{} inputs, not {size}x{size}: evaluate at --resolutions {h}, or pass --onnx {size}=FILE exported with --resolution {size}",
+                "{} takes fixed {}x{} inputs, not {size}x{size}: evaluate it at --resolutions {h}, or export another file with `et-export --onnx RUN_DIR --resolution {size}`",
                 self.path.display(),
                 self.fixed_hw.0.unwrap_or(size),
                 self.fixed_hw.1.unwrap_or(size)

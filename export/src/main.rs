@@ -10,8 +10,8 @@ use et_models::run_config::LoadedRun;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Export a trained run (an et-train output directory) to ONNX (opset 17, dynamic batch,
-/// dynamic height/width for convolutional models). Preprocessing facts (mean, std,
+/// Export a trained run (an et-train output directory) to ONNX (opset 17, dynamic batch;
+/// dynamic height/width for convolutional models, one fixed size per file for ViTs). Preprocessing facts (mean, std,
 /// crop_pct, interpolation, class names) are stored as ONNX metadata for et-eval.
 #[derive(Parser, Debug)]
 #[command(name = "et-export", version)]
@@ -44,12 +44,13 @@ fn run(args: Args) -> Result<()> {
     let out = args.out.unwrap_or_else(|| args.onnx.join("model.onnx"));
     let s = export_onnx(&run, resolution, &out)?;
     println!(
-        "wrote {} ({} nodes, {} initializers, {:.2} MB) for {} at {resolution}x{resolution} (batch, height and width dynamic)",
+        "wrote {} ({} nodes, {} initializers, {:.2} MB) for {} at {resolution}x{resolution} ({})",
         s.path.display(),
         s.nodes,
         s.initializers,
         s.bytes as f64 / 1e6,
-        run.config.model
+        run.config.model,
+        if run.config.model_config.dynamic_input_size() { "batch, height and width dynamic" } else { "dynamic batch; fixed size: the position embedding is resampled for this resolution" }
     );
     Ok(())
 }
