@@ -2,6 +2,7 @@
 //! (`--onnx`) or candle (`--run`), at several resolutions, with the timm eval transform.
 
 pub mod backend;
+pub mod npy;
 pub mod ortlib;
 
 use backend::Classifier;

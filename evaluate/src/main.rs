@@ -4,7 +4,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use et_data::folder::ImageFolder;
 use et_data::resample::Filter;
 use et_eval::backend::{CandleClassifier, Classifier, OnnxClassifier};
@@ -18,7 +18,42 @@ use std::process::ExitCode;
 /// resolutions. Preprocessing is timm's eval transform: resize the shorter side to
 /// int(r / crop_pct) (bicubic), centre-crop r×r, normalise.
 #[derive(Parser, Debug)]
-#[command(name = "et-eval", version)]
+#[command(name = "et-eval", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    eval: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// List the registered models: parameters, FLOPs (MACs) at 224 px, default preprocessing.
+    Models,
+    /// Logits of a model for NCHW float32 images in a .npy file (candle, eval mode).
+    Predict {
+        /// Registry model name (see `et-eval models`).
+        #[arg(long)]
+        model: String,
+        /// Weights with timm names (safetensors); the number of classes is read from the head.
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// Input images, float32 .npy of shape (N, 3, H, W), already preprocessed.
+        #[arg(long, value_name = "X.npy")]
+        input: PathBuf,
+        /// Where to write the logits, float32 .npy of shape (N, classes).
+        #[arg(long, value_name = "LOGITS.npy")]
+        output: PathBuf,
+        /// Small-image stem stride / ViT patch size the weights were trained with.
+        #[arg(long)]
+        stem_stride: Option<usize>,
+        /// ViT base input size (position-embedding grid × patch size) [default: 224].
+        #[arg(long)]
+        img_size: Option<usize>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// ONNX model to evaluate with ONNX Runtime (as written by `et-export --onnx`).
     #[arg(long, value_name = "FILE", conflicts_with = "run", required_unless_present = "run")]
@@ -27,8 +62,8 @@ struct Args {
     #[arg(long, value_name = "RUN_DIR")]
     run: Option<PathBuf>,
     /// ImageFolder to evaluate: DIR/val if it exists, else DIR (one sub-folder per class).
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[arg(long, value_name = "DIR", required = true)]
+    data: Option<PathBuf>,
     /// Comma-separated input resolutions [default: the run's base resolution, or the
     /// resolution recorded in the ONNX file].
     #[arg(long, value_delimiter = ',', value_name = "R,R,...")]
@@ -68,7 +103,13 @@ fn three(v: Option<Vec<f32>>) -> Option<[f32; 3]> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Some(Cmd::Models) => models(),
+        Some(Cmd::Predict { model, weights, input, output, stem_stride, img_size }) => predict(&model, &weights, &input, &output, stem_stride, img_size),
+        None => run(cli.eval),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("et-eval: error: {e:#}");
@@ -113,7 +154,8 @@ fn run(args: Args) -> Result<()> {
     for &r in &resolutions {
         model.check_resolution(r)?;
     }
-    let folder = ImageFolder::open(&ImageFolder::split_root(&args.data, "val"))?;
+    let data = args.data.as_deref().ok_or_else(|| anyhow!("pass --data DIR"))?;
+    let folder = ImageFolder::open(&ImageFolder::split_root(data, "val"))?;
     check_classes(&folder, class_names.as_deref(), model.num_classes())?;
     let opts = EvalOptions { batch_size: args.batch_size, threads, skip_corrupt: args.skip_corrupt };
     let mut results = Vec::new();
@@ -124,5 +166,48 @@ fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.json {
         write_json(&results, path)?;
     }
+    Ok(())
+}
+
+fn models() -> Result<()> {
+    println!("{:<24} {:>10} {:>11} {:>9} {:>14}", "model", "params (M)", "GFLOPs@224", "crop_pct", "interpolation");
+    for name in et_models::registry::model_names() {
+        let m = et_models::registry::describe(name)?;
+        println!(
+            "{:<24} {:>10.2} {:>11.2} {:>9} {:>14}",
+            m.name,
+            m.params as f64 / 1e6,
+            m.macs_224 as f64 / 1e9,
+            m.defaults.crop_pct,
+            m.defaults.interpolation
+        );
+    }
+    Ok(())
+}
+
+fn predict(model: &str, weights: &std::path::Path, input: &std::path::Path, output: &std::path::Path, stem_stride: Option<usize>, img_size: Option<usize>) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use et_models::registry::{model_config, ModelOptions};
+    use et_models::{CandleOps, Model, ParamStore};
+    let (shape, data) = et_eval::npy::read_f32(input).map_err(|e| anyhow!(e))?;
+    let [n, c, h, w] = shape[..] else { bail!("{}: expected an (N, 3, H, W) array, got shape {shape:?}", input.display()) };
+    if c != 3 {
+        bail!("{}: expected 3 channels (N, 3, H, W), got shape {shape:?}", input.display());
+    }
+    // The head's size in the file decides the number of classes.
+    let probe = model_config(model, &ModelOptions { stem_stride, img_size, ..Default::default() })?;
+    let file = candle_core::safetensors::load(weights, &Device::Cpu).with_context(|| format!("cannot read weights {}", weights.display()))?;
+    let head = probe.head_names()[1];
+    let classes = file.get(head).map(|t| t.elem_count()).ok_or_else(|| anyhow!("{} has no '{head}': not {model} weights with timm names", weights.display()))?;
+    drop(file);
+    let cfg = model_config(model, &ModelOptions { num_classes: classes, stem_stride, img_size, ..Default::default() })?;
+    cfg.check_input(model, h, w)?;
+    let ps = ParamStore::new(0);
+    let net = Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu))?;
+    ps.load(weights, &[])?;
+    let x = Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?;
+    let y: Vec<f32> = net.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1()?;
+    et_eval::npy::write_f32(output, &[n, classes], &y).map_err(|e| anyhow!(e))?;
+    println!("wrote {} ({n} x {classes} logits)", output.display());
     Ok(())
 }

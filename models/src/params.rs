@@ -17,6 +17,8 @@ pub fn is_buffer(name: &str) -> bool {
 pub struct ParamStore {
     vars: Mutex<BTreeMap<String, Var>>,
     seed: u64,
+    /// Zeros instead of random values: for counting parameters and FLOPs quickly.
+    zeros: bool,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -67,7 +69,12 @@ pub struct LoadReport {
 
 impl ParamStore {
     pub fn new(seed: u64) -> Arc<Self> {
-        Arc::new(ParamStore { vars: Mutex::new(BTreeMap::new()), seed })
+        Arc::new(ParamStore { vars: Mutex::new(BTreeMap::new()), seed, zeros: false })
+    }
+
+    /// A store whose parameters are all zero: shapes without the cost of random init.
+    pub fn zeros() -> Arc<Self> {
+        Arc::new(ParamStore { vars: Mutex::new(BTreeMap::new()), seed: 0, zeros: true })
     }
 
     pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
@@ -193,7 +200,8 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
             }
             return Ok(v.as_tensor().clone());
         }
-        let var = Var::from_tensor(&init_tensor(&s, h, self.0.seed, name, dtype, dev)?)?;
+        let init = if self.0.zeros { Tensor::zeros(s.clone(), dtype, dev)? } else { init_tensor(&s, h, self.0.seed, name, dtype, dev)? };
+        let var = Var::from_tensor(&init)?;
         let t = var.as_tensor().clone();
         vars.insert(name.to_string(), var);
         Ok(t)

@@ -210,3 +210,39 @@ pub fn create_model(name: &str, opts: &ModelOptions, vb: VarBuilder) -> Result<(
     let model = Model::new(&cfg, vb)?;
     Ok((cfg, model))
 }
+
+/// What `et-eval models` lists.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub name: &'static str,
+    pub params: usize,
+    /// Multiply-accumulates of one 224×224 image (the papers' "FLOPs").
+    pub macs_224: u64,
+    pub defaults: ModelDefaults,
+}
+
+/// Parameters and FLOPs of a registered model (1000 classes, timm's stem).
+pub fn describe(name: &str) -> Result<ModelInfo> {
+    let name = model_names().into_iter().find(|n| *n == name).ok_or_else(|| ModelError::UnknownModel { name: name.to_string(), available: model_names().join(", ") })?;
+    let cfg = model_config(name, &ModelOptions::default())?;
+    let ps = crate::params::ParamStore::zeros();
+    let model = Model::new(&cfg, ps.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu))?;
+    let counter = crate::ops::flops::FlopCounter::new();
+    model.forward(&counter, &vec![1, 3, 224, 224])?;
+    Ok(ModelInfo { name, params: ps.num_trainable(), macs_224: counter.macs(), defaults: defaults(name) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_match_published_numbers() {
+        // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G, DeiT-S 4.6G).
+        for (name, gmacs) in [("convnext_atto", 0.55), ("convnext_tiny", 4.47), ("resnet18", 1.82), ("resnet50", 4.11), ("deit_tiny_patch16_224", 1.26), ("deit_small_patch16_224", 4.61)] {
+            let got = describe(name).unwrap().macs_224 as f64 / 1e9;
+            assert!((got - gmacs).abs() / gmacs < 0.03, "{name}: {got:.3} GMACs, published {gmacs}");
+        }
+        assert!(describe("nope").is_err());
+    }
+}

@@ -6,6 +6,7 @@
 
 mod candle;
 pub mod depthwise;
+pub mod flops;
 pub mod gelu;
 mod kernel;
 pub mod max_pool;
