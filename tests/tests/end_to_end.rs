@@ -99,3 +99,27 @@ fn resnet_with_batch_norm_trains_exports_and_agrees() {
         assert!((x["loss"].as_f64().unwrap() - y["loss"].as_f64().unwrap()).abs() < 1e-4, "{x} vs {y}");
     }
 }
+
+#[test]
+fn fine_tuning_reinitialises_only_a_head_of_another_size() {
+    let tmp = TempDir::new("finetune");
+    mini_dataset(&tmp.join("three"), &["airplane", "cat", "ship"], 4);
+    mini_dataset(&tmp.join("two"), &["cat", "ship"], 4);
+    let args = |data: &str, out: &str| vec!["--data".to_string(), tmp.s(data), "--epochs".into(), "0.3".into(), "--batch-size".into(), "4".into(), "--out".into(), tmp.s(out)];
+    let a = args("three", "a");
+    assert_ok(&run("et-train", &a.iter().map(String::as_str).collect::<Vec<_>>()), "et-train");
+    let mut b = args("two", "b");
+    b.extend(["--init-from".into(), tmp.s("a/model.safetensors")]);
+    let o = run("et-train", &b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ok(&o, "et-train --init-from");
+    assert!(stdout(&o).contains("re-initialised for the new classes: head.fc.bias, head.fc.weight"), "{}", stdout(&o));
+    // Weights of another architecture: named keys, clean failure.
+    let mut c = args("two", "c");
+    c.extend(["--init-from".into(), tmp.s("a/model.safetensors"), "--model".into(), "resnet18".into()]);
+    let o = run("et-train", &c.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_clean_failure(&o, "et-train", "missing: bn1.bias");
+    let mut d = args("two", "d");
+    d.extend(["--init-from".into(), tmp.s("nope.safetensors")]);
+    let o = run("et-train", &d.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_clean_failure(&o, "et-train", "nope.safetensors");
+}

@@ -49,6 +49,8 @@ pub struct TrainConfig {
     pub out: PathBuf,
     pub log_every: usize,
     pub skip_corrupt: bool,
+    /// Start from these weights (timm names); a head of another size is re-initialised.
+    pub init_from: Option<PathBuf>,
 }
 
 /// What the loop reports to its caller (the CLI prints these).
@@ -58,6 +60,7 @@ pub enum Event<'a> {
     Step { stage: usize, stages: usize, resolution: usize, magnitude: f64, step: usize, steps: usize, loss: f64, lr: f64, img_per_s: f64, eta_s: f64 },
     StageEnd { stage: usize, resolution: usize, seconds: f64, val_top1: Option<f64>, val_top5: Option<f64>, mean_loss: f64 },
     Skipped { path: &'a Path, reason: &'a str },
+    Initialised { from: &'a Path, loaded: usize, reinitialised: &'a [String] },
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +150,10 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(&Event)) -> Result<Summ
     let device = Device::Cpu;
     let params = ParamStore::new(cfg.seed);
     let model = Model::new(&model_cfg, params.var_builder(DType::F32, &device))?;
+    if let Some(path) = &cfg.init_from {
+        let report = params.load(path, model_cfg.head_names())?;
+        on_event(&Event::Initialised { from: path, loaded: report.loaded, reinitialised: &report.reinitialised });
+    }
     let mut opt = AdamW::new(params.trainable(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
     let lr_schedule = CosineSchedule { lr: cfg.lr, min_lr: cfg.min_lr, warmup_lr: cfg.min_lr.min(cfg.lr), warmup: (cfg.warmup_epochs / cfg.epochs).clamp(0.0, 1.0) };
 

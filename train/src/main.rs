@@ -85,6 +85,10 @@ struct Args {
     /// Skip undecodable images (reported and counted) instead of stopping.
     #[arg(long)]
     skip_corrupt: bool,
+    /// Fine-tune from these weights (safetensors, timm names, e.g. a timm checkpoint or an
+    /// earlier run's model.safetensors); a classifier head of another size is re-initialised.
+    #[arg(long, value_name = "FILE")]
+    init_from: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +131,7 @@ fn run(a: Args) -> Result<()> {
         out: a.out.clone(),
         log_every: a.log_every,
         skip_corrupt: a.skip_corrupt,
+        init_from: a.init_from,
     };
     let mut print = |e: &Event| match e {
         Event::Plan { schedule, train_images, val_images, classes, params, steps } => {
@@ -155,6 +160,11 @@ fn run(a: Args) -> Result<()> {
             pct(*val_top5)
         ),
         Event::Skipped { path, reason } => eprintln!("et-train: skipped {}: {reason}", path.display()),
+        Event::Initialised { from, loaded, reinitialised } => println!(
+            "initialised {loaded} tensors from {}{}",
+            from.display(),
+            if reinitialised.is_empty() { String::new() } else { format!(" (re-initialised for the new classes: {})", reinitialised.join(", ")) }
+        ),
     };
     let s = train(&cfg, &mut print)?;
     println!(
