@@ -9,6 +9,7 @@
 
     python -m venv .venv-ref && .venv-ref/bin/pip install torch timm safetensors
     .venv-ref/bin/python tools/gen_fixtures.py            # writes models/tests/fixtures/
+    .venv-ref/bin/python tools/gen_fixtures.py --large    # the other variants, local check only
 """
 import os
 
@@ -83,8 +84,15 @@ def small_stem_resnet(name, stride):
     return m
 
 
-def zoo():
-    cases = [
+LARGE = [
+    (name, (lambda n=name: timm.create_model(n)), [224])
+    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34",
+                 "deit_small_patch16_224", "deit_base_patch16_224"]
+]
+
+
+def zoo(cases=None, filename="zoo_logits.safetensors"):
+    cases = cases or [
         ("convnext_atto", lambda: timm.create_model("convnext_atto"), [224, 160]),
         ("convnext_tiny", lambda: timm.create_model("convnext_tiny"), [224]),
         ("resnet18", lambda: timm.create_model("resnet18"), [224, 160]),
@@ -105,11 +113,15 @@ def zoo():
                 x = fixture_values("__input__", (2, 3, s, s))
                 out[f"{key}@{s}"] = model(x).contiguous()
                 print(f"{key}@{s}: logits {tuple(out[f'{key}@{s}'].shape)}, |max| {out[f'{key}@{s}'].abs().max():.3f}")
-    save_file(out, os.path.join(OUT, "zoo_logits.safetensors"))
+    save_file(out, os.path.join(OUT, filename))
 
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if "--large" in os.sys.argv:
+        # Not committed (.gitignore): checked by `cargo test --release -p et-models --test timm_parity -- --ignored`.
+        zoo(LARGE, "zoo_logits_large.safetensors")
+        return
     # conv_mlp=True is timm's atto..nano layout; False is tiny..base (Linear MLP weights).
     fixture("convnext_convmlp", ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), conv_mlp=True, num_classes=7), [(64, 64), (48, 80)])
     fixture("convnext_linear", ConvNeXt(depths=(1, 2, 1, 1), dims=(8, 16, 24, 32), conv_mlp=False, num_classes=5), [(64, 64), (40, 40)])

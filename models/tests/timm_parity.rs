@@ -91,7 +91,11 @@ fn check_zoo(key: &str, name: &str, stem_stride: Option<usize>, sizes: &[usize])
 }
 
 fn check_zoo_at(key: &str, name: &str, stem_stride: Option<usize>, img_size: Option<usize>, sizes: &[usize]) {
-    let logits = fixture("zoo_logits");
+    check_against("zoo_logits", key, name, stem_stride, img_size, sizes)
+}
+
+fn check_against(file: &str, key: &str, name: &str, stem_stride: Option<usize>, img_size: Option<usize>, sizes: &[usize]) {
+    let logits = fixture(file);
     let ps = ParamStore::new(0);
     let opts = ModelOptions { num_classes: 1000, drop_path_rate: 0.0, stem_stride, img_size };
     let cfg = model_config(name, &opts).unwrap();
@@ -105,6 +109,7 @@ fn check_zoo_at(key: &str, name: &str, stem_stride: Option<usize>, img_size: Opt
         let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         // 1e-4 absolute for logits of order one; relative to the logits' size beyond that.
         assert!(diff <= 1e-4 * scale.max(1.0), "{key} at {s}px: max abs diff {diff} (logits up to {scale})");
+        println!("{key} at {s}px: max abs diff {diff:.2e} (logits up to {scale:.2})");
     }
 }
 
@@ -141,4 +146,14 @@ fn deit_tiny_matches_timm_at_224_and_with_resampled_position_embedding() {
 #[test]
 fn deit_tiny_with_small_patches_matches_timm() {
     check_zoo_at("deit_tiny_p4", "deit_tiny_patch16_224", Some(4), Some(32), &[32, 24]);
+}
+
+/// The larger variants, against logits from `tools/gen_fixtures.py --large` (not committed:
+/// run that first, then `cargo test --release -p et-models --test timm_parity -- --ignored`).
+#[test]
+#[ignore]
+fn large_variants_match_timm() {
+    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224"] {
+        check_against("zoo_logits_large", name, name, None, None, &[224]);
+    }
 }
