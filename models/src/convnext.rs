@@ -161,7 +161,7 @@ impl ConvNeXt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::seeded;
+    use crate::ops::test_util::{assert_every_parameter_learns, seeded};
     use crate::ops::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
@@ -186,12 +186,7 @@ mod tests {
             let x = seeded(&[3, 3, size, size], 2, &Device::Cpu, DType::F32)?;
             let y = model.forward(&CandleOps::train(7), &x)?;
             assert_eq!(y.dims(), &[3, 5]);
-            let grads = y.sqr()?.sum_all()?.backward()?;
-            for (name, var) in ps.trainable() {
-                let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} received no gradient"));
-                let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
-                assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
-            }
+            assert_every_parameter_learns(&ps, &y)?;
         }
         Ok(())
     }

@@ -159,7 +159,7 @@ impl ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::seeded;
+    use crate::ops::test_util::{assert_every_parameter_learns, seeded};
     use crate::ops::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
@@ -184,12 +184,7 @@ mod tests {
             let ops = CandleOps::train(5);
             let y = model.forward(&ops, &x)?;
             assert_eq!(y.dims(), &[2, 4]);
-            let grads = y.sqr()?.sum_all()?.backward()?;
-            for (name, var) in ps.trainable() {
-                let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} received no gradient"));
-                let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
-                assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
-            }
+            assert_every_parameter_learns(&ps, &y)?;
             let updates = ops.take_buffer_updates();
             let buffers = ps.all().len() - ps.trainable().len();
             assert_eq!(updates.len(), buffers, "every running statistic is updated once");

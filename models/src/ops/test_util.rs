@@ -96,3 +96,17 @@ pub fn fill_for_fixture(ps: &crate::params::ParamStore) -> Result<()> {
     }
     Ok(())
 }
+
+/// Backpropagates sum(y²) and asserts that every trainable parameter of `ps` gets a
+/// non-zero, finite gradient (NOTES.md lists candle ops that silently drop gradients).
+pub fn assert_every_parameter_learns(ps: &crate::params::ParamStore, y: &Tensor) -> Result<()> {
+    let grads = y.sqr()?.sum_all()?.backward()?;
+    for (name, var) in ps.trainable() {
+        let Some(g) = grads.get(var.as_tensor()) else { candle_core::bail!("{name} received no gradient") };
+        let norm = g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !(norm > 0.0 && norm.is_finite()) {
+            candle_core::bail!("{name}: gradient norm {norm}")
+        }
+    }
+    Ok(())
+}
