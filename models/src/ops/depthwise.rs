@@ -5,38 +5,9 @@
 //! Here each (image, channel) plane is one rayon task and the inner loops run over
 //! contiguous rows, so stride 1 vectorises.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, Kernel, WindowGeom as Geom};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-
-/// Geometry shared by the forward and the two backward kernels.
-#[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
-}
-
-impl Geom {
-    /// Output columns `ox` for which input column `ox*stride + kx - pad` lies inside the row.
-    fn valid_cols(&self, kx: usize) -> (usize, usize) {
-        let lo = if self.pad > kx { (self.pad - kx).div_ceil(self.stride) } else { 0 };
-        let hi = if self.w + self.pad > kx { (self.w + self.pad - kx - 1) / self.stride + 1 } else { 0 };
-        (lo, hi.min(self.wo))
-    }
-
-    /// Input row for output row `oy` and kernel row `ky`, if inside the image.
-    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        let iy = (oy * self.stride + ky) as isize - self.pad as isize;
-        (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
-    }
-}
 
 fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
     let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);

@@ -3,22 +3,9 @@
 //! refuses kernel ≠ stride in backward (NOTES.md). The gradient goes to the first maximum
 //! of each window, as in PyTorch.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, Kernel, WindowGeom as Geom};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-
-#[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
-}
 
 impl Geom {
     /// Flat index (within the plane) of the first maximum of window (oy, ox); padding never wins.
