@@ -13,6 +13,7 @@ pub mod lowfreq;
 pub mod loader;
 pub mod metrics;
 pub mod evaluation;
+pub mod mixup;
 pub mod rng;
 
 pub use error::DataError;

@@ -62,9 +62,29 @@ fn train_export_and_evaluate_agree_across_backends() {
 }
 
 #[test]
+fn mixup_and_cutmix_run_to_completion() {
+    let tmp = TempDir::new("e2e-mixup");
+    mini_dataset(tmp.path(), &["cat", "ship"], 8);
+    let run_dir = tmp.s("run");
+    let o = run("et-train", &["--data", &tmp.s(""), "--epochs", "0.5", "--batch-size", "4", "--mixup", "0.8", "--cutmix", "1.0", "--out", &run_dir]);
+    assert_ok(&o, "et-train --mixup --cutmix");
+    let metrics = std::fs::read_to_string(tmp.join("run/metrics.jsonl")).expect("metrics.jsonl written");
+    let lines: Vec<Value> = metrics.lines().map(|l| serde_json::from_str(l).expect("every metrics line is JSON")).collect();
+    assert_eq!(lines[0]["mixup"], 0.8);
+    assert_eq!(lines[0]["cutmix"], 1.0);
+    let steps: Vec<&Value> = lines.iter().filter(|v| v["event"] == "step").collect();
+    assert!(!steps.is_empty() && steps.iter().all(|v| v["loss"].as_f64().is_some_and(f64::is_finite)), "{metrics}");
+    assert_eq!(lines.last().unwrap()["event"], "done");
+    assert!(tmp.join("run/model.safetensors").is_file());
+    // Bad alphas are refused before training.
+    let o = run("et-train", &["--data", &tmp.s(""), "--mixup=-1", "--out", &tmp.s("bad")]);
+    assert_clean_failure(&o, "et-train", "--mixup");
+}
+
+#[test]
 fn every_flag_is_documented_in_help() {
     let cases: [(&str, &[&str]); 3] = [
-        ("et-train", &["--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--schedule", "--skip-corrupt"]),
+        ("et-train", &["--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--schedule", "--skip-corrupt", "--mixup", "--cutmix"]),
         ("et-export", &["--onnx", "--resolution", "--out"]),
         ("et-eval", &["--onnx", "--run", "--data", "--resolutions", "--json", "--ort-lib", "--mean", "--std", "--crop-pct", "--interpolation"]),
     ];

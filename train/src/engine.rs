@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use et_data::evaluation::{evaluate_folder, EvalOptions, Preprocess};
 use et_data::folder::{ImageFolder, Sample};
 use et_data::loader::{Loader, LoaderConfig};
+use et_data::mixup::{self, MixupConfig};
 use et_data::randaugment::RandAugment;
 use et_data::resample::Filter;
 use et_data::transform::RandomResizedCrop;
@@ -51,6 +52,14 @@ pub struct TrainConfig {
     pub skip_corrupt: bool,
     /// Start from these weights (timm names); a head of another size is re-initialised.
     pub init_from: Option<PathBuf>,
+    /// Mixup Beta(α, α) (0: off), timm batch mode.
+    pub mixup: f64,
+    /// CutMix Beta(α, α) (0: off).
+    pub cutmix: f64,
+    /// Probability of CutMix rather than Mixup when both are on.
+    pub mixup_switch_prob: f64,
+    /// Probability of mixing a batch.
+    pub mixup_prob: f64,
 }
 
 /// What the loop reports to its caller (the CLI prints these).
@@ -104,6 +113,16 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(&Event)) -> Result<Summ
     if cfg.batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
     }
+    for (name, v) in [("--mixup", cfg.mixup), ("--cutmix", cfg.cutmix)] {
+        if v < 0.0 || !v.is_finite() {
+            return Err(TrainError::Config(format!("{name} must be a non-negative alpha, got {v}")));
+        }
+    }
+    for (name, v) in [("--mixup-switch-prob", cfg.mixup_switch_prob), ("--mixup-prob", cfg.mixup_prob)] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(TrainError::Config(format!("{name} must be a probability in [0, 1], got {v}")));
+        }
+    }
     // Everything that can be checked before training is checked here, cheapest first.
     let family = Family::of_model(&cfg.model);
     let train_set = ImageFolder::open(&ImageFolder::split_root(&cfg.data, "train"))?;
@@ -123,6 +142,14 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(&Event)) -> Result<Summ
     let schedule = Schedule::by_name(&cfg.schedule, family, base, cfg.epochs)
         .ok_or_else(|| TrainError::Config(format!("unknown schedule '{}': use et-pp or baseline", cfg.schedule)))?;
     let classes = train_set.classes.len();
+    let mix = MixupConfig {
+        mixup_alpha: cfg.mixup,
+        cutmix_alpha: cfg.cutmix,
+        switch_prob: cfg.mixup_switch_prob,
+        prob: cfg.mixup_prob,
+        label_smoothing: cfg.label_smoothing,
+        num_classes: classes,
+    };
     // Small images keep timm's layout but a finer stem (see models/src/convnext.rs).
     let stem_stride = cfg.stem_stride.or((base < 64).then_some(if family == Family::DeiT { 4 } else { 2 }));
     let opts = ModelOptions { num_classes: classes, drop_path_rate: cfg.drop_path, stem_stride, img_size: Some(base) };
@@ -170,7 +197,7 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(&Event)) -> Result<Summ
     });
     let file = std::fs::File::create(cfg.out.join("metrics.jsonl")).map_err(|e| TrainError::Output(format!("cannot create metrics.jsonl: {e}")))?;
     let mut metrics = Metrics(file);
-    metrics.log(json!({"event": "plan", "schedule": &schedule, "train_images": n_train, "classes": classes, "params": params.num_trainable(), "steps": total_steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}))?;
+    metrics.log(json!({"event": "plan", "schedule": &schedule, "train_images": n_train, "classes": classes, "params": params.num_trainable(), "steps": total_steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "mixup": cfg.mixup, "cutmix": cfg.cutmix}))?;
 
     let samples = Arc::new(train_set.samples.clone());
     let loader = Loader::new(
@@ -215,8 +242,15 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(&Event)) -> Result<Summ
                     continue;
                 }
                 let n = batch.labels.len();
-                let x = Tensor::from_vec(batch.images, batch.shape.as_slice(), &device)?;
-                let targets = smoothed_targets(&batch.labels, classes, cfg.label_smoothing, &device)?;
+                let mut images = batch.images;
+                let targets = if mix.enabled() {
+                    // timm's Mixup (batch mode), one draw per optimiser step.
+                    let soft = mixup::apply(&mix, &mut images, batch.shape, &batch.labels, &mut Rng::from_keys(&[cfg.seed, step as u64, 0x6d78]));
+                    Tensor::from_vec(soft, (n, classes), &device)?
+                } else {
+                    smoothed_targets(&batch.labels, classes, cfg.label_smoothing, &device)?
+                };
+                let x = Tensor::from_vec(images, batch.shape.as_slice(), &device)?;
                 let ops = CandleOps::train(Rng::from_keys(&[cfg.seed, step as u64, 0x6470]).next_u64());
                 let loss = soft_cross_entropy(&model.forward(&ops, &x)?, &targets)?;
                 let loss_v = loss.to_scalar::<f32>()? as f64;

@@ -89,6 +89,19 @@ struct Args {
     /// earlier run's model.safetensors); a classifier head of another size is re-initialised.
     #[arg(long, value_name = "FILE")]
     init_from: Option<PathBuf>,
+    /// Mixup alpha (timm batch mode: each image blended with its mirror in the batch,
+    /// λ ~ Beta(α, α), soft targets); 0 = off (timm recipe: 0.8).
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
+    mixup: f64,
+    /// CutMix alpha (a box of the mirror image pasted, λ = 1 − box area); 0 = off (timm recipe: 1.0).
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
+    cutmix: f64,
+    /// Probability of CutMix instead of Mixup when both are on.
+    #[arg(long, default_value_t = 0.5)]
+    mixup_switch_prob: f64,
+    /// Probability of mixing a batch when Mixup or CutMix is on.
+    #[arg(long, default_value_t = 1.0)]
+    mixup_prob: f64,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +145,10 @@ fn run(a: Args) -> Result<()> {
         log_every: a.log_every,
         skip_corrupt: a.skip_corrupt,
         init_from: a.init_from,
+        mixup: a.mixup,
+        cutmix: a.cutmix,
+        mixup_switch_prob: a.mixup_switch_prob,
+        mixup_prob: a.mixup_prob,
     };
     let mut print = |e: &Event| match e {
         Event::Plan { schedule, train_images, val_images, classes, params, steps } => {
