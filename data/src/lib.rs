@@ -14,6 +14,7 @@ pub mod loader;
 pub mod metrics;
 pub mod evaluation;
 pub mod mixup;
+pub mod replay;
 pub mod rng;
 
 pub use error::DataError;
