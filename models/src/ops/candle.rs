@@ -3,6 +3,7 @@ use super::gelu::gelu;
 use super::layer_norm::layer_norm;
 use super::max_pool::max_pool2d;
 use super::pointwise::pointwise_conv;
+use super::scale::scale_channels;
 use super::{ConvGeom, Ops};
 use candle_core::{Result, Tensor, TensorId, D};
 use std::cell::{Cell, RefCell};
@@ -119,8 +120,7 @@ impl Ops for CandleOps {
     }
 
     fn scale_channels(&self, x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-        let c = gamma.elem_count();
-        x.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)
+        scale_channels(x, gamma)
     }
 
     fn global_avg_pool(&self, x: &Tensor) -> Result<Tensor> {

@@ -2,42 +2,59 @@
 //!
 //! candle runs `conv2d(groups = C)` as C separate convolutions plus a concat, forward and
 //! backward (NOTES.md); ConvNeXt's 7×7 depthwise conv is then most of a training step.
-//! Here each (image, channel) plane is one rayon task and the inner loops run over
-//! contiguous rows, so stride 1 vectorises.
+//! Here each (image, channel) plane is copied once into a zero-padded buffer, so the inner
+//! loops are branch-free row updates (vectorised for stride 1); small planes are grouped into
+//! larger rayon tasks.
 
 use super::kernel::{dispatch, Kernel, WindowGeom as Geom};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+/// Planes per rayon task: enough work per task for the deep stages' tiny maps.
+fn planes_per_task(plane: usize) -> usize {
+    (4096 / plane.max(1)).max(1)
+}
+
+/// Copies an h×w plane into the interior of a zeroed (h+2p)×(w+2p) buffer, so that the
+/// inner loops need no bounds logic.
+fn pad_plane<T: WithDType>(x: &[T], g: &Geom, buf: &mut Vec<T>) {
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    buf.clear();
+    buf.resize(hp * wp, T::zero());
+    for (y, row) in x.chunks_exact(g.w).enumerate() {
+        let start = (y + g.pad) * wp + g.pad;
+        buf[start..start + g.w].copy_from_slice(row);
+    }
+}
+
+/// dst[ox] += w · src[ox·stride] for every output column.
+#[inline(always)]
+fn axpy<T: WithDType>(dst: &mut [T], w: T, src: &[T], stride: usize) {
+    if stride == 1 {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += w * s;
+        }
+    } else {
+        for (d, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+            *d += w * *s;
+        }
+    }
+}
+
 fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
-    let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
+    let (k, s, plane_in, plane_out) = (g.k, g.stride, g.h * g.w, g.ho * g.wo);
+    let wp = g.w + 2 * g.pad;
     let mut out = vec![T::zero(); g.n * g.c * plane_out];
-    out.par_chunks_mut(plane_out).enumerate().for_each(|(p, o)| {
+    out.par_chunks_mut(plane_out).enumerate().with_min_len(planes_per_task(plane_out)).for_each_init(Vec::new, |xpad, (p, o)| {
         let ch = p % g.c;
-        let xp = &x[p * plane_in..(p + 1) * plane_in];
+        pad_plane(&x[p * plane_in..(p + 1) * plane_in], &g, xpad);
         let wk = &wt[ch * k * k..(ch + 1) * k * k];
         o.fill(b[ch]);
-        for oy in 0..g.ho {
-            let orow = &mut o[oy * g.wo..(oy + 1) * g.wo];
+        for (oy, orow) in o.chunks_exact_mut(g.wo).enumerate() {
             for ky in 0..k {
-                let Some(iy) = g.input_row(oy, ky) else { continue };
-                let xrow = &xp[iy * g.w..(iy + 1) * g.w];
+                let row = &xpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
                 for kx in 0..k {
-                    let wv = wk[ky * k + kx];
-                    let (lo, hi) = g.valid_cols(kx);
-                    if lo >= hi {
-                        continue;
-                    }
-                    if g.stride == 1 {
-                        let xs = &xrow[lo + kx - g.pad..hi + kx - g.pad];
-                        for (ov, &xv) in orow[lo..hi].iter_mut().zip(xs) {
-                            *ov += wv * xv;
-                        }
-                    } else {
-                        for ox in lo..hi {
-                            orow[ox] += wv * xrow[ox * g.stride + kx - g.pad];
-                        }
-                    }
+                    axpy(orow, wk[ky * k + kx], &row[kx..], s);
                 }
             }
         }
@@ -46,66 +63,69 @@ fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
 }
 
 fn grad_input<T: WithDType>(go: &[T], wt: &[T], g: Geom) -> Vec<T> {
-    let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
+    let (k, s, plane_in, plane_out) = (g.k, g.stride, g.h * g.w, g.ho * g.wo);
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     let mut gx = vec![T::zero(); g.n * g.c * plane_in];
-    gx.par_chunks_mut(plane_in).enumerate().for_each(|(p, gxp)| {
+    gx.par_chunks_mut(plane_in).enumerate().with_min_len(planes_per_task(plane_in)).for_each_init(Vec::new, |gpad: &mut Vec<T>, (p, gxp)| {
         let ch = p % g.c;
         let gop = &go[p * plane_out..(p + 1) * plane_out];
         let wk = &wt[ch * k * k..(ch + 1) * k * k];
-        for oy in 0..g.ho {
-            let gorow = &gop[oy * g.wo..(oy + 1) * g.wo];
+        gpad.clear();
+        gpad.resize(hp * wp, T::zero());
+        for (oy, gorow) in gop.chunks_exact(g.wo).enumerate() {
             for ky in 0..k {
-                let Some(iy) = g.input_row(oy, ky) else { continue };
-                let gxrow = &mut gxp[iy * g.w..(iy + 1) * g.w];
+                let row = &mut gpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
                 for kx in 0..k {
                     let wv = wk[ky * k + kx];
-                    let (lo, hi) = g.valid_cols(kx);
-                    if lo >= hi {
-                        continue;
-                    }
-                    if g.stride == 1 {
-                        let dst = &mut gxrow[lo + kx - g.pad..hi + kx - g.pad];
-                        for (d, &gv) in dst.iter_mut().zip(&gorow[lo..hi]) {
+                    if s == 1 {
+                        for (d, &gv) in row[kx..kx + g.wo].iter_mut().zip(gorow) {
                             *d += wv * gv;
                         }
                     } else {
-                        for ox in lo..hi {
-                            gxrow[ox * g.stride + kx - g.pad] += wv * gorow[ox];
+                        for (ox, &gv) in gorow.iter().enumerate() {
+                            row[ox * s + kx] += wv * gv;
                         }
                     }
                 }
             }
         }
+        // Gradients that landed on the padding belong to nothing.
+        for (y, dst) in gxp.chunks_exact_mut(g.w).enumerate() {
+            let start = (y + g.pad) * wp + g.pad;
+            dst.copy_from_slice(&gpad[start..start + g.w]);
+        }
     });
     gx
 }
 
+/// [dW (c·k·k), db (c)] in one buffer.
 fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
-    let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
-    let mut gw = vec![T::zero(); g.c * k * k];
-    gw.par_chunks_mut(k * k).enumerate().for_each(|(ch, gwk)| {
+    let (k, s, plane_in, plane_out) = (g.k, g.stride, g.h * g.w, g.ho * g.wo);
+    let wp = g.w + 2 * g.pad;
+    let mut gw = vec![T::zero(); g.c * (k * k + 1)];
+    gw.par_chunks_mut(k * k + 1).enumerate().for_each(|(ch, gwk)| {
+        let mut xpad = Vec::new();
         for img in 0..g.n {
             let p = img * g.c + ch;
+            pad_plane(&x[p * plane_in..(p + 1) * plane_in], &g, &mut xpad);
             let gop = &go[p * plane_out..(p + 1) * plane_out];
-            let xp = &x[p * plane_in..(p + 1) * plane_in];
-            for oy in 0..g.ho {
-                let gorow = &gop[oy * g.wo..(oy + 1) * g.wo];
+            let mut bias = T::zero();
+            for &v in gop {
+                bias += v;
+            }
+            gwk[k * k] += bias;
+            for (oy, gorow) in gop.chunks_exact(g.wo).enumerate() {
                 for ky in 0..k {
-                    let Some(iy) = g.input_row(oy, ky) else { continue };
-                    let xrow = &xp[iy * g.w..(iy + 1) * g.w];
+                    let row = &xpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
                     for kx in 0..k {
-                        let (lo, hi) = g.valid_cols(kx);
                         let mut acc = T::zero();
-                        if g.stride == 1 {
-                            if lo < hi {
-                                let xs = &xrow[lo + kx - g.pad..hi + kx - g.pad];
-                                for (&gv, &xv) in gorow[lo..hi].iter().zip(xs) {
-                                    acc += gv * xv;
-                                }
+                        if s == 1 {
+                            for (&gv, &xv) in gorow.iter().zip(&row[kx..kx + g.wo]) {
+                                acc += gv * xv;
                             }
                         } else {
-                            for ox in lo..hi {
-                                acc += gorow[ox] * xrow[ox * g.stride + kx - g.pad];
+                            for (&gv, xv) in gorow.iter().zip(row[kx..].iter().step_by(s)) {
+                                acc += gv * *xv;
                             }
                         }
                         gwk[ky * k + kx] += acc;
@@ -114,7 +134,14 @@ fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
             }
         }
     });
-    gw
+    // Interleaved per channel while computing; callers want [dW..., db...].
+    let (mut dw, mut db) = (Vec::with_capacity(g.c * k * k), Vec::with_capacity(g.c));
+    for chunk in gw.chunks_exact(k * k + 1) {
+        dw.extend_from_slice(&chunk[..k * k]);
+        db.push(chunk[k * k]);
+    }
+    dw.extend(db);
+    dw
 }
 
 /// Forward op: (x, weight, bias) -> y.
@@ -181,8 +208,10 @@ impl CustomOp3 for DepthwiseFwd {
         let g = self.g;
         let grad = grad.contiguous()?;
         let gx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
-        let gw = grad.apply_op2_no_bwd(x, &DepthwiseGradWeight { g })?;
-        let gb = grad.sum((0, 2, 3))?;
+        let all = grad.apply_op2_no_bwd(x, &DepthwiseGradWeight { g })?;
+        let kk = g.k * g.k;
+        let gw = all.narrow(0, 0, g.c * kk)?.reshape((g.c, 1, g.k, g.k))?;
+        let gb = all.narrow(0, g.c * kk, g.c)?;
         Ok((Some(gx), Some(gw), Some(gb)))
     }
 }
@@ -205,7 +234,7 @@ impl CustomOp2 for DepthwiseGradWeight {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.g;
-        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((g.c, 1, g.k, g.k))))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(g.c * (g.k * g.k + 1))))
     }
 }
 

@@ -7,12 +7,12 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 4096;
 
-/// erf for f32 inputs, evaluated in f64 by Abramowitz–Stegun 7.1.26 refined: max error
-/// 1.5e-7, below f32 resolution of GELU's output.
+/// erf in f32 by Abramowitz–Stegun 7.1.26 (max error 1.5e-7, plus f32 rounding): GELU's
+/// output differs from the exact one by < 2e-6 for |x| < 8, far below the 1e-4 parity budget.
 #[inline]
-fn erf_fast(x: f64) -> f64 {
+fn erf_fast(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let y = 1.0 - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t + 0.254_829_592) * t * (-x * x).exp();
+    let y = 1.0 - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_72) * t + 0.254_829_6) * t * (-x * x).exp();
     y.copysign(x)
 }
 
@@ -20,13 +20,13 @@ const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 /// 1/√(2π)
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-fn map1(s: &CpuStorage, l: &Layout, f32_fn: fn(f64) -> f64, f64_fn: fn(f64) -> f64) -> Result<CpuStorage> {
+fn map1(s: &CpuStorage, l: &Layout, f32_fn: fn(f32) -> f32, f64_fn: fn(f64) -> f64) -> Result<CpuStorage> {
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("gelu: input must be contiguous") };
     Ok(match s.dtype() {
         DType::F32 => {
             let x = &s.as_slice::<f32>()?[a..b];
             let mut y = vec![0f32; x.len()];
-            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f32_fn(x as f64) as f32));
+            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f32_fn(x)));
             CpuStorage::F32(y)
         }
         DType::F64 => {
@@ -37,16 +37,16 @@ fn map1(s: &CpuStorage, l: &Layout, f32_fn: fn(f64) -> f64, f64_fn: fn(f64) -> f
     })
 }
 
-fn gelu_fast(x: f64) -> f64 {
-    0.5 * x * (1.0 + erf_fast(x * FRAC_1_SQRT_2))
+fn gelu_fast(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 fn gelu_exact(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x * FRAC_1_SQRT_2))
 }
 
-fn dgelu_fast(x: f64) -> f64 {
-    0.5 * (1.0 + erf_fast(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+fn dgelu_fast(x: f32) -> f32 {
+    0.5 * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI as f32 * (-0.5 * x * x).exp()
 }
 
 fn dgelu_exact(x: f64) -> f64 {
@@ -85,7 +85,7 @@ impl CustomOp2 for GeluGrad {
                 let (x, g) = (&s1.as_slice::<f32>()?[a1..b1], &s2.as_slice::<f32>()?[a2..b2]);
                 let mut dx = vec![0f32; x.len()];
                 dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(d, (x, g))| {
-                    d.iter_mut().zip(x.iter().zip(g)).for_each(|(d, (&x, &g))| *d = (g as f64 * dgelu_fast(x as f64)) as f32)
+                    d.iter_mut().zip(x.iter().zip(g)).for_each(|(d, (&x, &g))| *d = g * dgelu_fast(x))
                 });
                 CpuStorage::F32(dx)
             }
@@ -114,7 +114,7 @@ mod tests {
     fn matches_candle_gelu_erf() -> Result<()> {
         let x = (seeded(&[4, 1000], 1, &Device::Cpu, DType::F32)? * 6.0)?;
         let d = (gelu(&x)? - x.gelu_erf()?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert!(d < 1e-6, "{d}");
+        assert!(d < 2e-6, "{d}");
         let grad_ours = {
             let v = Var::from_tensor(&x)?;
             gelu(v.as_tensor())?.sum_all()?.backward()?.get(v.as_tensor()).unwrap().clone()

@@ -43,18 +43,3 @@ pub(crate) struct WindowGeom {
     pub ho: usize,
     pub wo: usize,
 }
-
-impl WindowGeom {
-    /// Output columns `ox` for which input column `ox*stride + kx - pad` lies inside the row.
-    pub fn valid_cols(&self, kx: usize) -> (usize, usize) {
-        let lo = if self.pad > kx { (self.pad - kx).div_ceil(self.stride) } else { 0 };
-        let hi = if self.w + self.pad > kx { (self.w + self.pad - kx - 1) / self.stride + 1 } else { 0 };
-        (lo, hi.min(self.wo))
-    }
-
-    /// Input row for output row `oy` and kernel row `ky`, if inside the image.
-    pub fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        let iy = (oy * self.stride + ky) as isize - self.pad as isize;
-        (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
-    }
-}
