@@ -225,26 +225,30 @@ fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
 }
 
 /// One source sample at continuous position (sx, sy), PIL conventions (pixel centres at +0.5);
-/// `None` outside the source, where the fill colour shows.
-fn sample(img: &RgbImage, sx: f64, sy: f64, interp: Interp) -> Option<[u8; 3]> {
-    let (w, h) = (img.width() as i64, img.height() as i64);
+/// `None` outside the source, where the fill colour shows. The neighbourhood is read once
+/// for all three channels (clamped to the edge, as PIL's macros do); the arithmetic per
+/// channel is PIL's, in the same order, so results are bit-identical.
+#[inline(always)]
+fn sample(src: &[u8], w: i64, h: i64, sx: f64, sy: f64, interp: Interp) -> Option<[u8; 3]> {
     if !(sx >= 0.0 && sx < w as f64 && sy >= 0.0 && sy < h as f64) {
         return None;
     }
-    let at = |x: i64, y: i64| {
-        img.get_pixel(x.clamp(0, w - 1) as u32, y.clamp(0, h - 1) as u32)
-            .0
-    };
+    let col = |x: i64| 3 * x.clamp(0, w - 1) as usize;
+    let row = |y: i64| 3 * (y.clamp(0, h - 1) * w) as usize;
     match interp {
-        Interp::Nearest => Some(at(sx as i64, sy as i64)),
+        Interp::Nearest => {
+            let o = row(sy as i64) + col(sx as i64);
+            Some([src[o], src[o + 1], src[o + 2]])
+        }
         Interp::Bilinear => {
             let (fx, fy) = (sx - 0.5, sy - 0.5);
             let (x, y) = (fx.floor() as i64, fy.floor() as i64);
             let (dx, dy) = (fx - x as f64, fy - y as f64);
+            let (c0, c1, r0, r1) = (col(x), col(x + 1), row(y), row(y + 1));
             Some(std::array::from_fn(|c| {
                 let lerp = |a: u8, b: u8, d: f64| a as f64 + (b as i64 - a as i64) as f64 * d;
-                let v1 = lerp(at(x, y)[c], at(x + 1, y)[c], dx);
-                let v2 = lerp(at(x, y + 1)[c], at(x + 1, y + 1)[c], dx);
+                let v1 = lerp(src[r0 + c0 + c], src[r0 + c1 + c], dx);
+                let v2 = lerp(src[r1 + c0 + c], src[r1 + c1 + c], dx);
                 // v1 + (v2 - v1) dy, truncated like PIL (the value is never negative).
                 (v1 + (v2 - v1) * dy) as u8
             }))
@@ -253,14 +257,17 @@ fn sample(img: &RgbImage, sx: f64, sy: f64, interp: Interp) -> Option<[u8; 3]> {
             let (fx, fy) = (sx - 0.5, sy - 0.5);
             let (x, y) = (fx.floor() as i64 - 1, fy.floor() as i64 - 1);
             let (dx, dy) = (fx - (x + 1) as f64, fy - (y + 1) as f64);
-            Some(std::array::from_fn(|c| {
-                // Rows outside the image repeat the nearest row, as PIL's macro does.
-                let r = |k: i64| {
-                    let p = |j: i64| at(x + j, y + k)[c] as f64;
-                    cubic(p(0), p(1), p(2), p(3), dx)
-                };
-                clip(cubic(r(0), r(1), r(2), r(3), dy))
-            }))
+            let cols = [col(x), col(x + 1), col(x + 2), col(x + 3)];
+            // Rows outside the image repeat the nearest row, as PIL's macro does.
+            let mut r = [[0f64; 3]; 4];
+            for (k, rk) in r.iter_mut().enumerate() {
+                let base = row(y + k as i64);
+                let p = |j: usize, c: usize| src[base + cols[j] + c] as f64;
+                for (c, v) in rk.iter_mut().enumerate() {
+                    *v = cubic(p(0, c), p(1, c), p(2, c), p(3, c), dx);
+                }
+            }
+            Some(std::array::from_fn(|c| clip(cubic(r[0][c], r[1][c], r[2][c], r[3][c], dy))))
         }
     }
 }
@@ -268,16 +275,19 @@ fn sample(img: &RgbImage, sx: f64, sy: f64, interp: Interp) -> Option<[u8; 3]> {
 /// `img.transform(img.size, Image.AFFINE, m, resample, fillcolor=fill)`: output pixel (x, y)
 /// takes the source at `(m0 x' + m1 y' + m2, m3 x' + m4 y' + m5)` with x' = x + 0.5, y' = y + 0.5.
 pub fn affine(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage {
-    let mut out = RgbImage::from_pixel(img.width(), img.height(), Rgb(fill));
-    for (x, y, p) in out.enumerate_pixels_mut() {
-        let (xi, yi) = (x as f64 + 0.5, y as f64 + 0.5);
-        let sx = m[0] * xi + m[1] * yi + m[2];
-        let sy = m[3] * xi + m[4] * yi + m[5];
-        if let Some(v) = sample(img, sx, sy, interp) {
-            p.0 = v;
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let src = img.as_raw();
+    let mut out = vec![0u8; src.len()];
+    for (y, out_row) in out.chunks_exact_mut(3 * w.max(1) as usize).enumerate() {
+        let yi = y as f64 + 0.5;
+        for (x, p) in out_row.chunks_exact_mut(3).enumerate() {
+            let xi = x as f64 + 0.5;
+            let sx = m[0] * xi + m[1] * yi + m[2];
+            let sy = m[3] * xi + m[4] * yi + m[5];
+            p.copy_from_slice(&sample(src, w, h, sx, sy, interp).unwrap_or(fill));
         }
     }
-    out
+    RgbImage::from_raw(img.width(), img.height(), out).expect("same size as the input")
 }
 
 /// Python's `round(x, 15)`, which PIL applies to the rotation matrix so that multiples of 90°
