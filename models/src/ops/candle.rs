@@ -2,6 +2,7 @@ use super::depthwise::depthwise_conv2d;
 use super::gelu::gelu;
 use super::layer_norm::layer_norm;
 use super::max_pool::max_pool2d;
+use super::patchify::patchify_conv;
 use super::pointwise::pointwise_conv;
 use super::scale::scale_channels;
 use super::{ConvGeom, Ops};
@@ -79,6 +80,9 @@ impl Ops for CandleOps {
         }
         if kh == 1 && kw == 1 && g.stride == 1 && g.padding == 0 && g.groups == 1 {
             return pointwise_conv(x, w, &bias_or_zeros(b, c_out, x)?);
+        }
+        if kh == kw && g.stride == kh && g.padding == 0 && g.groups == 1 {
+            return patchify_conv(x, w, &bias_or_zeros(b, c_out, x)?);
         }
         let (x, padding) = trim_for_backward(x, kh, g)?;
         let y = x.conv2d(w, padding, g.stride, 1, g.groups)?;

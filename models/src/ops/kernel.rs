@@ -43,3 +43,50 @@ pub(crate) struct WindowGeom {
     pub ho: usize,
     pub wo: usize,
 }
+
+/// A matrix view: data with row and column strides (in elements).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// dst (m×n, row-major) = [dst +] lhs (m×k) · rhs (k×n), single-threaded (callers
+/// parallelise over images).
+pub(crate) fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lhs: Mat<T>, rhs: Mat<T>, accumulate: bool) {
+    let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            ((rows - 1) as isize * rs + (cols - 1) as isize * cs) as usize + 1
+        }
+    };
+    assert!(dst.len() >= m * n);
+    assert!(lhs.data.len() >= span(m, k, lhs.rs, lhs.cs));
+    assert!(rhs.data.len() >= span(k, n, rhs.rs, rhs.cs));
+    // SAFETY: the asserts above bound every index gemm reads or writes; strides are positive.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs,
+            lhs.rs,
+            rhs.data.as_ptr(),
+            rhs.cs,
+            rhs.rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}

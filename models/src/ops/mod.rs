@@ -10,6 +10,7 @@ pub mod flops;
 pub mod gelu;
 mod kernel;
 pub mod max_pool;
+pub mod patchify;
 pub mod pointwise;
 pub mod scale;
 pub mod layer_norm;

@@ -2,56 +2,9 @@
 //! backward that is two more GEMMs per image. Through candle (`broadcast_matmul` on a
 //! broadcast weight) the backward was ~7x the forward; here it is ~2x.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, gemm, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-
-/// A matrix view: data with row and column strides (in elements).
-#[derive(Clone, Copy)]
-struct Mat<'a, T> {
-    data: &'a [T],
-    rs: isize,
-    cs: isize,
-}
-
-/// dst (m×n, row-major) = [dst +] lhs (m×k) · rhs (k×n), single-threaded (callers
-/// parallelise over images).
-fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lhs: Mat<T>, rhs: Mat<T>, accumulate: bool) {
-    let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            ((rows - 1) as isize * rs + (cols - 1) as isize * cs) as usize + 1
-        }
-    };
-    assert!(dst.len() >= m * n);
-    assert!(lhs.data.len() >= span(m, k, lhs.rs, lhs.cs));
-    assert!(rhs.data.len() >= span(k, n, rhs.rs, rhs.cs));
-    // SAFETY: the asserts above bound every index gemm reads or writes; strides are positive.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs,
-            lhs.rs,
-            rhs.data.as_ptr(),
-            rhs.cs,
-            rhs.rs,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Geom {
