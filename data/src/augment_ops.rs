@@ -224,6 +224,13 @@ fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
     v2 + d * (p2 + d * (p3 + d * p4))
 }
 
+/// `v.floor() as i64` without a libm call (the default x86-64 target has no SSE4.1 `roundsd`).
+#[inline(always)]
+fn floor_i64(v: f64) -> i64 {
+    let t = v as i64;
+    t - i64::from((t as f64) > v)
+}
+
 /// One source sample at continuous position (sx, sy), PIL conventions (pixel centres at +0.5);
 /// `None` outside the source, where the fill colour shows. The neighbourhood is read once
 /// for all three channels (clamped to the edge, as PIL's macros do); the arithmetic per
@@ -242,7 +249,7 @@ fn sample(src: &[u8], w: i64, h: i64, sx: f64, sy: f64, interp: Interp) -> Optio
         }
         Interp::Bilinear => {
             let (fx, fy) = (sx - 0.5, sy - 0.5);
-            let (x, y) = (fx.floor() as i64, fy.floor() as i64);
+            let (x, y) = (floor_i64(fx), floor_i64(fy));
             let (dx, dy) = (fx - x as f64, fy - y as f64);
             let (c0, c1, r0, r1) = (col(x), col(x + 1), row(y), row(y + 1));
             Some(std::array::from_fn(|c| {
@@ -255,7 +262,7 @@ fn sample(src: &[u8], w: i64, h: i64, sx: f64, sy: f64, interp: Interp) -> Optio
         }
         Interp::Bicubic => {
             let (fx, fy) = (sx - 0.5, sy - 0.5);
-            let (x, y) = (fx.floor() as i64 - 1, fy.floor() as i64 - 1);
+            let (x, y) = (floor_i64(fx) - 1, floor_i64(fy) - 1);
             let (dx, dy) = (fx - (x + 1) as f64, fy - (y + 1) as f64);
             let cols = [col(x), col(x + 1), col(x + 2), col(x + 3)];
             // Rows outside the image repeat the nearest row, as PIL's macro does.

@@ -132,20 +132,22 @@ fn taps(in_size: usize, out_size: usize, filter: Filter) -> Taps {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Pillow's `normalize_coeffs_8bpc`: round half away from zero to 22-bit fixed point.
-fn fixed_point(t: &Taps) -> Vec<Vec<i64>> {
+/// Pillow's `normalize_coeffs_8bpc`: round half away from zero to 22-bit fixed point
+/// (`INT32`, as Pillow: a sum of 8-bit samples times weights stays far below 2^31).
+fn fixed_point(t: &Taps) -> Vec<Vec<i32>> {
     let one = (1u64 << PRECISION_BITS) as f64;
     t.weights
         .iter()
         .map(|k| {
             k.iter()
-                .map(|&w| if w < 0.0 { (-0.5 + w * one) as i64 } else { (0.5 + w * one) as i64 })
+                .map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 })
                 .collect()
         })
         .collect()
 }
 
-fn clip8(acc: i64) -> u8 {
+#[inline(always)]
+fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -164,41 +166,42 @@ fn pass_h8(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8>
     let mut out = vec![0u8; rows * ow * 3];
     for (y, out_row) in out.chunks_exact_mut(ow * 3).enumerate() {
         let row = &src[(first + y) * w * 3..(first + y + 1) * w * 3];
-        for (xx, o) in out_row.chunks_exact_mut(3).enumerate() {
-            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-            for (i, &kw) in k[xx].iter().enumerate() {
-                let p = &row[(t.start[xx] + i) * 3..(t.start[xx] + i) * 3 + 3];
-                for c in 0..3 {
-                    acc[c] += p[c] as i64 * kw;
-                }
+        for ((o, kx), &start) in out_row.chunks_exact_mut(3).zip(&k).zip(&t.start) {
+            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+            let taps = &row[start * 3..(start + kx.len()) * 3];
+            for (p, &kw) in taps.chunks_exact(3).zip(kx) {
+                acc[0] += p[0] as i32 * kw;
+                acc[1] += p[1] as i32 * kw;
+                acc[2] += p[2] as i32 * kw;
             }
-            for c in 0..3 {
-                o[c] = clip8(acc[c]);
-            }
+            o[0] = clip8(acc[0]);
+            o[1] = clip8(acc[1]);
+            o[2] = clip8(acc[2]);
         }
     }
     out
 }
 
 /// One vertical 8-bit pass of an RGB buffer `w` wide whose row 0 is source row
-/// `first` (the horizontal pass may have skipped unused leading rows).
+/// `first` (the horizontal pass may have skipped unused leading rows). Whole rows are
+/// accumulated at once (the same sums as Pillow's per-pixel loop, in the same order).
 fn pass_v8(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
     let oh = t.start.len();
     let k = fixed_point(t);
-    let mut out = vec![0u8; oh * w * 3];
-    for (yy, out_row) in out.chunks_exact_mut(w * 3).enumerate() {
-        let s = t.start[yy] - first;
-        for (xx, o) in out_row.chunks_exact_mut(3).enumerate() {
-            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-            for (i, &kw) in k[yy].iter().enumerate() {
-                let p = &src[((s + i) * w + xx) * 3..((s + i) * w + xx) * 3 + 3];
-                for c in 0..3 {
-                    acc[c] += p[c] as i64 * kw;
-                }
+    let rw = w * 3;
+    let mut out = vec![0u8; oh * rw];
+    let mut acc = vec![0i32; rw];
+    for ((out_row, ky), &start) in out.chunks_exact_mut(rw).zip(&k).zip(&t.start) {
+        acc.fill(1i32 << (PRECISION_BITS - 1));
+        let s = start - first;
+        for (i, &kw) in ky.iter().enumerate() {
+            let row = &src[(s + i) * rw..(s + i + 1) * rw];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * kw;
             }
-            for c in 0..3 {
-                o[c] = clip8(acc[c]);
-            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
         }
     }
     out
