@@ -312,9 +312,12 @@ fn pass_hf(src: &[f32], w: usize, t: &Taps) -> Vec<f32> {
     let ow = t.start.len();
     let mut out = vec![0f32; src.len() / w * ow];
     for (row_in, row_out) in src.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
-        for (xx, o) in row_out.iter_mut().enumerate() {
-            let s = t.start[xx];
-            *o = t.weights[xx].iter().enumerate().map(|(i, &k)| row_in[s + i] as f64 * k).sum::<f64>() as f32;
+        for ((o, k), &s) in row_out.iter_mut().zip(&t.weights).zip(&t.start) {
+            let mut a = 0f64;
+            for (&p, &kw) in row_in[s..s + k.len()].iter().zip(k) {
+                a += p as f64 * kw;
+            }
+            *o = a as f32;
         }
     }
     out
@@ -324,12 +327,18 @@ fn pass_hf(src: &[f32], w: usize, t: &Taps) -> Vec<f32> {
 fn pass_vf(src: &[f32], c: usize, h: usize, w: usize, t: &Taps) -> Vec<f32> {
     let oh = t.start.len();
     let mut out = vec![0f32; c * oh * w];
+    // Whole rows at once: the same products summed in the same tap order as a per-pixel loop.
+    let mut acc = vec![0f64; w];
     for (plane, out_plane) in src.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * w)) {
-        for (yy, out_row) in out_plane.chunks_exact_mut(w).enumerate() {
-            let s = t.start[yy];
-            for (xx, o) in out_row.iter_mut().enumerate() {
-                *o = t.weights[yy].iter().enumerate().map(|(i, &k)| plane[(s + i) * w + xx] as f64 * k).sum::<f64>()
-                    as f32;
+        for ((out_row, k), &s) in out_plane.chunks_exact_mut(w).zip(&t.weights).zip(&t.start) {
+            acc.fill(0.0);
+            for (i, &kw) in k.iter().enumerate() {
+                for (a, &p) in acc.iter_mut().zip(&plane[(s + i) * w..(s + i + 1) * w]) {
+                    *a += p as f64 * kw;
+                }
+            }
+            for (o, &a) in out_row.iter_mut().zip(&acc) {
+                *o = a as f32;
             }
         }
     }
