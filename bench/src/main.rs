@@ -50,6 +50,34 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// Decode + timm train transform (RandomResizedCrop(size, bicubic), flip,
+    /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder with the
+    /// et-data loader; prints per-epoch times, then `img/s: X` (median over epochs) as the
+    /// last line. Compare with bench/torchvision_data.py.
+    Data {
+        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*).
+        #[arg(long, value_name = "DIR")]
+        data: std::path::PathBuf,
+        /// Output size of RandomResizedCrop.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// timm RandAugment policy string.
+        #[arg(long, default_value = "rand-m9-mstd0.5-inc1")]
+        aa: String,
+        /// Loader (transform) threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Passes over the data (each timed).
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// Images per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// After the transform, anti-aliased down-sample (Lanczos) to B×B: ET++'s fast
+        /// low-pass in place of the exact Fourier crop.
+        #[arg(long, value_name = "B")]
+        lowres: Option<usize>,
+    },
 }
 
 /// Peak resident set size of this process in MiB (Linux), if known.
@@ -118,6 +146,66 @@ fn main() -> Result<()> {
             println!("peak RSS: {rss}");
             println!("img/s: {:.1}", batch as f64 / median(times));
         }
+        Cmd::Data { data, size, aa, threads, epochs, batch, lowres } => data_bench(&data, size, &aa, threads, epochs, batch, lowres)?,
     }
+    Ok(())
+}
+
+fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>) -> Result<()> {
+    use et_data::folder::{ImageFolder, Sample};
+    use et_data::loader::{Loader, LoaderConfig};
+    use et_data::randaugment::RandAugment;
+    use et_data::resample::{resize_f32_planar, Filter};
+    use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, RandomResizedCrop};
+    use et_data::{decode, Rng};
+    use std::sync::Arc;
+
+    let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
+    anyhow::ensure!(!set.samples.is_empty(), "no images in {}", dir.display());
+    let crop = RandomResizedCrop::new(size as u32);
+    let ra = RandAugment::parse(aa)?;
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let out = lowres.unwrap_or(size);
+    anyhow::ensure!(out > 0 && out <= size, "--lowres must be between 1 and --size");
+    let transform = Arc::new(move |s: &Sample, rng: &mut Rng| {
+        let img = decode::decode_rgb(&s.path)?;
+        let img = crop.apply(&img, rng);
+        let img = random_hflip(img, 0.5, rng);
+        let img = ra.apply(&img, rng);
+        let mut chw = to_chw_f32(&img);
+        normalize_chw(&mut chw, 3, &mean, &std);
+        if out < size {
+            chw = resize_f32_planar(&chw, 3, size, size, out, out, Filter::Lanczos);
+        }
+        Ok(chw)
+    });
+    let n = set.samples.len();
+    let loader = Loader::new(
+        Arc::new(set.samples),
+        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true },
+    );
+    println!(
+        "{n} images from {}, size {size}{}, {aa}, {} loader threads, batch {batch}",
+        dir.display(),
+        lowres.map_or(String::new(), |b| format!(" then Lanczos to {b}")),
+        threads.max(1)
+    );
+    let mut rates = Vec::new();
+    for epoch in 0..epochs.max(1) {
+        let t = Instant::now();
+        let (mut images, mut skipped, mut checksum) = (0usize, 0usize, 0f64);
+        for b in loader.epoch(epoch as u64, [3, out, out], transform.clone()) {
+            let b = b?;
+            images += b.len();
+            skipped += b.skipped.len();
+            // Touch the output so nothing can be optimised away.
+            checksum += b.images.iter().step_by(997).map(|&v| v as f64).sum::<f64>();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let rate = images as f64 / secs;
+        println!("epoch {epoch}: {images} images in {secs:.2} s, {rate:.1} img/s{} (checksum {checksum:.1})", if skipped > 0 { format!(", {skipped} skipped") } else { String::new() });
+        rates.push(rate);
+    }
+    println!("img/s: {:.1}", median(rates));
     Ok(())
 }
