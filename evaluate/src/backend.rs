@@ -119,11 +119,13 @@ impl OnnxClassifier {
 
 impl Classifier for OnnxClassifier {
     fn logits(&mut self, images: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, EvalError> {
-        let run = |e: ort::Error| EvalError::Runtime(format!("ONNX Runtime failed on {}: {e}", self.path.display()));
-        let tensor = TensorRef::from_array_view((shape, images)).map_err(|e| EvalError::Runtime(e.to_string()))?;
-        let input = self.input.clone();
-        let outputs = self.session.run(ort::inputs![input.as_str() => tensor]).map_err(|e| EvalError::Runtime(format!("ONNX Runtime failed: {e}")))?;
-        let (_, data) = outputs[0].try_extract_tensor::<f32>().map_err(run)?;
+        // One message for every runtime failure; fields are borrowed apart so the input
+        // name is not copied per batch.
+        let (session, input, path) = (&mut self.session, self.input.as_str(), &self.path);
+        let failed = |e: ort::Error| EvalError::Runtime(format!("ONNX Runtime failed on {}: {e}", path.display()));
+        let tensor = TensorRef::from_array_view((shape, images)).map_err(failed)?;
+        let outputs = session.run(ort::inputs![input => tensor]).map_err(failed)?;
+        let (_, data) = outputs[0].try_extract_tensor::<f32>().map_err(failed)?;
         Ok(data.to_vec())
     }
 
