@@ -25,8 +25,11 @@ pub struct CandleClassifier {
 
 impl CandleClassifier {
     pub fn open(dir: &Path) -> Result<Self, EvalError> {
-        let device = Device::Cpu;
-        Ok(CandleClassifier { run: LoadedRun::open(dir, &device)?, device })
+        Ok(Self::new(LoadedRun::open(dir, &Device::Cpu)?))
+    }
+
+    pub fn new(run: LoadedRun) -> Self {
+        CandleClassifier { run, device: Device::Cpu }
     }
 }
 

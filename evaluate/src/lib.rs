@@ -2,6 +2,7 @@
 //! (`--onnx`) or candle (`--run`), at several resolutions, with the timm eval transform.
 
 pub mod backend;
+pub mod gate;
 pub mod npy;
 pub mod ortlib;
 

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use et_data::folder::ImageFolder;
 use et_data::resample::Filter;
 use et_eval::backend::{CandleClassifier, Classifier, OnnxClassifier};
+use et_eval::gate::{self, load_baseline};
 use et_eval::{check_classes, evaluate, format_table, write_json, EvalOptions, Preprocess};
+use et_hub::{Hub, RepoRef};
+use et_models::registry::ModelOptions;
+use et_models::run_config::LoadedRun;
 use et_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,13 +58,28 @@ enum Cmd {
 }
 
 #[derive(clap::Args, Debug)]
+#[group(id = "model", required = true, multiple = true, args = ["onnx", "run", "weights", "from_hub"])]
 struct Args {
-    /// ONNX model to evaluate with ONNX Runtime (as written by `et-export --onnx`).
-    #[arg(long, value_name = "FILE", conflicts_with = "run", required_unless_present = "run")]
-    onnx: Option<PathBuf>,
+    /// ONNX model to evaluate with ONNX Runtime (as written by `et-export --onnx`). Give it
+    /// once per resolution as R=FILE to evaluate fixed-size files (e.g. ViTs) together.
+    #[arg(long, value_name = "FILE|R=FILE", conflicts_with_all = ["run", "weights", "from_hub"])]
+    onnx: Vec<String>,
     /// et-train output directory (config.json + model.safetensors) to evaluate with candle.
-    #[arg(long, value_name = "RUN_DIR")]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["weights", "from_hub"])]
     run: Option<PathBuf>,
+    /// Bare weights with timm names (safetensors) to evaluate with candle; needs --model.
+    #[arg(long, value_name = "FILE", requires = "model_name", conflicts_with = "from_hub")]
+    weights: Option<PathBuf>,
+    /// Registry model name of --weights (see `et-eval models`).
+    #[arg(long = "model", id = "model_name", value_name = "NAME", requires = "weights")]
+    model_name: Option<String>,
+    /// A run on the Hugging Face Hub (config.json + model.safetensors), fetched into the Hub
+    /// cache (HF_ENDPOINT, HF_TOKEN and HF_HOME respected) and evaluated with candle.
+    #[arg(long, value_name = "OWNER/NAME[@REV]")]
+    from_hub: Option<String>,
+    /// With --from-hub: use the local Hub cache only, no network.
+    #[arg(long, requires = "from_hub")]
+    offline: bool,
     /// ImageFolder to evaluate: DIR/val if it exists, else DIR (one sub-folder per class).
     #[arg(long, value_name = "DIR", required = true)]
     data: Option<PathBuf>,
@@ -96,6 +115,13 @@ struct Args {
     /// Skip undecodable images (and report them) instead of stopping.
     #[arg(long)]
     skip_corrupt: bool,
+    /// CI gate: an earlier --json report; exit with status 1, naming each resolution whose
+    /// top-1 fell more than --tolerance points below it.
+    #[arg(long, value_name = "FILE.json")]
+    baseline: Option<PathBuf>,
+    /// Allowed top-1 drop against --baseline, in percentage points.
+    #[arg(long, value_name = "PTS", default_value_t = 0.0, requires = "baseline")]
+    tolerance: f64,
 }
 
 fn three(v: Option<Vec<f32>>) -> Option<[f32; 3]> {
@@ -105,12 +131,14 @@ fn three(v: Option<Vec<f32>>) -> Option<[f32; 3]> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Some(Cmd::Models) => models(),
-        Some(Cmd::Predict { model, weights, input, output, stem_stride, img_size }) => predict(&model, &weights, &input, &output, stem_stride, img_size),
+        Some(Cmd::Models) => models().map(|()| true),
+        Some(Cmd::Predict { model, weights, input, output, stem_stride, img_size }) => predict(&model, &weights, &input, &output, stem_stride, img_size).map(|()| true),
         None => run(cli.eval),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // The accuracy gate failed: the regressions are already printed.
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("et-eval: error: {e:#}");
             ExitCode::from(2)
@@ -118,55 +146,172 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<()> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    // Model first: a wrong model path or missing runtime should not wait for a data scan.
-    let (mut model, defaults, default_res): (Box<dyn Classifier>, _, Option<usize>) = if let Some(dir) = &args.run {
-        let m = CandleClassifier::open(dir)?;
-        let c = m.run.config.clone();
-        let d = (Some(c.mean), Some(c.std), Some(c.crop_pct), Some(c.interpolation.clone()), Some(c.class_names.clone()));
-        (Box::new(m), d, Some(c.base_resolution))
-    } else {
-        let path = args.onnx.as_ref().ok_or_else(|| anyhow!("pass --onnx FILE or --run RUN_DIR"))?;
-        let m = OnnxClassifier::open(path, args.ort_lib.as_deref(), threads)?;
-        let md = m.metadata.clone();
-        (Box::new(m), (md.mean, md.std, md.crop_pct, md.interpolation, md.class_names), md.resolution)
+/// Preprocessing facts a model carries (run config or ONNX metadata); `None` = unknown.
+#[derive(Default)]
+struct Carried {
+    mean: Option<[f32; 3]>,
+    std: Option<[f32; 3]>,
+    crop_pct: Option<f64>,
+    interpolation: Option<String>,
+    class_names: Option<Vec<String>>,
+    resolution: Option<usize>,
+}
+
+/// What to evaluate: one classifier, or one ONNX file per resolution.
+struct Source {
+    models: Vec<Box<dyn Classifier>>,
+    /// Resolution → index in `models`, for `--onnx R=FILE`.
+    by_resolution: Vec<(usize, usize)>,
+    /// Index in `models` serving every other resolution.
+    fallback: Option<usize>,
+    carried: Carried,
+}
+
+fn candle_source(run: LoadedRun) -> Source {
+    let c = run.config.clone();
+    // Converted or bare weights carry no class names, only indices: nothing to check.
+    let named_classes = !c.class_names.iter().enumerate().all(|(i, n)| *n == i.to_string());
+    let carried = Carried {
+        mean: Some(c.mean),
+        std: Some(c.std),
+        crop_pct: Some(c.crop_pct),
+        interpolation: Some(c.interpolation.clone()),
+        class_names: named_classes.then(|| c.class_names.clone()),
+        resolution: Some(c.base_resolution),
     };
-    let (d_mean, d_std, d_crop, d_interp, class_names) = defaults;
-    let interp = args.interpolation.or(d_interp).unwrap_or_else(|| "bicubic".into());
+    Source { models: vec![Box::new(CandleClassifier::new(run))], by_resolution: vec![], fallback: Some(0), carried }
+}
+
+/// `R=FILE` or `FILE`.
+fn parse_onnx_spec(spec: &str) -> Result<(Option<usize>, PathBuf)> {
+    match spec.split_once('=') {
+        Some((r, file)) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => {
+            let r: usize = r.parse().with_context(|| format!("--onnx {spec}: bad resolution"))?;
+            if r == 0 || file.is_empty() {
+                bail!("--onnx {spec}: expected R=FILE with R > 0");
+            }
+            Ok((Some(r), PathBuf::from(file)))
+        }
+        _ => Ok((None, PathBuf::from(spec))),
+    }
+}
+
+fn open_source(args: &Args, threads: usize) -> Result<Source> {
+    let device = candle_core::Device::Cpu;
+    if let Some(dir) = &args.run {
+        return Ok(candle_source(LoadedRun::open(dir, &device)?));
+    }
+    if let Some(weights) = &args.weights {
+        let name = args.model_name.as_deref().ok_or_else(|| anyhow!("--weights needs --model NAME"))?;
+        let run = LoadedRun::from_weights(name, weights, &ModelOptions::default(), &device)?;
+        return Ok(candle_source(run));
+    }
+    if let Some(spec) = &args.from_hub {
+        let repo: RepoRef = spec.parse()?;
+        let hub = Hub::from_env()?;
+        let dir = hub.download_run(&repo, args.offline)?;
+        eprintln!("et-eval: {repo} from {}", dir.display());
+        return Ok(candle_source(LoadedRun::open(&dir, &device)?));
+    }
+    let mut src = Source { models: vec![], by_resolution: vec![], fallback: None, carried: Carried::default() };
+    for spec in &args.onnx {
+        let (res, path) = parse_onnx_spec(spec)?;
+        match res {
+            Some(r) if src.by_resolution.iter().any(|&(q, _)| q == r) => bail!("--onnx: two files for resolution {r}"),
+            None if src.fallback.is_some() => bail!("--onnx: several files without a resolution; give each as R=FILE"),
+            _ => {}
+        }
+        let m = OnnxClassifier::open(&path, args.ort_lib.as_deref(), threads)?;
+        if let Some(first) = src.models.first() {
+            if first.num_classes() != m.num_classes() {
+                bail!("--onnx: {} predicts {} classes but the first file predicts {}", path.display(), m.num_classes(), first.num_classes());
+            }
+        } else {
+            let md = &m.metadata;
+            src.carried = Carried {
+                mean: md.mean,
+                std: md.std,
+                crop_pct: md.crop_pct,
+                interpolation: md.interpolation.clone(),
+                class_names: md.class_names.clone(),
+                resolution: md.resolution,
+            };
+        }
+        let i = src.models.len();
+        if let Some(r) = res {
+            src.by_resolution.push((r, i));
+        } else {
+            src.fallback = Some(i);
+        }
+        src.models.push(Box::new(m));
+    }
+    Ok(src)
+}
+
+fn run(args: Args) -> Result<bool> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // Baseline and model first: a wrong path or a missing runtime should not wait for a data scan.
+    let baseline = args.baseline.as_deref().map(load_baseline).transpose()?;
+    if !(args.tolerance >= 0.0 && args.tolerance.is_finite()) {
+        bail!("--tolerance must be a non-negative number of percentage points, got {}", args.tolerance);
+    }
+    let mut src = open_source(&args, threads)?;
+    let c = &src.carried;
+    let interp = args.interpolation.clone().or(c.interpolation.clone()).unwrap_or_else(|| "bicubic".into());
     let pre = Preprocess {
-        mean: three(args.mean).or(d_mean).unwrap_or(IMAGENET_MEAN),
-        std: three(args.std).or(d_std).unwrap_or(IMAGENET_STD),
-        crop_pct: args.crop_pct.or(d_crop).unwrap_or(0.875),
+        mean: three(args.mean.clone()).or(c.mean).unwrap_or(IMAGENET_MEAN),
+        std: three(args.std.clone()).or(c.std).unwrap_or(IMAGENET_STD),
+        crop_pct: args.crop_pct.or(c.crop_pct).unwrap_or(0.875),
         filter: Filter::parse(&interp).with_context(|| format!("--interpolation {interp}"))?,
     };
     if !(pre.crop_pct > 0.0 && pre.crop_pct <= 1.0) {
         bail!("--crop-pct must be in (0, 1], got {}", pre.crop_pct);
     }
-    let resolutions = if args.resolutions.is_empty() {
-        vec![default_res.ok_or_else(|| anyhow!("the model records no resolution: pass --resolutions R[,R...]"))?]
-    } else {
+    let resolutions = if !args.resolutions.is_empty() {
         args.resolutions.clone()
+    } else if !src.by_resolution.is_empty() {
+        src.by_resolution.iter().map(|&(r, _)| r).collect()
+    } else {
+        vec![c.resolution.ok_or_else(|| anyhow!("the model records no resolution: pass --resolutions R[,R...]"))?]
     };
-    if let Some(&r) = resolutions.iter().find(|&&r| r == 0) {
-        bail!("--resolutions: {r} is not a valid size");
-    }
+    // Which classifier serves each resolution, checked before any image is read.
+    let mut plan = Vec::new();
     for &r in &resolutions {
-        model.check_resolution(r)?;
+        if r == 0 {
+            bail!("--resolutions: {r} is not a valid size");
+        }
+        let i = src.by_resolution.iter().find(|&&(q, _)| q == r).map(|&(_, i)| i).or(src.fallback).ok_or_else(|| {
+            anyhow!("no ONNX file for resolution {r}: add --onnx {r}=FILE (files given for {:?})", src.by_resolution.iter().map(|p| p.0).collect::<Vec<_>>())
+        })?;
+        src.models[i].check_resolution(r)?;
+        plan.push((r, i));
     }
     let data = args.data.as_deref().ok_or_else(|| anyhow!("pass --data DIR"))?;
     let folder = ImageFolder::open(&ImageFolder::split_root(data, "val"))?;
-    check_classes(&folder, class_names.as_deref(), model.num_classes())?;
+    check_classes(&folder, src.carried.class_names.as_deref(), src.models[0].num_classes())?;
     let opts = EvalOptions { batch_size: args.batch_size, threads, skip_corrupt: args.skip_corrupt };
     let mut results = Vec::new();
-    for &r in &resolutions {
-        results.push(evaluate(model.as_mut(), &folder, r, &pre, &opts)?);
+    for (r, i) in plan {
+        results.push(evaluate(src.models[i].as_mut(), &folder, r, &pre, &opts)?);
     }
     print!("{}", format_table(&results));
     if let Some(path) = &args.json {
         write_json(&results, path)?;
     }
-    Ok(())
+    let Some(baseline) = baseline else { return Ok(true) };
+    let verdicts = gate::compare(&baseline, &results, args.tolerance);
+    for v in &verdicts {
+        println!("{}", gate::describe(v, args.tolerance));
+    }
+    let failed: Vec<String> = verdicts.iter().filter_map(|v| match v {
+        gate::Verdict::Regressed { resolution, .. } => Some(resolution.to_string()),
+        _ => None,
+    }).collect();
+    if failed.is_empty() {
+        return Ok(true);
+    }
+    eprintln!("et-eval: accuracy gate failed at {} px (top-1 more than {} pts below {})", failed.join(", "), args.tolerance, args.baseline.as_deref().map(|p| p.display().to_string()).unwrap_or_default());
+    Ok(false)
 }
 
 fn models() -> Result<()> {
@@ -186,25 +331,17 @@ fn models() -> Result<()> {
 }
 
 fn predict(model: &str, weights: &std::path::Path, input: &std::path::Path, output: &std::path::Path, stem_stride: Option<usize>, img_size: Option<usize>) -> Result<()> {
-    use candle_core::{DType, Device, Tensor};
-    use et_models::registry::{model_config, ModelOptions};
-    use et_models::{CandleOps, Model, ParamStore};
+    use candle_core::{Device, Tensor};
+    use et_models::CandleOps;
     let (shape, data) = et_eval::npy::read_f32(input).map_err(|e| anyhow!(e))?;
     let [n, c, h, w] = shape[..] else { bail!("{}: expected an (N, 3, H, W) array, got shape {shape:?}", input.display()) };
     if c != 3 {
         bail!("{}: expected 3 channels (N, 3, H, W), got shape {shape:?}", input.display());
     }
     // The head's size in the file decides the number of classes.
-    let probe = model_config(model, &ModelOptions { stem_stride, img_size, ..Default::default() })?;
-    let file = candle_core::safetensors::load(weights, &Device::Cpu).with_context(|| format!("cannot read weights {}", weights.display()))?;
-    let head = probe.head_names()[1];
-    let classes = file.get(head).map(|t| t.elem_count()).ok_or_else(|| anyhow!("{} has no '{head}': not {model} weights with timm names", weights.display()))?;
-    drop(file);
-    let cfg = model_config(model, &ModelOptions { num_classes: classes, stem_stride, img_size, ..Default::default() })?;
-    cfg.check_input(model, h, w)?;
-    let ps = ParamStore::new(0);
-    let net = Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu))?;
-    ps.load(weights, &[])?;
+    let run = LoadedRun::from_weights(model, weights, &ModelOptions { stem_stride, img_size, ..Default::default() }, &Device::Cpu)?;
+    run.config.model_config.check_input(model, h, w)?;
+    let (net, classes) = (&run.model, run.config.num_classes);
     let x = Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?;
     let y: Vec<f32> = net.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1()?;
     et_eval::npy::write_f32(output, &[n, classes], &y).map_err(|e| anyhow!(e))?;

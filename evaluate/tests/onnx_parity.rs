@@ -153,3 +153,31 @@ fn fixed_size_graphs_and_metadata() {
     assert!(ort.check_resolution(48).is_ok());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Every registered model, with its standard (timm) stem, at 224 px and at an ET++
+/// low-resolution stage size: ONNX Runtime on the exported file against candle. Prints the
+/// table of docs/export.md (`cargo test --release -p et-eval --test onnx_parity every_ -- --nocapture`).
+#[test]
+fn every_zoo_model_matches_onnx_runtime_at_two_resolutions() {
+    let dir = temp("zoo");
+    println!("| model | resolution | max abs diff | max abs logit | nodes | MB |\n|---|---:|---:|---:|---:|---:|");
+    for name in et_models::registry::model_names() {
+        let rc = random_run_at(&dir, name, 0, false, None);
+        let mut candle = CandleClassifier::open(&dir).unwrap();
+        for r in [224, 128] {
+            rc.model_config.check_input(name, r, r).unwrap_or_else(|e| panic!("{name} must take {r} px: {e}"));
+            let path = dir.join("zoo.onnx");
+            let s = et_export::export_onnx(&candle.run, r, &path).unwrap();
+            let mut ort = OnnxClassifier::open(&path, None, 2).unwrap();
+            let x = seeded(&[1, 3, r, r], 11, &Device::Cpu, DType::F32).unwrap();
+            let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let (a, b) = (candle.logits(&data, [1, 3, r, r]).unwrap(), ort.logits(&data, [1, 3, r, r]).unwrap());
+            let spread = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(&a, &b);
+            println!("| {name} | {r} | {d:.1e} | {spread:.2} | {} | {:.1} |", s.nodes, s.bytes as f64 / 1e6);
+            assert!(spread > 0.1, "{name}: logits too small to compare meaningfully: {spread}");
+            assert!(d <= 1e-4, "{name} at {r}: max abs diff {d} (logits up to {spread})");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

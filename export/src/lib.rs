@@ -2,6 +2,7 @@
 //! [`onnx::OnnxOps`] and written as an opset-17 graph with a dynamic batch dimension
 //! (and dynamic height / width for convolutional models).
 
+pub mod convert;
 pub mod onnx;
 
 use candle_core::TensorId;

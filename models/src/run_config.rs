@@ -2,7 +2,7 @@
 //! preprocess images for it, read by et-export and et-eval.
 
 use crate::error::{ModelError, Result};
-use crate::registry::ModelConfig;
+use crate::registry::{defaults, model_config, ModelConfig, ModelOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -65,6 +65,38 @@ impl LoadedRun {
         let params = crate::params::ParamStore::new(0);
         let model = crate::registry::Model::new(&config.model_config, params.var_builder(candle_core::DType::F32, device))?;
         params.load(&dir.join(WEIGHTS_FILE), &[])?;
+        Ok(LoadedRun { config, params, model })
+    }
+
+    /// A model from a bare weights file with timm names (no `config.json`): the number of
+    /// classes is read from the head, preprocessing comes from the registry's defaults and
+    /// the classes are unnamed (`class_names` are the indices).
+    pub fn from_weights(model: &str, weights: &Path, opts: &ModelOptions, device: &candle_core::Device) -> Result<Self> {
+        let probe = model_config(model, opts)?;
+        let file = candle_core::safetensors::load(weights, &candle_core::Device::Cpu)
+            .map_err(|e| ModelError::BadConfig { path: weights.to_path_buf(), reason: format!("cannot read safetensors weights: {e}") })?;
+        let head = probe.head_names()[1];
+        let num_classes = file.get(head).map(|t| t.elem_count()).ok_or_else(|| ModelError::BadConfig {
+            path: weights.to_path_buf(),
+            reason: format!("no '{head}' tensor: not {model} weights with timm names (convert other checkpoints with `et-export convert`)"),
+        })?;
+        drop(file);
+        let model_config = model_config(model, &ModelOptions { num_classes, ..opts.clone() })?;
+        let d = defaults(model);
+        let config = RunConfig {
+            model: model.to_string(),
+            model_config,
+            num_classes,
+            class_names: (0..num_classes).map(|i| i.to_string()).collect(),
+            base_resolution: opts.img_size.unwrap_or(d.input_size),
+            mean: d.mean,
+            std: d.std,
+            interpolation: d.interpolation.to_string(),
+            crop_pct: d.crop_pct,
+        };
+        let params = crate::params::ParamStore::new(0);
+        let model = crate::registry::Model::new(&config.model_config, params.var_builder(candle_core::DType::F32, device))?;
+        params.load(weights, &[])?;
         Ok(LoadedRun { config, params, model })
     }
 }

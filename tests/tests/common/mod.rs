@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod hub_server;
+pub mod runs;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
