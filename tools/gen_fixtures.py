@@ -87,7 +87,8 @@ def small_stem_resnet(name, stride):
 LARGE = [
     (name, (lambda n=name: timm.create_model(n)), [224])
     for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34",
-                 "deit_small_patch16_224", "deit_base_patch16_224"]
+                 "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224",
+                 "swin_base_patch4_window7_224"]
 ]
 
 
@@ -101,6 +102,9 @@ def zoo(cases=None, filename="zoo_logits.safetensors"):
         # Other sizes resample the position embedding on the fly (timm's dynamic_img_size).
         ("deit_tiny_patch16_224", lambda: timm.create_model("deit_tiny_patch16_224", dynamic_img_size=True), [224, 160]),
         ("deit_tiny_p4", lambda: timm.create_model("deit_tiny_patch16_224", patch_size=4, img_size=32, dynamic_img_size=True), [32, 24]),
+        # Windows and shifts fixed at 224; other sizes pad each block's map to the window
+        # and build the shifted-window mask for it (timm's dynamic_img_size=True).
+        ("swin_tiny_patch4_window7_224", lambda: timm.create_model("swin_tiny_patch4_window7_224", dynamic_img_size=True), [224, 160, 96]),
     ]
     out = {}
     for key, ctor, sizes in cases:

@@ -10,6 +10,7 @@ pub mod convnext;
 pub mod registry;
 pub mod resnet;
 pub mod run_config;
+pub mod swin;
 pub mod vit;
 
 pub use error::ModelError;

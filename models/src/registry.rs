@@ -3,6 +3,7 @@
 
 use crate::convnext::{self, ConvNeXt};
 use crate::resnet::{self, BlockKind, ResNet};
+use crate::swin::{self, SwinTransformer};
 use crate::vit::{self, VisionTransformer};
 use crate::error::{ModelError, Result};
 use crate::ops::Ops;
@@ -16,6 +17,7 @@ pub enum ModelConfig {
     Convnext(convnext::Config),
     Resnet(resnet::Config),
     Vit(vit::Config),
+    Swin(swin::Config),
 }
 
 /// Options a user may change without changing the architecture's identity.
@@ -27,7 +29,7 @@ pub struct ModelOptions {
     /// ResNet: one 3×3 conv instead of 7×7/2 + max-pool; ViT: the patch size). `None`:
     /// timm's stem.
     pub stem_stride: Option<usize>,
-    /// Input size a ViT's position embedding is laid out for [default: 224].
+    /// Input size a ViT's position embedding (a Swin's windows) is laid out for [default: 224].
     pub img_size: Option<usize>,
 }
 
@@ -72,16 +74,23 @@ const VIT: &[(&str, usize, usize, usize)] = &[
     ("deit_base_patch16_224", 768, 12, 12),
 ];
 
+/// (name, embed_dim, depths, heads): timm's `swin_*_patch4_window7_224`.
+const SWIN: &[(&str, usize, &[usize], &[usize])] = &[
+    ("swin_tiny_patch4_window7_224", 96, &[2, 2, 6, 2], &[3, 6, 12, 24]),
+    ("swin_small_patch4_window7_224", 96, &[2, 2, 18, 2], &[3, 6, 12, 24]),
+    ("swin_base_patch4_window7_224", 128, &[2, 2, 18, 2], &[4, 8, 16, 32]),
+];
+
 pub fn model_names() -> Vec<&'static str> {
-    CONVNEXT.iter().map(|m| m.0).chain(RESNET.iter().map(|m| m.0)).chain(VIT.iter().map(|m| m.0)).collect()
+    CONVNEXT.iter().map(|m| m.0).chain(RESNET.iter().map(|m| m.0)).chain(VIT.iter().map(|m| m.0)).chain(SWIN.iter().map(|m| m.0)).collect()
 }
 
 /// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (0.95),
-/// `deit_*.fb_in1k` (0.9).
+/// `deit_*.fb_in1k`, `swin_*.ms_in1k` (0.9).
 pub fn defaults(name: &str) -> ModelDefaults {
     let crop_pct = if name.starts_with("resnet") {
         0.95
-    } else if name.starts_with("deit") {
+    } else if name.starts_with("deit") || name.starts_with("swin") {
         0.9
     } else {
         0.875
@@ -107,6 +116,14 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
         }
         return Ok(ModelConfig::Vit(cfg));
     }
+    if let Some(&(_, dim, depths, heads)) = SWIN.iter().find(|m| m.0 == name) {
+        let mut cfg = swin::Config::new(dim, depths, heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.patch_size = opts.stem_stride.unwrap_or(4);
+        cfg.img_size = opts.img_size.unwrap_or(224);
+        return Ok(ModelConfig::Swin(cfg));
+    }
     if let Some(&(_, block, layers)) = RESNET.iter().find(|m| m.0 == name) {
         let mut cfg = resnet::Config::new(block, layers);
         cfg.num_classes = opts.num_classes;
@@ -130,6 +147,7 @@ pub enum Model {
     ConvNeXt(ConvNeXt),
     ResNet(ResNet),
     Vit(VisionTransformer),
+    Swin(SwinTransformer),
 }
 
 impl ModelConfig {
@@ -138,6 +156,7 @@ impl ModelConfig {
             ModelConfig::Convnext(c) => c.num_classes,
             ModelConfig::Resnet(c) => c.num_classes,
             ModelConfig::Vit(c) => c.num_classes,
+            ModelConfig::Swin(c) => c.num_classes,
         }
     }
 
@@ -147,12 +166,15 @@ impl ModelConfig {
             ModelConfig::Convnext(_) => &["head.fc.weight", "head.fc.bias"],
             ModelConfig::Resnet(_) => &["fc.weight", "fc.bias"],
             ModelConfig::Vit(_) => &["head.weight", "head.bias"],
+            ModelConfig::Swin(_) => &["head.fc.weight", "head.fc.bias"],
         }
     }
 
     /// Whether the exported graph can take any height and width (convolutional models).
+    /// ViT and Swin graphs are recorded for one size: the resampled position embedding and
+    /// the window partition, padding and masks depend on it.
     pub fn dynamic_input_size(&self) -> bool {
-        !matches!(self, ModelConfig::Vit(_))
+        !matches!(self, ModelConfig::Vit(_) | ModelConfig::Swin(_))
     }
 
     /// Whether the architecture accepts an input of this size (and why not).
@@ -171,6 +193,18 @@ impl ModelConfig {
                     });
                 }
                 (p, format!("patch size {p}"))
+            }
+            ModelConfig::Swin(c) => {
+                let s = c.stride();
+                if height % s != 0 || width % s != 0 {
+                    return Err(ModelError::BadResolution {
+                        model: name.to_string(),
+                        height,
+                        width,
+                        reason: format!("height and width must be multiples of {s} (patch size {} × 2^{} patch merges), e.g. 96, 128, 160, 192, 224", c.patch_size, c.depths.len() - 1),
+                    });
+                }
+                (s, format!("total stride {s}"))
             }
         };
         if height < min || width < min {
@@ -191,6 +225,7 @@ impl Model {
             ModelConfig::Convnext(c) => Model::ConvNeXt(ConvNeXt::new(vb, c)?),
             ModelConfig::Resnet(c) => Model::ResNet(ResNet::new(vb, c)?),
             ModelConfig::Vit(c) => Model::Vit(VisionTransformer::new(vb, c)?),
+            ModelConfig::Swin(c) => Model::Swin(SwinTransformer::new(vb, c)?),
         })
     }
 
@@ -200,6 +235,7 @@ impl Model {
             Model::ConvNeXt(m) => m.forward(o, x),
             Model::ResNet(m) => m.forward(o, x),
             Model::Vit(m) => m.forward(o, x),
+            Model::Swin(m) => m.forward(o, x),
         }
     }
 }
@@ -238,8 +274,20 @@ mod tests {
 
     #[test]
     fn flops_match_published_numbers() {
-        // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G, DeiT-S 4.6G).
-        for (name, gmacs) in [("convnext_atto", 0.55), ("convnext_tiny", 4.47), ("resnet18", 1.82), ("resnet50", 4.11), ("deit_tiny_patch16_224", 1.26), ("deit_small_patch16_224", 4.61)] {
+        // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G,
+        // DeiT-S 4.6G, Swin-T/S/B 4.5/8.7/15.4G).
+        let published = [
+            ("convnext_atto", 0.55),
+            ("convnext_tiny", 4.47),
+            ("resnet18", 1.82),
+            ("resnet50", 4.11),
+            ("deit_tiny_patch16_224", 1.26),
+            ("deit_small_patch16_224", 4.61),
+            ("swin_tiny_patch4_window7_224", 4.51),
+            ("swin_small_patch4_window7_224", 8.77),
+            ("swin_base_patch4_window7_224", 15.47),
+        ];
+        for (name, gmacs) in published {
             let got = describe(name).unwrap().macs_224 as f64 / 1e9;
             assert!((got - gmacs).abs() / gmacs < 0.03, "{name}: {got:.3} GMACs, published {gmacs}");
         }

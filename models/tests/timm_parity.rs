@@ -74,10 +74,13 @@ fn parameter_counts_equal_timm() {
         ("deit_tiny_patch16_224", 5_717_416),
         ("deit_small_patch16_224", 22_050_664),
         ("deit_base_patch16_224", 86_567_656),
+        ("swin_tiny_patch4_window7_224", 28_288_354),
+        ("swin_small_patch4_window7_224", 49_606_258),
+        ("swin_base_patch4_window7_224", 87_768_224),
     ];
     assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
     for (name, count) in timm {
-        let ps = ParamStore::new(0);
+        let ps = ParamStore::zeros();
         let cfg = model_config(name, &ModelOptions::default()).unwrap();
         Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
         assert_eq!(ps.num_trainable(), count, "{name}");
@@ -148,12 +151,18 @@ fn deit_tiny_with_small_patches_matches_timm() {
     check_zoo_at("deit_tiny_p4", "deit_tiny_patch16_224", Some(4), Some(32), &[32, 24]);
 }
 
+#[test]
+fn swin_tiny_matches_timm_at_224_and_with_padded_windows() {
+    // 160 and 96 px: every stage's map is padded to the 7×7 windows (timm's dynamic_img_size).
+    check_zoo("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", None, &[224, 160, 96]);
+}
+
 /// The larger variants, against logits from `tools/gen_fixtures.py --large` (not committed:
 /// run that first, then `cargo test --release -p et-models --test timm_parity -- --ignored`).
 #[test]
 #[ignore]
 fn large_variants_match_timm() {
-    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224"] {
+    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"] {
         check_against("zoo_logits_large", name, name, None, None, &[224]);
     }
 }
