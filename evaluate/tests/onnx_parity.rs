@@ -68,6 +68,7 @@ fn check_parity(tag: &str, name: &str, stem: usize, linear: bool, sizes: &[(usiz
         assert!(spread > 0.1, "logits too small to compare meaningfully: {spread}");
         let d = max_abs_diff(&a, &b);
         assert!(d <= 1e-4, "{name} at {h}x{w}: max abs diff {d} (logits up to {spread})");
+        println!("{name} at {h}x{w}: max abs diff {d:.2e} (logits up to {spread:.2})");
     }
     check_onnx_checker(&onnx_path);
     std::fs::remove_dir_all(&dir).ok();
@@ -111,6 +112,12 @@ fn resnet18_imagenet_stem_matches_onnx_runtime() {
 #[test]
 fn resnet50_small_stem_matches_onnx_runtime() {
     check_parity("r50", "resnet50", 1, false, &[(32, 32), (24, 24)]);
+}
+
+/// One graph for every size: token ↔ map conversions read H and W at run time.
+#[test]
+fn pvt_v2_matches_onnx_runtime_at_any_size() {
+    check_parity("pvt", "pvt_v2_b0", 0, false, &[(64, 64), (96, 80), (100, 100)]);
 }
 
 /// ViTs and Swins export one graph per resolution (position embedding resampled, windows

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod params;
+pub mod pvt_v2;
 pub mod ops;
 pub mod layers;
 pub mod convnext;

@@ -2,6 +2,7 @@
 //! preprocessing, and one `Model` type that dispatches `forward` to the architecture.
 
 use crate::convnext::{self, ConvNeXt};
+use crate::pvt_v2::{self, PvtV2};
 use crate::resnet::{self, BlockKind, ResNet};
 use crate::swin::{self, SwinTransformer};
 use crate::vit::{self, VisionTransformer};
@@ -18,6 +19,7 @@ pub enum ModelConfig {
     Resnet(resnet::Config),
     Vit(vit::Config),
     Swin(swin::Config),
+    PvtV2(pvt_v2::Config),
 }
 
 /// Options a user may change without changing the architecture's identity.
@@ -81,16 +83,41 @@ const SWIN: &[(&str, usize, &[usize], &[usize])] = &[
     ("swin_base_patch4_window7_224", 128, &[2, 2, 18, 2], &[4, 8, 16, 32]),
 ];
 
+/// (name, depths, embed_dims, heads): timm's `pvt_v2_b*`.
+const PVT_V2: &[(&str, &[usize], &[usize], &[usize])] = &[
+    ("pvt_v2_b0", &[2, 2, 2, 2], &[32, 64, 160, 256], &[1, 2, 5, 8]),
+    ("pvt_v2_b1", &[2, 2, 2, 2], &[64, 128, 320, 512], &[1, 2, 5, 8]),
+    ("pvt_v2_b2", &[3, 4, 6, 3], &[64, 128, 320, 512], &[1, 2, 5, 8]),
+];
+
 pub fn model_names() -> Vec<&'static str> {
-    CONVNEXT.iter().map(|m| m.0).chain(RESNET.iter().map(|m| m.0)).chain(VIT.iter().map(|m| m.0)).chain(SWIN.iter().map(|m| m.0)).collect()
+    let families: [&mut dyn Iterator<Item = &'static str>; 5] = [
+        &mut CONVNEXT.iter().map(|m| m.0),
+        &mut RESNET.iter().map(|m| m.0),
+        &mut VIT.iter().map(|m| m.0),
+        &mut SWIN.iter().map(|m| m.0),
+        &mut PVT_V2.iter().map(|m| m.0),
+    ];
+    families.into_iter().flatten().collect()
+}
+
+fn no_small_stem(name: &str, opts: &ModelOptions) -> Result<()> {
+    match opts.stem_stride {
+        Some(s) => Err(ModelError::UnsupportedOption {
+            model: name.to_string(),
+            option: format!("a small-image stem (stem stride {s})"),
+            reason: "only timm's stem is implemented; its inputs must be at least 32x32".to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (0.95),
-/// `deit_*.fb_in1k`, `swin_*.ms_in1k` (0.9).
+/// `deit_*.fb_in1k`, `swin_*.ms_in1k`, `pvt_v2_*.in1k` (0.9).
 pub fn defaults(name: &str) -> ModelDefaults {
     let crop_pct = if name.starts_with("resnet") {
         0.95
-    } else if name.starts_with("deit") || name.starts_with("swin") {
+    } else if name.starts_with("deit") || name.starts_with("swin") || name.starts_with("pvt_v2") {
         0.9
     } else {
         0.875
@@ -124,6 +151,13 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
         cfg.img_size = opts.img_size.unwrap_or(224);
         return Ok(ModelConfig::Swin(cfg));
     }
+    if let Some(&(_, depths, dims, heads)) = PVT_V2.iter().find(|m| m.0 == name) {
+        no_small_stem(name, opts)?;
+        let mut cfg = pvt_v2::Config::new(depths, dims, heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        return Ok(ModelConfig::PvtV2(cfg));
+    }
     if let Some(&(_, block, layers)) = RESNET.iter().find(|m| m.0 == name) {
         let mut cfg = resnet::Config::new(block, layers);
         cfg.num_classes = opts.num_classes;
@@ -148,6 +182,7 @@ pub enum Model {
     ResNet(ResNet),
     Vit(VisionTransformer),
     Swin(SwinTransformer),
+    PvtV2(PvtV2),
 }
 
 impl ModelConfig {
@@ -157,6 +192,7 @@ impl ModelConfig {
             ModelConfig::Resnet(c) => c.num_classes,
             ModelConfig::Vit(c) => c.num_classes,
             ModelConfig::Swin(c) => c.num_classes,
+            ModelConfig::PvtV2(c) => c.num_classes,
         }
     }
 
@@ -165,7 +201,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Convnext(_) => &["head.fc.weight", "head.fc.bias"],
             ModelConfig::Resnet(_) => &["fc.weight", "fc.bias"],
-            ModelConfig::Vit(_) => &["head.weight", "head.bias"],
+            ModelConfig::Vit(_) | ModelConfig::PvtV2(_) => &["head.weight", "head.bias"],
             ModelConfig::Swin(_) => &["head.fc.weight", "head.fc.bias"],
         }
     }
@@ -182,6 +218,7 @@ impl ModelConfig {
         let (min, why) = match self {
             ModelConfig::Convnext(c) => (c.min_input(), format!("stem stride {} and {} stages", c.stem_stride, c.dims.len())),
             ModelConfig::Resnet(c) => (c.min_input(), "its total stride".to_string()),
+            ModelConfig::PvtV2(c) => (c.min_input(), format!("stride-4 stem and a {0}x{0} spatial reduction in the first stage", c.sr_ratios[0])),
             ModelConfig::Vit(c) => {
                 let p = c.patch_size;
                 if height % p != 0 || width % p != 0 {
@@ -226,6 +263,7 @@ impl Model {
             ModelConfig::Resnet(c) => Model::ResNet(ResNet::new(vb, c)?),
             ModelConfig::Vit(c) => Model::Vit(VisionTransformer::new(vb, c)?),
             ModelConfig::Swin(c) => Model::Swin(SwinTransformer::new(vb, c)?),
+            ModelConfig::PvtV2(c) => Model::PvtV2(PvtV2::new(vb, c)?),
         })
     }
 
@@ -236,6 +274,7 @@ impl Model {
             Model::ResNet(m) => m.forward(o, x),
             Model::Vit(m) => m.forward(o, x),
             Model::Swin(m) => m.forward(o, x),
+            Model::PvtV2(m) => m.forward(o, x),
         }
     }
 }
@@ -275,7 +314,8 @@ mod tests {
     #[test]
     fn flops_match_published_numbers() {
         // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G,
-        // DeiT-S 4.6G, Swin-T/S/B 4.5/8.7/15.4G).
+        // DeiT-S 4.6G, Swin-T/S/B 4.5/8.7/15.4G, PVTv2-B0/B1/B2 0.6/2.1/4.0G; the PVT and
+        // CAFormer values to two decimals from torch.utils.flop_counter on timm 1.0.31, /2).
         let published = [
             ("convnext_atto", 0.55),
             ("convnext_tiny", 4.47),
@@ -286,6 +326,9 @@ mod tests {
             ("swin_tiny_patch4_window7_224", 4.51),
             ("swin_small_patch4_window7_224", 8.77),
             ("swin_base_patch4_window7_224", 15.47),
+            ("pvt_v2_b0", 0.57),
+            ("pvt_v2_b1", 2.11),
+            ("pvt_v2_b2", 4.03),
         ];
         for (name, gmacs) in published {
             let got = describe(name).unwrap().macs_224 as f64 / 1e9;

@@ -77,6 +77,9 @@ fn parameter_counts_equal_timm() {
         ("swin_tiny_patch4_window7_224", 28_288_354),
         ("swin_small_patch4_window7_224", 49_606_258),
         ("swin_base_patch4_window7_224", 87_768_224),
+        ("pvt_v2_b0", 3_666_760),
+        ("pvt_v2_b1", 14_009_000),
+        ("pvt_v2_b2", 25_362_856),
     ];
     assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
     for (name, count) in timm {
@@ -157,12 +160,17 @@ fn swin_tiny_matches_timm_at_224_and_with_padded_windows() {
     check_zoo("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", None, &[224, 160, 96]);
 }
 
+#[test]
+fn pvt_v2_b0_matches_timm_at_any_resolution() {
+    check_zoo("pvt_v2_b0", "pvt_v2_b0", None, &[224, 160, 100]);
+}
+
 /// The larger variants, against logits from `tools/gen_fixtures.py --large` (not committed:
 /// run that first, then `cargo test --release -p et-models --test timm_parity -- --ignored`).
 #[test]
 #[ignore]
 fn large_variants_match_timm() {
-    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"] {
+    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2"] {
         check_against("zoo_logits_large", name, name, None, None, &[224]);
     }
 }
