@@ -88,7 +88,8 @@ LARGE = [
     (name, (lambda n=name: timm.create_model(n)), [224])
     for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34",
                  "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224",
-                 "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2"]
+                 "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2",
+                 "caformer_s36", "caformer_m36"]
 ]
 
 
@@ -107,6 +108,7 @@ def zoo(cases=None, filename="zoo_logits.safetensors"):
         ("swin_tiny_patch4_window7_224", lambda: timm.create_model("swin_tiny_patch4_window7_224", dynamic_img_size=True), [224, 160, 96]),
         # Resolution-free: 100 px gives odd maps (25, 13, 7, 4) at every stage.
         ("pvt_v2_b0", lambda: timm.create_model("pvt_v2_b0"), [224, 160, 100]),
+        ("caformer_s18", lambda: timm.create_model("caformer_s18"), [224, 160, 100]),
     ]
     out = {}
     for key, ctor, sizes in cases:

@@ -120,6 +120,11 @@ fn pvt_v2_matches_onnx_runtime_at_any_size() {
     check_parity("pvt", "pvt_v2_b0", 0, false, &[(64, 64), (96, 80), (100, 100)]);
 }
 
+#[test]
+fn caformer_matches_onnx_runtime_at_any_size() {
+    check_parity("caformer", "caformer_s18", 0, false, &[(64, 64), (96, 80), (100, 100)]);
+}
+
 /// ViTs and Swins export one graph per resolution (position embedding resampled, windows
 /// padded and masked for that size at export); the batch stays dynamic.
 fn check_fixed_size_parity(tag: &str, name: &str, stem: usize, img_size: Option<usize>, resolutions: &[usize]) {

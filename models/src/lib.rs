@@ -7,6 +7,7 @@ pub mod params;
 pub mod pvt_v2;
 pub mod ops;
 pub mod layers;
+pub mod caformer;
 pub mod convnext;
 pub mod registry;
 pub mod resnet;

@@ -1,6 +1,7 @@
 //! The model zoo: names → architecture configs (timm's variants), per-model defaults for
 //! preprocessing, and one `Model` type that dispatches `forward` to the architecture.
 
+use crate::caformer::{self, CaFormer};
 use crate::convnext::{self, ConvNeXt};
 use crate::pvt_v2::{self, PvtV2};
 use crate::resnet::{self, BlockKind, ResNet};
@@ -20,6 +21,7 @@ pub enum ModelConfig {
     Vit(vit::Config),
     Swin(swin::Config),
     PvtV2(pvt_v2::Config),
+    Caformer(caformer::Config),
 }
 
 /// Options a user may change without changing the architecture's identity.
@@ -90,13 +92,21 @@ const PVT_V2: &[(&str, &[usize], &[usize], &[usize])] = &[
     ("pvt_v2_b2", &[3, 4, 6, 3], &[64, 128, 320, 512], &[1, 2, 5, 8]),
 ];
 
+/// (name, depths, dims): timm's `caformer_*`.
+const CAFORMER: &[(&str, &[usize], &[usize])] = &[
+    ("caformer_s18", &[3, 3, 9, 3], &[64, 128, 320, 512]),
+    ("caformer_s36", &[3, 12, 18, 3], &[64, 128, 320, 512]),
+    ("caformer_m36", &[3, 12, 18, 3], &[96, 192, 384, 576]),
+];
+
 pub fn model_names() -> Vec<&'static str> {
-    let families: [&mut dyn Iterator<Item = &'static str>; 5] = [
+    let families: [&mut dyn Iterator<Item = &'static str>; 6] = [
         &mut CONVNEXT.iter().map(|m| m.0),
         &mut RESNET.iter().map(|m| m.0),
         &mut VIT.iter().map(|m| m.0),
         &mut SWIN.iter().map(|m| m.0),
         &mut PVT_V2.iter().map(|m| m.0),
+        &mut CAFORMER.iter().map(|m| m.0),
     ];
     families.into_iter().flatten().collect()
 }
@@ -113,9 +123,11 @@ fn no_small_stem(name: &str, opts: &ModelOptions) -> Result<()> {
 }
 
 /// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (0.95),
-/// `deit_*.fb_in1k`, `swin_*.ms_in1k`, `pvt_v2_*.in1k` (0.9).
+/// `deit_*.fb_in1k`, `swin_*.ms_in1k`, `pvt_v2_*.in1k` (0.9), `caformer_*.sail_in1k` (1.0).
 pub fn defaults(name: &str) -> ModelDefaults {
-    let crop_pct = if name.starts_with("resnet") {
+    let crop_pct = if name.starts_with("caformer") {
+        1.0
+    } else if name.starts_with("resnet") {
         0.95
     } else if name.starts_with("deit") || name.starts_with("swin") || name.starts_with("pvt_v2") {
         0.9
@@ -158,6 +170,13 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
         cfg.drop_path_rate = opts.drop_path_rate;
         return Ok(ModelConfig::PvtV2(cfg));
     }
+    if let Some(&(_, depths, dims)) = CAFORMER.iter().find(|m| m.0 == name) {
+        no_small_stem(name, opts)?;
+        let mut cfg = caformer::Config::new(depths, dims);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        return Ok(ModelConfig::Caformer(cfg));
+    }
     if let Some(&(_, block, layers)) = RESNET.iter().find(|m| m.0 == name) {
         let mut cfg = resnet::Config::new(block, layers);
         cfg.num_classes = opts.num_classes;
@@ -183,6 +202,7 @@ pub enum Model {
     Vit(VisionTransformer),
     Swin(SwinTransformer),
     PvtV2(PvtV2),
+    CaFormer(CaFormer),
 }
 
 impl ModelConfig {
@@ -193,6 +213,7 @@ impl ModelConfig {
             ModelConfig::Vit(c) => c.num_classes,
             ModelConfig::Swin(c) => c.num_classes,
             ModelConfig::PvtV2(c) => c.num_classes,
+            ModelConfig::Caformer(c) => c.num_classes,
         }
     }
 
@@ -203,6 +224,7 @@ impl ModelConfig {
             ModelConfig::Resnet(_) => &["fc.weight", "fc.bias"],
             ModelConfig::Vit(_) | ModelConfig::PvtV2(_) => &["head.weight", "head.bias"],
             ModelConfig::Swin(_) => &["head.fc.weight", "head.fc.bias"],
+            ModelConfig::Caformer(_) => &["head.fc.fc2.weight", "head.fc.fc2.bias"],
         }
     }
 
@@ -219,6 +241,7 @@ impl ModelConfig {
             ModelConfig::Convnext(c) => (c.min_input(), format!("stem stride {} and {} stages", c.stem_stride, c.dims.len())),
             ModelConfig::Resnet(c) => (c.min_input(), "its total stride".to_string()),
             ModelConfig::PvtV2(c) => (c.min_input(), format!("stride-4 stem and a {0}x{0} spatial reduction in the first stage", c.sr_ratios[0])),
+            ModelConfig::Caformer(c) => (c.min_input(), "its total stride".to_string()),
             ModelConfig::Vit(c) => {
                 let p = c.patch_size;
                 if height % p != 0 || width % p != 0 {
@@ -264,6 +287,7 @@ impl Model {
             ModelConfig::Vit(c) => Model::Vit(VisionTransformer::new(vb, c)?),
             ModelConfig::Swin(c) => Model::Swin(SwinTransformer::new(vb, c)?),
             ModelConfig::PvtV2(c) => Model::PvtV2(PvtV2::new(vb, c)?),
+            ModelConfig::Caformer(c) => Model::CaFormer(CaFormer::new(vb, c)?),
         })
     }
 
@@ -275,6 +299,7 @@ impl Model {
             Model::Vit(m) => m.forward(o, x),
             Model::Swin(m) => m.forward(o, x),
             Model::PvtV2(m) => m.forward(o, x),
+            Model::CaFormer(m) => m.forward(o, x),
         }
     }
 }
@@ -314,7 +339,8 @@ mod tests {
     #[test]
     fn flops_match_published_numbers() {
         // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G,
-        // DeiT-S 4.6G, Swin-T/S/B 4.5/8.7/15.4G, PVTv2-B0/B1/B2 0.6/2.1/4.0G; the PVT and
+        // DeiT-S 4.6G, Swin-T/S/B 4.5/8.7/15.4G, PVTv2-B0/B1/B2 0.6/2.1/4.0G, CAFormer-S18/
+        // S36/M36 4.1/8.0/13.2G; the PVT and
         // CAFormer values to two decimals from torch.utils.flop_counter on timm 1.0.31, /2).
         let published = [
             ("convnext_atto", 0.55),
@@ -329,6 +355,9 @@ mod tests {
             ("pvt_v2_b0", 0.57),
             ("pvt_v2_b1", 2.11),
             ("pvt_v2_b2", 4.03),
+            ("caformer_s18", 4.11),
+            ("caformer_s36", 7.97),
+            ("caformer_m36", 13.24),
         ];
         for (name, gmacs) in published {
             let got = describe(name).unwrap().macs_224 as f64 / 1e9;

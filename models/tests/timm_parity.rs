@@ -80,6 +80,9 @@ fn parameter_counts_equal_timm() {
         ("pvt_v2_b0", 3_666_760),
         ("pvt_v2_b1", 14_009_000),
         ("pvt_v2_b2", 25_362_856),
+        ("caformer_s18", 26_341_656),
+        ("caformer_s36", 39_297_102),
+        ("caformer_m36", 56_204_878),
     ];
     assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
     for (name, count) in timm {
@@ -165,12 +168,17 @@ fn pvt_v2_b0_matches_timm_at_any_resolution() {
     check_zoo("pvt_v2_b0", "pvt_v2_b0", None, &[224, 160, 100]);
 }
 
+#[test]
+fn caformer_s18_matches_timm_at_any_resolution() {
+    check_zoo("caformer_s18", "caformer_s18", None, &[224, 160, 100]);
+}
+
 /// The larger variants, against logits from `tools/gen_fixtures.py --large` (not committed:
 /// run that first, then `cargo test --release -p et-models --test timm_parity -- --ignored`).
 #[test]
 #[ignore]
 fn large_variants_match_timm() {
-    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2"] {
+    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2", "caformer_s36", "caformer_m36"] {
         check_against("zoo_logits_large", name, name, None, None, &[224]);
     }
 }
