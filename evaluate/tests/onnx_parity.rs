@@ -164,6 +164,12 @@ fn swin_tiny_matches_onnx_runtime_at_each_exported_resolution() {
     check_fixed_size_parity("swin", "swin_tiny_patch4_window7_224", 0, None, &[96, 160]);
 }
 
+/// Stripe widths [1, 2, 2, 2] at 64 px and [1, 2, 3, 3] at 96 px.
+#[test]
+fn cswin_tiny_matches_onnx_runtime_at_each_exported_resolution() {
+    check_fixed_size_parity("cswin", "CSWin_64_12211_tiny_224", 0, None, &[64, 96]);
+}
+
 #[test]
 fn fixed_size_graphs_and_metadata() {
     let dir = temp("meta");

@@ -9,6 +9,7 @@ pub mod ops;
 pub mod layers;
 pub mod caformer;
 pub mod convnext;
+pub mod cswin;
 pub mod registry;
 pub mod resnet;
 pub mod run_config;

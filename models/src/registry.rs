@@ -3,6 +3,7 @@
 
 use crate::caformer::{self, CaFormer};
 use crate::convnext::{self, ConvNeXt};
+use crate::cswin::{self, CSWin};
 use crate::pvt_v2::{self, PvtV2};
 use crate::resnet::{self, BlockKind, ResNet};
 use crate::swin::{self, SwinTransformer};
@@ -22,6 +23,7 @@ pub enum ModelConfig {
     Swin(swin::Config),
     PvtV2(pvt_v2::Config),
     Caformer(caformer::Config),
+    Cswin(cswin::Config),
 }
 
 /// Options a user may change without changing the architecture's identity.
@@ -99,14 +101,23 @@ const CAFORMER: &[(&str, &[usize], &[usize])] = &[
     ("caformer_m36", &[3, 12, 18, 3], &[96, 192, 384, 576]),
 ];
 
+/// (name, embed_dim, depths, heads): the official CSWin repository's 224 models (not in
+/// timm; EfficientTrain uses these names).
+const CSWIN: &[(&str, usize, &[usize], &[usize])] = &[
+    ("CSWin_64_12211_tiny_224", 64, &[1, 2, 21, 1], &[2, 4, 8, 16]),
+    ("CSWin_64_24322_small_224", 64, &[2, 4, 32, 2], &[2, 4, 8, 16]),
+    ("CSWin_96_24322_base_224", 96, &[2, 4, 32, 2], &[4, 8, 16, 32]),
+];
+
 pub fn model_names() -> Vec<&'static str> {
-    let families: [&mut dyn Iterator<Item = &'static str>; 6] = [
+    let families: [&mut dyn Iterator<Item = &'static str>; 7] = [
         &mut CONVNEXT.iter().map(|m| m.0),
         &mut RESNET.iter().map(|m| m.0),
         &mut VIT.iter().map(|m| m.0),
         &mut SWIN.iter().map(|m| m.0),
         &mut PVT_V2.iter().map(|m| m.0),
         &mut CAFORMER.iter().map(|m| m.0),
+        &mut CSWIN.iter().map(|m| m.0),
     ];
     families.into_iter().flatten().collect()
 }
@@ -123,13 +134,14 @@ fn no_small_stem(name: &str, opts: &ModelOptions) -> Result<()> {
 }
 
 /// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (0.95),
-/// `deit_*.fb_in1k`, `swin_*.ms_in1k`, `pvt_v2_*.in1k` (0.9), `caformer_*.sail_in1k` (1.0).
+/// `deit_*.fb_in1k`, `swin_*.ms_in1k`, `pvt_v2_*.in1k` (0.9), `caformer_*.sail_in1k` (1.0);
+/// CSWin's official `cswin_224` config (0.9).
 pub fn defaults(name: &str) -> ModelDefaults {
     let crop_pct = if name.starts_with("caformer") {
         1.0
     } else if name.starts_with("resnet") {
         0.95
-    } else if name.starts_with("deit") || name.starts_with("swin") || name.starts_with("pvt_v2") {
+    } else if name.starts_with("deit") || name.starts_with("swin") || name.starts_with("pvt_v2") || name.starts_with("CSWin") {
         0.9
     } else {
         0.875
@@ -177,6 +189,13 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
         cfg.drop_path_rate = opts.drop_path_rate;
         return Ok(ModelConfig::Caformer(cfg));
     }
+    if let Some(&(_, dim, depths, heads)) = CSWIN.iter().find(|m| m.0 == name) {
+        no_small_stem(name, opts)?;
+        let mut cfg = cswin::Config::new(dim, depths, heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        return Ok(ModelConfig::Cswin(cfg));
+    }
     if let Some(&(_, block, layers)) = RESNET.iter().find(|m| m.0 == name) {
         let mut cfg = resnet::Config::new(block, layers);
         cfg.num_classes = opts.num_classes;
@@ -203,6 +222,7 @@ pub enum Model {
     Swin(SwinTransformer),
     PvtV2(PvtV2),
     CaFormer(CaFormer),
+    CSWin(CSWin),
 }
 
 impl ModelConfig {
@@ -214,6 +234,7 @@ impl ModelConfig {
             ModelConfig::Swin(c) => c.num_classes,
             ModelConfig::PvtV2(c) => c.num_classes,
             ModelConfig::Caformer(c) => c.num_classes,
+            ModelConfig::Cswin(c) => c.num_classes,
         }
     }
 
@@ -222,17 +243,17 @@ impl ModelConfig {
         match self {
             ModelConfig::Convnext(_) => &["head.fc.weight", "head.fc.bias"],
             ModelConfig::Resnet(_) => &["fc.weight", "fc.bias"],
-            ModelConfig::Vit(_) | ModelConfig::PvtV2(_) => &["head.weight", "head.bias"],
+            ModelConfig::Vit(_) | ModelConfig::PvtV2(_) | ModelConfig::Cswin(_) => &["head.weight", "head.bias"],
             ModelConfig::Swin(_) => &["head.fc.weight", "head.fc.bias"],
             ModelConfig::Caformer(_) => &["head.fc.fc2.weight", "head.fc.fc2.bias"],
         }
     }
 
     /// Whether the exported graph can take any height and width (convolutional models).
-    /// ViT and Swin graphs are recorded for one size: the resampled position embedding and
-    /// the window partition, padding and masks depend on it.
+    /// ViT, Swin and CSWin graphs are recorded for one size: the resampled position
+    /// embedding, the window partition, padding, masks and stripe widths depend on it.
     pub fn dynamic_input_size(&self) -> bool {
-        !matches!(self, ModelConfig::Vit(_) | ModelConfig::Swin(_))
+        !matches!(self, ModelConfig::Vit(_) | ModelConfig::Swin(_) | ModelConfig::Cswin(_))
     }
 
     /// Whether the architecture accepts an input of this size (and why not).
@@ -242,6 +263,17 @@ impl ModelConfig {
             ModelConfig::Resnet(c) => (c.min_input(), "its total stride".to_string()),
             ModelConfig::PvtV2(c) => (c.min_input(), format!("stride-4 stem and a {0}x{0} spatial reduction in the first stage", c.sr_ratios[0])),
             ModelConfig::Caformer(c) => (c.min_input(), "its total stride".to_string()),
+            ModelConfig::Cswin(_) => {
+                if height != width || height % 32 != 0 {
+                    return Err(ModelError::BadResolution {
+                        model: name.to_string(),
+                        height,
+                        width,
+                        reason: "CSWin takes square inputs whose side is a multiple of 32 (stripe widths 1, 2, side/32, side/32), e.g. 96, 128, 160, 192, 224".to_string(),
+                    });
+                }
+                (32, "its total stride".to_string())
+            }
             ModelConfig::Vit(c) => {
                 let p = c.patch_size;
                 if height % p != 0 || width % p != 0 {
@@ -288,6 +320,7 @@ impl Model {
             ModelConfig::Swin(c) => Model::Swin(SwinTransformer::new(vb, c)?),
             ModelConfig::PvtV2(c) => Model::PvtV2(PvtV2::new(vb, c)?),
             ModelConfig::Caformer(c) => Model::CaFormer(CaFormer::new(vb, c)?),
+            ModelConfig::Cswin(c) => Model::CSWin(CSWin::new(vb, c)?),
         })
     }
 
@@ -300,6 +333,7 @@ impl Model {
             Model::Swin(m) => m.forward(o, x),
             Model::PvtV2(m) => m.forward(o, x),
             Model::CaFormer(m) => m.forward(o, x),
+            Model::CSWin(m) => m.forward(o, x),
         }
     }
 }
@@ -340,7 +374,7 @@ mod tests {
     fn flops_match_published_numbers() {
         // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G,
         // DeiT-S 4.6G, Swin-T/S/B 4.5/8.7/15.4G, PVTv2-B0/B1/B2 0.6/2.1/4.0G, CAFormer-S18/
-        // S36/M36 4.1/8.0/13.2G; the PVT and
+        // S36/M36 4.1/8.0/13.2G, CSWin-T/S/B 4.3/6.9/15.0G; the PVT and
         // CAFormer values to two decimals from torch.utils.flop_counter on timm 1.0.31, /2).
         let published = [
             ("convnext_atto", 0.55),
@@ -358,6 +392,9 @@ mod tests {
             ("caformer_s18", 4.11),
             ("caformer_s36", 7.97),
             ("caformer_m36", 13.24),
+            ("CSWin_64_12211_tiny_224", 4.3),
+            ("CSWin_64_24322_small_224", 6.9),
+            ("CSWin_96_24322_base_224", 15.0),
         ];
         for (name, gmacs) in published {
             let got = describe(name).unwrap().macs_224 as f64 / 1e9;

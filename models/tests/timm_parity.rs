@@ -83,6 +83,11 @@ fn parameter_counts_equal_timm() {
         ("caformer_s18", 26_341_656),
         ("caformer_s36", 39_297_102),
         ("caformer_m36", 56_204_878),
+        // Not in timm: the official code (microsoft/CSWin-Transformer models/cswin.py) and
+        // tools/cswin_ref.py both count these.
+        ("CSWin_64_12211_tiny_224", 22_320_552),
+        ("CSWin_64_24322_small_224", 34_643_304),
+        ("CSWin_96_24322_base_224", 77_382_184),
     ];
     assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
     for (name, count) in timm {
@@ -173,12 +178,19 @@ fn caformer_s18_matches_timm_at_any_resolution() {
     check_zoo("caformer_s18", "caformer_s18", None, &[224, 160, 100]);
 }
 
+#[test]
+fn cswin_tiny_matches_the_reference_at_224_and_with_narrower_stripes() {
+    // Reference: tools/cswin_ref.py (official architecture); 160 and 96 px use stripe widths
+    // [1, 2, 5, 5] and [1, 2, 3, 3].
+    check_zoo("CSWin_64_12211_tiny_224", "CSWin_64_12211_tiny_224", None, &[224, 160, 96]);
+}
+
 /// The larger variants, against logits from `tools/gen_fixtures.py --large` (not committed:
 /// run that first, then `cargo test --release -p et-models --test timm_parity -- --ignored`).
 #[test]
 #[ignore]
 fn large_variants_match_timm() {
-    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2", "caformer_s36", "caformer_m36"] {
+    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2", "caformer_s36", "caformer_m36", "CSWin_64_24322_small_224", "CSWin_96_24322_base_224"] {
         check_against("zoo_logits_large", name, name, None, None, &[224]);
     }
 }
