@@ -228,7 +228,7 @@ impl CaFormer {
                 for block in &stage.blocks {
                     t = block.forward(o, &t)?;
                 }
-                x = o.from_tokens(&t, &map)?;
+                x = o.tokens_to_map(&t, &map)?;
             } else {
                 for block in &stage.blocks {
                     x = block.forward(o, &x)?;

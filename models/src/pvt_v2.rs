@@ -71,7 +71,7 @@ impl Attention {
     fn forward<O: Ops>(&self, o: &O, x: &O::T, like: &O::T) -> Result<O::T> {
         let q = self.q.forward(o, x)?;
         let kv = match &self.sr {
-            Some((conv, norm)) => self.kv.forward(o, &norm.forward(o, &o.to_tokens(&conv.forward(o, &o.from_tokens(x, like)?)?)?)?)?,
+            Some((conv, norm)) => self.kv.forward(o, &norm.forward(o, &o.to_tokens(&conv.forward(o, &o.tokens_to_map(x, like)?)?)?)?)?,
             None => self.kv.forward(o, x)?,
         };
         let (c, heads) = (self.dim, self.heads);
@@ -118,7 +118,7 @@ impl Block {
         let x = o.add(x, &o.drop_path(&y, self.drop_path)?)?;
         // Mix-FFN: a 3×3 depthwise conv between the two linears supplies position information.
         let y = self.fc1.forward(o, &self.norm2.forward(o, &x)?)?;
-        let y = o.to_tokens(&self.dwconv.forward(o, &o.from_tokens(&y, like)?)?)?;
+        let y = o.to_tokens(&self.dwconv.forward(o, &o.tokens_to_map(&y, like)?)?)?;
         let y = self.fc2.forward(o, &o.gelu(&y)?)?;
         o.add(&x, &o.drop_path(&y, self.drop_path)?)
     }
@@ -173,7 +173,7 @@ impl PvtV2 {
             for block in &stage.blocks {
                 t = block.forward(o, &t, &map)?;
             }
-            x = o.from_tokens(&stage.norm.forward(o, &t)?, &map)?;
+            x = o.tokens_to_map(&stage.norm.forward(o, &t)?, &map)?;
         }
         self.head.forward(o, &o.flatten(&o.global_avg_pool(&x)?)?)
     }

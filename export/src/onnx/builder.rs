@@ -352,7 +352,7 @@ impl Ops for OnnxOps {
         Ok(self.node("Concat", &refs, vec![int_attr("axis", dim as i64)]))
     }
 
-    fn from_tokens(&self, x: &Value, like: &Value) -> Result<Value> {
+    fn tokens_to_map(&self, x: &Value, like: &Value) -> Result<Value> {
         // (N, L, C) → (N, C, L) → (N, C, H, W) with H, W read from `like` at run time.
         let t = self.node("Transpose", &[x], vec![ints_attr("perm", &[0, 2, 1])]);
         let shape = self.node("Shape", &[like], vec![]);

@@ -251,7 +251,7 @@ impl Ops for CandleOps {
         Tensor::cat(xs, dim)
     }
 
-    fn from_tokens(&self, x: &Tensor, like: &Tensor) -> Result<Tensor> {
+    fn tokens_to_map(&self, x: &Tensor, like: &Tensor) -> Result<Tensor> {
         let (n, _, c) = x.dims3()?;
         let (_, _, h, w) = like.dims4()?;
         x.transpose(1, 2)?.reshape((n, c, h, w))
@@ -366,8 +366,8 @@ mod tests {
             ops.concat(&[&y, &ops.squared_relu(&y)?], 2)
         })?;
         let (t, like, p) = (var(&[2, 6, 3], 36)?, var(&[2, 1, 2, 3], 37)?, var(&[3], 38)?);
-        check_grads(&[&t, &p], |v| ops.from_tokens(&ops.mul_param(v[0], v[1])?, &like))?;
-        let back = ops.to_tokens(&ops.from_tokens(&t, &like)?)?;
+        check_grads(&[&t, &p], |v| ops.tokens_to_map(&ops.mul_param(v[0], v[1])?, &like))?;
+        let back = ops.to_tokens(&ops.tokens_to_map(&t, &like)?)?;
         assert_eq!((back - t.as_tensor())?.abs()?.sum_all()?.to_scalar::<f64>()?, 0.0);
         let r: Vec<f64> = ops.roll(&Tensor::arange(0f64, 5.0, &Device::Cpu)?, 2, 0)?.to_vec1()?;
         assert_eq!(r, vec![3.0, 4.0, 0.0, 1.0, 2.0]);

@@ -172,7 +172,7 @@ impl Ops for FlopCounter {
         Ok(y)
     }
 
-    fn from_tokens(&self, x: &Shape, like: &Shape) -> Result<Shape> {
+    fn tokens_to_map(&self, x: &Shape, like: &Shape) -> Result<Shape> {
         Ok(vec![x[0], x[2], like[2], like[3]])
     }
 

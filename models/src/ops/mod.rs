@@ -94,7 +94,7 @@ pub trait Ops {
     fn concat(&self, xs: &[&Self::T], dim: usize) -> Result<Self::T>;
     /// Inverse of [`Ops::to_tokens`]: (N, H·W, C) → (N, C, H, W) with H and W taken from the
     /// NCHW value `like` (at run time in graphs, so they keep a dynamic size).
-    fn from_tokens(&self, x: &Self::T, like: &Self::T) -> Result<Self::T>;
+    fn tokens_to_map(&self, x: &Self::T, like: &Self::T) -> Result<Self::T>;
     /// Multiplies by a parameter broadcast from the right (numpy rules), e.g. a (C) scale
     /// on (N, L, C) tokens or a (1) scalar.
     fn mul_param(&self, x: &Self::T, p: &Tensor) -> Result<Self::T>;
