@@ -16,6 +16,8 @@ import os
 import numpy as np
 import timm
 import torch
+
+import cswin_ref
 from safetensors.torch import save_file
 from timm.models.convnext import ConvNeXt
 
@@ -85,9 +87,11 @@ def small_stem_resnet(name, stride):
 
 
 LARGE = [
-    (name, (lambda n=name: timm.create_model(n)), [224])
+    (name, (lambda n=name: cswin_ref.create(n) if n.startswith("CSWin") else timm.create_model(n)), [224])
     for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34",
-                 "deit_small_patch16_224", "deit_base_patch16_224"]
+                 "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224",
+                 "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2",
+                 "caformer_s36", "caformer_m36", "CSWin_64_24322_small_224", "CSWin_96_24322_base_224"]
 ]
 
 
@@ -101,6 +105,15 @@ def zoo(cases=None, filename="zoo_logits.safetensors"):
         # Other sizes resample the position embedding on the fly (timm's dynamic_img_size).
         ("deit_tiny_patch16_224", lambda: timm.create_model("deit_tiny_patch16_224", dynamic_img_size=True), [224, 160]),
         ("deit_tiny_p4", lambda: timm.create_model("deit_tiny_patch16_224", patch_size=4, img_size=32, dynamic_img_size=True), [32, 24]),
+        # Windows and shifts fixed at 224; other sizes pad each block's map to the window
+        # and build the shifted-window mask for it (timm's dynamic_img_size=True).
+        ("swin_tiny_patch4_window7_224", lambda: timm.create_model("swin_tiny_patch4_window7_224", dynamic_img_size=True), [224, 160, 96]),
+        # Resolution-free: 100 px gives odd maps (25, 13, 7, 4) at every stage.
+        ("pvt_v2_b0", lambda: timm.create_model("pvt_v2_b0"), [224, 160, 100]),
+        ("caformer_s18", lambda: timm.create_model("caformer_s18"), [224, 160, 100]),
+        # Not in timm: our PyTorch rewrite of the official architecture (tools/cswin_ref.py),
+        # stripe widths [1, 2, R/32, R/32] as EfficientTrain's copy.
+        ("CSWin_64_12211_tiny_224", lambda: cswin_ref.create("CSWin_64_12211_tiny_224"), [224, 160, 96]),
     ]
     out = {}
     for key, ctor, sizes in cases:

@@ -315,11 +315,11 @@ fn run(args: Args) -> Result<bool> {
 }
 
 fn models() -> Result<()> {
-    println!("{:<24} {:>10} {:>11} {:>9} {:>14}", "model", "params (M)", "GFLOPs@224", "crop_pct", "interpolation");
+    println!("{:<30} {:>10} {:>11} {:>9} {:>14}", "model", "params (M)", "GFLOPs@224", "crop_pct", "interpolation");
     for name in et_models::registry::model_names() {
         let m = et_models::registry::describe(name)?;
         println!(
-            "{:<24} {:>10.2} {:>11.2} {:>9} {:>14}",
+            "{:<30} {:>10.2} {:>11.2} {:>9} {:>14}",
             m.name,
             m.params as f64 / 1e6,
             m.macs_224 as f64 / 1e9,

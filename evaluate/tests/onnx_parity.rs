@@ -68,6 +68,7 @@ fn check_parity(tag: &str, name: &str, stem: usize, linear: bool, sizes: &[(usiz
         assert!(spread > 0.1, "logits too small to compare meaningfully: {spread}");
         let d = max_abs_diff(&a, &b);
         assert!(d <= 1e-4, "{name} at {h}x{w}: max abs diff {d} (logits up to {spread})");
+        println!("{name} at {h}x{w}: max abs diff {d:.2e} (logits up to {spread:.2})");
     }
     check_onnx_checker(&onnx_path);
     std::fs::remove_dir_all(&dir).ok();
@@ -113,27 +114,60 @@ fn resnet50_small_stem_matches_onnx_runtime() {
     check_parity("r50", "resnet50", 1, false, &[(32, 32), (24, 24)]);
 }
 
-/// ViTs export one graph per resolution (the position embedding is resampled at export).
+/// One graph for every size: token ↔ map conversions read H and W at run time.
 #[test]
-fn deit_matches_onnx_runtime_at_each_exported_resolution() {
-    let dir = temp("deit");
-    random_run_at(&dir, "deit_tiny_patch16_224", 4, false, Some(32));
+fn pvt_v2_matches_onnx_runtime_at_any_size() {
+    check_parity("pvt", "pvt_v2_b0", 0, false, &[(64, 64), (96, 80), (100, 100)]);
+}
+
+#[test]
+fn caformer_matches_onnx_runtime_at_any_size() {
+    check_parity("caformer", "caformer_s18", 0, false, &[(64, 64), (96, 80), (100, 100)]);
+}
+
+/// ViTs and Swins export one graph per resolution (position embedding resampled, windows
+/// padded and masked for that size at export); the batch stays dynamic.
+fn check_fixed_size_parity(tag: &str, name: &str, stem: usize, img_size: Option<usize>, resolutions: &[usize]) {
+    let dir = temp(tag);
+    random_run_at(&dir, name, stem, false, img_size);
     let mut candle = CandleClassifier::open(&dir).unwrap();
-    for r in [32, 24] {
-        let path = dir.join(format!("deit_{r}.onnx"));
+    for &r in resolutions {
+        let path = dir.join(format!("{tag}_{r}.onnx"));
         et_export::export_onnx(&candle.run, r, &path).unwrap();
         let mut ort = OnnxClassifier::open(&path, None, 2).unwrap();
         assert!(ort.check_resolution(r).is_ok());
         let err = ort.check_resolution(r + 4).unwrap_err().to_string();
         assert!(err.contains("fixed"), "{err}");
-        let x = seeded(&[2, 3, r, r], 7, &Device::Cpu, DType::F32).unwrap();
-        let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        let (a, b) = (candle.logits(&data, [2, 3, r, r]).unwrap(), ort.logits(&data, [2, 3, r, r]).unwrap());
-        let d = max_abs_diff(&a, &b);
-        assert!(d <= 1e-4, "deit at {r}: max abs diff {d}");
+        for batch in [2, 3] {
+            let x = seeded(&[batch, 3, r, r], 7, &Device::Cpu, DType::F32).unwrap();
+            let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let (a, b) = (candle.logits(&data, [batch, 3, r, r]).unwrap(), ort.logits(&data, [batch, 3, r, r]).unwrap());
+            let spread = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(spread > 0.1, "logits too small to compare meaningfully: {spread}");
+            let d = max_abs_diff(&a, &b);
+            assert!(d <= 1e-4, "{name} at {r}, batch {batch}: max abs diff {d} (logits up to {spread})");
+            println!("{name} at {r}, batch {batch}: max abs diff {d:.2e} (logits up to {spread:.2})");
+        }
         check_onnx_checker(&path);
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn deit_matches_onnx_runtime_at_each_exported_resolution() {
+    check_fixed_size_parity("deit", "deit_tiny_patch16_224", 4, Some(32), &[32, 24]);
+}
+
+/// Windows laid out at 224; 96 and 160 px pad every stage's map (and mask shifted windows).
+#[test]
+fn swin_tiny_matches_onnx_runtime_at_each_exported_resolution() {
+    check_fixed_size_parity("swin", "swin_tiny_patch4_window7_224", 0, None, &[96, 160]);
+}
+
+/// Stripe widths [1, 2, 2, 2] at 64 px and [1, 2, 3, 3] at 96 px.
+#[test]
+fn cswin_tiny_matches_onnx_runtime_at_each_exported_resolution() {
+    check_fixed_size_parity("cswin", "CSWin_64_12211_tiny_224", 0, None, &[64, 96]);
 }
 
 #[test]

@@ -6,6 +6,8 @@ pub enum ModelError {
     UnknownModel { name: String, available: String },
     #[error("{model} cannot take {height}x{width} inputs: {reason}")]
     BadResolution { model: String, height: usize, width: usize, reason: String },
+    #[error("{model} does not support {option}: {reason}")]
+    UnsupportedOption { model: String, option: String, reason: String },
     #[error("weights {path} do not fit the model: {detail}")]
     WeightsMismatch { path: PathBuf, detail: String },
     #[error("cannot read weights {path}: {reason}")]

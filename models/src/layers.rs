@@ -64,6 +64,14 @@ impl LayerNorm {
         Ok(LayerNorm { weight, bias, eps })
     }
 
+    /// Without a bias (MetaFormer's `LayerNormNoBias`): only `weight` is a parameter; a
+    /// constant zero bias keeps one LayerNorm op.
+    pub fn no_bias(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = Tensor::zeros(dim, weight.dtype(), weight.device())?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
     /// Over the channels of an NCHW tensor (timm's `LayerNorm2d`).
     pub fn forward_channels<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
         o.layer_norm_channels(x, &self.weight, &self.bias, self.eps)

@@ -4,12 +4,16 @@
 
 pub mod error;
 pub mod params;
+pub mod pvt_v2;
 pub mod ops;
 pub mod layers;
+pub mod caformer;
 pub mod convnext;
+pub mod cswin;
 pub mod registry;
 pub mod resnet;
 pub mod run_config;
+pub mod swin;
 pub mod vit;
 
 pub use error::ModelError;

@@ -1,8 +1,12 @@
 //! The model zoo: names → architecture configs (timm's variants), per-model defaults for
 //! preprocessing, and one `Model` type that dispatches `forward` to the architecture.
 
+use crate::caformer::{self, CaFormer};
 use crate::convnext::{self, ConvNeXt};
+use crate::cswin::{self, CSWin};
+use crate::pvt_v2::{self, PvtV2};
 use crate::resnet::{self, BlockKind, ResNet};
+use crate::swin::{self, SwinTransformer};
 use crate::vit::{self, VisionTransformer};
 use crate::error::{ModelError, Result};
 use crate::ops::Ops;
@@ -16,6 +20,10 @@ pub enum ModelConfig {
     Convnext(convnext::Config),
     Resnet(resnet::Config),
     Vit(vit::Config),
+    Swin(swin::Config),
+    PvtV2(pvt_v2::Config),
+    Caformer(caformer::Config),
+    Cswin(cswin::Config),
 }
 
 /// Options a user may change without changing the architecture's identity.
@@ -27,7 +35,7 @@ pub struct ModelOptions {
     /// ResNet: one 3×3 conv instead of 7×7/2 + max-pool; ViT: the patch size). `None`:
     /// timm's stem.
     pub stem_stride: Option<usize>,
-    /// Input size a ViT's position embedding is laid out for [default: 224].
+    /// Input size a ViT's position embedding (a Swin's windows) is laid out for [default: 224].
     pub img_size: Option<usize>,
 }
 
@@ -72,16 +80,68 @@ const VIT: &[(&str, usize, usize, usize)] = &[
     ("deit_base_patch16_224", 768, 12, 12),
 ];
 
+/// (name, embed_dim, depths, heads): timm's `swin_*_patch4_window7_224`.
+const SWIN: &[(&str, usize, &[usize], &[usize])] = &[
+    ("swin_tiny_patch4_window7_224", 96, &[2, 2, 6, 2], &[3, 6, 12, 24]),
+    ("swin_small_patch4_window7_224", 96, &[2, 2, 18, 2], &[3, 6, 12, 24]),
+    ("swin_base_patch4_window7_224", 128, &[2, 2, 18, 2], &[4, 8, 16, 32]),
+];
+
+/// (name, depths, embed_dims, heads): timm's `pvt_v2_b*`.
+const PVT_V2: &[(&str, &[usize], &[usize], &[usize])] = &[
+    ("pvt_v2_b0", &[2, 2, 2, 2], &[32, 64, 160, 256], &[1, 2, 5, 8]),
+    ("pvt_v2_b1", &[2, 2, 2, 2], &[64, 128, 320, 512], &[1, 2, 5, 8]),
+    ("pvt_v2_b2", &[3, 4, 6, 3], &[64, 128, 320, 512], &[1, 2, 5, 8]),
+];
+
+/// (name, depths, dims): timm's `caformer_*`.
+const CAFORMER: &[(&str, &[usize], &[usize])] = &[
+    ("caformer_s18", &[3, 3, 9, 3], &[64, 128, 320, 512]),
+    ("caformer_s36", &[3, 12, 18, 3], &[64, 128, 320, 512]),
+    ("caformer_m36", &[3, 12, 18, 3], &[96, 192, 384, 576]),
+];
+
+/// (name, embed_dim, depths, heads): the official CSWin repository's 224 models (not in
+/// timm; EfficientTrain uses these names).
+const CSWIN: &[(&str, usize, &[usize], &[usize])] = &[
+    ("CSWin_64_12211_tiny_224", 64, &[1, 2, 21, 1], &[2, 4, 8, 16]),
+    ("CSWin_64_24322_small_224", 64, &[2, 4, 32, 2], &[2, 4, 8, 16]),
+    ("CSWin_96_24322_base_224", 96, &[2, 4, 32, 2], &[4, 8, 16, 32]),
+];
+
 pub fn model_names() -> Vec<&'static str> {
-    CONVNEXT.iter().map(|m| m.0).chain(RESNET.iter().map(|m| m.0)).chain(VIT.iter().map(|m| m.0)).collect()
+    let families: [&mut dyn Iterator<Item = &'static str>; 7] = [
+        &mut CONVNEXT.iter().map(|m| m.0),
+        &mut RESNET.iter().map(|m| m.0),
+        &mut VIT.iter().map(|m| m.0),
+        &mut SWIN.iter().map(|m| m.0),
+        &mut PVT_V2.iter().map(|m| m.0),
+        &mut CAFORMER.iter().map(|m| m.0),
+        &mut CSWIN.iter().map(|m| m.0),
+    ];
+    families.into_iter().flatten().collect()
+}
+
+fn no_small_stem(name: &str, opts: &ModelOptions) -> Result<()> {
+    match opts.stem_stride {
+        Some(s) => Err(ModelError::UnsupportedOption {
+            model: name.to_string(),
+            option: format!("a small-image stem (stem stride {s})"),
+            reason: "only timm's stem is implemented; its inputs must be at least 32x32".to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// timm's pretrained configs: `convnext_*.fb_in1k` (crop 0.875), `resnet*.a1_in1k` (0.95),
-/// `deit_*.fb_in1k` (0.9).
+/// `deit_*.fb_in1k`, `swin_*.ms_in1k`, `pvt_v2_*.in1k` (0.9), `caformer_*.sail_in1k` (1.0);
+/// CSWin's official `cswin_224` config (0.9).
 pub fn defaults(name: &str) -> ModelDefaults {
-    let crop_pct = if name.starts_with("resnet") {
+    let crop_pct = if name.starts_with("caformer") {
+        1.0
+    } else if name.starts_with("resnet") {
         0.95
-    } else if name.starts_with("deit") {
+    } else if name.starts_with("deit") || name.starts_with("swin") || name.starts_with("pvt_v2") || name.starts_with("CSWin") {
         0.9
     } else {
         0.875
@@ -107,6 +167,35 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
         }
         return Ok(ModelConfig::Vit(cfg));
     }
+    if let Some(&(_, dim, depths, heads)) = SWIN.iter().find(|m| m.0 == name) {
+        let mut cfg = swin::Config::new(dim, depths, heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.patch_size = opts.stem_stride.unwrap_or(4);
+        cfg.img_size = opts.img_size.unwrap_or(224);
+        return Ok(ModelConfig::Swin(cfg));
+    }
+    if let Some(&(_, depths, dims, heads)) = PVT_V2.iter().find(|m| m.0 == name) {
+        no_small_stem(name, opts)?;
+        let mut cfg = pvt_v2::Config::new(depths, dims, heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        return Ok(ModelConfig::PvtV2(cfg));
+    }
+    if let Some(&(_, depths, dims)) = CAFORMER.iter().find(|m| m.0 == name) {
+        no_small_stem(name, opts)?;
+        let mut cfg = caformer::Config::new(depths, dims);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        return Ok(ModelConfig::Caformer(cfg));
+    }
+    if let Some(&(_, dim, depths, heads)) = CSWIN.iter().find(|m| m.0 == name) {
+        no_small_stem(name, opts)?;
+        let mut cfg = cswin::Config::new(dim, depths, heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        return Ok(ModelConfig::Cswin(cfg));
+    }
     if let Some(&(_, block, layers)) = RESNET.iter().find(|m| m.0 == name) {
         let mut cfg = resnet::Config::new(block, layers);
         cfg.num_classes = opts.num_classes;
@@ -130,6 +219,10 @@ pub enum Model {
     ConvNeXt(ConvNeXt),
     ResNet(ResNet),
     Vit(VisionTransformer),
+    Swin(SwinTransformer),
+    PvtV2(PvtV2),
+    CaFormer(CaFormer),
+    CSWin(CSWin),
 }
 
 impl ModelConfig {
@@ -138,6 +231,10 @@ impl ModelConfig {
             ModelConfig::Convnext(c) => c.num_classes,
             ModelConfig::Resnet(c) => c.num_classes,
             ModelConfig::Vit(c) => c.num_classes,
+            ModelConfig::Swin(c) => c.num_classes,
+            ModelConfig::PvtV2(c) => c.num_classes,
+            ModelConfig::Caformer(c) => c.num_classes,
+            ModelConfig::Cswin(c) => c.num_classes,
         }
     }
 
@@ -146,13 +243,17 @@ impl ModelConfig {
         match self {
             ModelConfig::Convnext(_) => &["head.fc.weight", "head.fc.bias"],
             ModelConfig::Resnet(_) => &["fc.weight", "fc.bias"],
-            ModelConfig::Vit(_) => &["head.weight", "head.bias"],
+            ModelConfig::Vit(_) | ModelConfig::PvtV2(_) | ModelConfig::Cswin(_) => &["head.weight", "head.bias"],
+            ModelConfig::Swin(_) => &["head.fc.weight", "head.fc.bias"],
+            ModelConfig::Caformer(_) => &["head.fc.fc2.weight", "head.fc.fc2.bias"],
         }
     }
 
     /// Whether the exported graph can take any height and width (convolutional models).
+    /// ViT, Swin and CSWin graphs are recorded for one size: the resampled position
+    /// embedding, the window partition, padding, masks and stripe widths depend on it.
     pub fn dynamic_input_size(&self) -> bool {
-        !matches!(self, ModelConfig::Vit(_))
+        !matches!(self, ModelConfig::Vit(_) | ModelConfig::Swin(_) | ModelConfig::Cswin(_))
     }
 
     /// Whether the architecture accepts an input of this size (and why not).
@@ -160,6 +261,19 @@ impl ModelConfig {
         let (min, why) = match self {
             ModelConfig::Convnext(c) => (c.min_input(), format!("stem stride {} and {} stages", c.stem_stride, c.dims.len())),
             ModelConfig::Resnet(c) => (c.min_input(), "its total stride".to_string()),
+            ModelConfig::PvtV2(c) => (c.min_input(), format!("stride-4 stem and a {0}x{0} spatial reduction in the first stage", c.sr_ratios[0])),
+            ModelConfig::Caformer(c) => (c.min_input(), "its total stride".to_string()),
+            ModelConfig::Cswin(_) => {
+                if height != width || height % 32 != 0 {
+                    return Err(ModelError::BadResolution {
+                        model: name.to_string(),
+                        height,
+                        width,
+                        reason: "CSWin takes square inputs whose side is a multiple of 32 (stripe widths 1, 2, side/32, side/32), e.g. 96, 128, 160, 192, 224".to_string(),
+                    });
+                }
+                (32, "its total stride".to_string())
+            }
             ModelConfig::Vit(c) => {
                 let p = c.patch_size;
                 if height % p != 0 || width % p != 0 {
@@ -171,6 +285,18 @@ impl ModelConfig {
                     });
                 }
                 (p, format!("patch size {p}"))
+            }
+            ModelConfig::Swin(c) => {
+                let s = c.stride();
+                if height % s != 0 || width % s != 0 {
+                    return Err(ModelError::BadResolution {
+                        model: name.to_string(),
+                        height,
+                        width,
+                        reason: format!("height and width must be multiples of {s} (patch size {} × 2^{} patch merges), e.g. 96, 128, 160, 192, 224", c.patch_size, c.depths.len() - 1),
+                    });
+                }
+                (s, format!("total stride {s}"))
             }
         };
         if height < min || width < min {
@@ -191,6 +317,10 @@ impl Model {
             ModelConfig::Convnext(c) => Model::ConvNeXt(ConvNeXt::new(vb, c)?),
             ModelConfig::Resnet(c) => Model::ResNet(ResNet::new(vb, c)?),
             ModelConfig::Vit(c) => Model::Vit(VisionTransformer::new(vb, c)?),
+            ModelConfig::Swin(c) => Model::Swin(SwinTransformer::new(vb, c)?),
+            ModelConfig::PvtV2(c) => Model::PvtV2(PvtV2::new(vb, c)?),
+            ModelConfig::Caformer(c) => Model::CaFormer(CaFormer::new(vb, c)?),
+            ModelConfig::Cswin(c) => Model::CSWin(CSWin::new(vb, c)?),
         })
     }
 
@@ -200,6 +330,10 @@ impl Model {
             Model::ConvNeXt(m) => m.forward(o, x),
             Model::ResNet(m) => m.forward(o, x),
             Model::Vit(m) => m.forward(o, x),
+            Model::Swin(m) => m.forward(o, x),
+            Model::PvtV2(m) => m.forward(o, x),
+            Model::CaFormer(m) => m.forward(o, x),
+            Model::CSWin(m) => m.forward(o, x),
         }
     }
 }
@@ -238,8 +372,31 @@ mod tests {
 
     #[test]
     fn flops_match_published_numbers() {
-        // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G, DeiT-S 4.6G).
-        for (name, gmacs) in [("convnext_atto", 0.55), ("convnext_tiny", 4.47), ("resnet18", 1.82), ("resnet50", 4.11), ("deit_tiny_patch16_224", 1.26), ("deit_small_patch16_224", 4.61)] {
+        // GMACs at 224 from timm's model cards / the papers (ConvNeXt-T 4.5G, ResNet-50 4.1G,
+        // DeiT-S 4.6G, Swin-T/S/B 4.5/8.7/15.4G, PVTv2-B0/B1/B2 0.6/2.1/4.0G, CAFormer-S18/
+        // S36/M36 4.1/8.0/13.2G, CSWin-T/S/B 4.3/6.9/15.0G; the PVT and
+        // CAFormer values to two decimals from torch.utils.flop_counter on timm 1.0.31, /2).
+        let published = [
+            ("convnext_atto", 0.55),
+            ("convnext_tiny", 4.47),
+            ("resnet18", 1.82),
+            ("resnet50", 4.11),
+            ("deit_tiny_patch16_224", 1.26),
+            ("deit_small_patch16_224", 4.61),
+            ("swin_tiny_patch4_window7_224", 4.51),
+            ("swin_small_patch4_window7_224", 8.77),
+            ("swin_base_patch4_window7_224", 15.47),
+            ("pvt_v2_b0", 0.57),
+            ("pvt_v2_b1", 2.11),
+            ("pvt_v2_b2", 4.03),
+            ("caformer_s18", 4.11),
+            ("caformer_s36", 7.97),
+            ("caformer_m36", 13.24),
+            ("CSWin_64_12211_tiny_224", 4.3),
+            ("CSWin_64_24322_small_224", 6.9),
+            ("CSWin_96_24322_base_224", 15.0),
+        ];
+        for (name, gmacs) in published {
             let got = describe(name).unwrap().macs_224 as f64 / 1e9;
             assert!((got - gmacs).abs() / gmacs < 0.03, "{name}: {got:.3} GMACs, published {gmacs}");
         }

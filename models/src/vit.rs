@@ -116,7 +116,7 @@ impl Block {
     fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
         let d = self.proj.weight.dim(0)?;
         let y = self.qkv.forward(o, &self.norm1.forward(o, x)?)?;
-        let y = self.proj.forward(o, &o.attention(&y, self.heads, d / self.heads)?)?;
+        let y = self.proj.forward(o, &o.attention(&y, self.heads, d / self.heads, None)?)?;
         let x = o.add(x, &o.drop_path(&y, self.drop_path)?)?;
         let y = self.fc2.forward(o, &o.gelu(&self.fc1.forward(o, &self.norm2.forward(o, &x)?)?)?)?;
         o.add(&x, &o.drop_path(&y, self.drop_path)?)

@@ -74,10 +74,24 @@ fn parameter_counts_equal_timm() {
         ("deit_tiny_patch16_224", 5_717_416),
         ("deit_small_patch16_224", 22_050_664),
         ("deit_base_patch16_224", 86_567_656),
+        ("swin_tiny_patch4_window7_224", 28_288_354),
+        ("swin_small_patch4_window7_224", 49_606_258),
+        ("swin_base_patch4_window7_224", 87_768_224),
+        ("pvt_v2_b0", 3_666_760),
+        ("pvt_v2_b1", 14_009_000),
+        ("pvt_v2_b2", 25_362_856),
+        ("caformer_s18", 26_341_656),
+        ("caformer_s36", 39_297_102),
+        ("caformer_m36", 56_204_878),
+        // Not in timm: the official code (microsoft/CSWin-Transformer models/cswin.py) and
+        // tools/cswin_ref.py both count these.
+        ("CSWin_64_12211_tiny_224", 22_320_552),
+        ("CSWin_64_24322_small_224", 34_643_304),
+        ("CSWin_96_24322_base_224", 77_382_184),
     ];
     assert_eq!(model_names(), timm.iter().map(|t| t.0).collect::<Vec<_>>());
     for (name, count) in timm {
-        let ps = ParamStore::new(0);
+        let ps = ParamStore::zeros();
         let cfg = model_config(name, &ModelOptions::default()).unwrap();
         Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
         assert_eq!(ps.num_trainable(), count, "{name}");
@@ -148,12 +162,35 @@ fn deit_tiny_with_small_patches_matches_timm() {
     check_zoo_at("deit_tiny_p4", "deit_tiny_patch16_224", Some(4), Some(32), &[32, 24]);
 }
 
+#[test]
+fn swin_tiny_matches_timm_at_224_and_with_padded_windows() {
+    // 160 and 96 px: every stage's map is padded to the 7×7 windows (timm's dynamic_img_size).
+    check_zoo("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", None, &[224, 160, 96]);
+}
+
+#[test]
+fn pvt_v2_b0_matches_timm_at_any_resolution() {
+    check_zoo("pvt_v2_b0", "pvt_v2_b0", None, &[224, 160, 100]);
+}
+
+#[test]
+fn caformer_s18_matches_timm_at_any_resolution() {
+    check_zoo("caformer_s18", "caformer_s18", None, &[224, 160, 100]);
+}
+
+#[test]
+fn cswin_tiny_matches_the_reference_at_224_and_with_narrower_stripes() {
+    // Reference: tools/cswin_ref.py (official architecture); 160 and 96 px use stripe widths
+    // [1, 2, 5, 5] and [1, 2, 3, 3].
+    check_zoo("CSWin_64_12211_tiny_224", "CSWin_64_12211_tiny_224", None, &[224, 160, 96]);
+}
+
 /// The larger variants, against logits from `tools/gen_fixtures.py --large` (not committed:
 /// run that first, then `cargo test --release -p et-models --test timm_parity -- --ignored`).
 #[test]
 #[ignore]
 fn large_variants_match_timm() {
-    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224"] {
+    for name in ["convnext_femto", "convnext_pico", "convnext_nano", "convnext_small", "convnext_base", "resnet34", "deit_small_patch16_224", "deit_base_patch16_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "pvt_v2_b1", "pvt_v2_b2", "caformer_s36", "caformer_m36", "CSWin_64_24322_small_224", "CSWin_96_24322_base_224"] {
         check_against("zoo_logits_large", name, name, None, None, &[224]);
     }
 }

@@ -33,9 +33,14 @@ pub struct AdamW {
     pub step: u64,
 }
 
-/// timm's `param_groups_weight_decay`: 1-D tensors and embeddings get no decay.
+/// timm's `param_groups_weight_decay`: 1-D tensors, embeddings and the models'
+/// `no_weight_decay()` names (Swin's relative position bias tables) get no decay.
 pub fn decays(name: &str, rank: usize) -> bool {
-    rank > 1 && !name.ends_with("pos_embed") && !name.ends_with("cls_token") && !name.ends_with("dist_token")
+    rank > 1
+        && !name.ends_with("pos_embed")
+        && !name.ends_with("cls_token")
+        && !name.ends_with("dist_token")
+        && !name.ends_with("relative_position_bias_table")
 }
 
 impl AdamW {
@@ -84,6 +89,14 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn no_decay_names_as_timm() {
+        assert!(decays("layers.0.blocks.0.attn.qkv.weight", 2));
+        assert!(!decays("layers.0.blocks.0.attn.relative_position_bias_table", 2));
+        assert!(!decays("pos_embed", 3));
+        assert!(!decays("stages.0.blocks.0.mlp.act.scale", 1));
+    }
 
     #[test]
     fn matches_the_reference_update_and_groups() -> Result<()> {

@@ -127,6 +127,36 @@ impl OnnxOps {
         self.add_initializer(&name, &[], vec![v]);
         name
     }
+
+    /// softmax(q·kᵀ/√head_dim + bias)·v on (N, heads, L, head_dim) values (k given
+    /// transposed), heads merged: (N, Lq, heads·head_dim).
+    fn attend(&self, q: &Value, kt: &Value, v: &Value, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Value> {
+        let scores = self.node("MatMul", &[q, kt], vec![]);
+        let scale = self.scalar((1.0 / (head_dim as f64).sqrt()) as f32);
+        let mut scores = self.node("Mul", &[&scores, &scale], vec![]);
+        if let Some(b) = bias {
+            let (g, h, lq, lk) = b.dims4()?;
+            let grouped = self.ints("shape_bias_groups", &[-1, g as i64, h as i64, lq as i64, lk as i64], false);
+            let t = self.node("Reshape", &[&scores, &grouped], vec![]);
+            let bn = self.param(b, b.dims())?;
+            let t = self.node("Add", &[&t, &bn], vec![]);
+            let back = self.ints("shape_scores", &[-1, h as i64, lq as i64, lk as i64], false);
+            scores = self.node("Reshape", &[&t, &back], vec![]);
+        }
+        let p = self.node("Softmax", &[&scores], vec![int_attr("axis", -1)]);
+        let o = self.node("MatMul", &[&p, v], vec![]);
+        let o = self.node("Transpose", &[&o], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+        let merge = self.ints("shape_merge", &[0, -1, (heads * head_dim) as i64], false);
+        Ok(self.node("Reshape", &[&o, &merge], vec![]))
+    }
+
+    /// Slice of `x` along `axis` ([start, end), negative from the end as in ONNX).
+    fn slice(&self, x: &str, axis: usize, start: i64, end: i64) -> Value {
+        let starts = self.ints("slice_start", &[start], false);
+        let ends = self.ints("slice_end", &[end], false);
+        let axes = self.ints("slice_axis", &[axis as i64], false);
+        self.node("Slice", &[x, &starts, &ends, &axes], vec![])
+    }
 }
 
 impl Ops for OnnxOps {
@@ -253,7 +283,7 @@ impl Ops for OnnxOps {
         Ok(self.node("Add", &[x, &pn], vec![]))
     }
 
-    fn attention(&self, qkv: &Value, heads: usize, head_dim: usize) -> Result<Value> {
+    fn attention(&self, qkv: &Value, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Value> {
         let split = self.ints("shape_qkv", &[0, -1, 3, heads as i64, head_dim as i64], false);
         let t = self.node("Reshape", &[qkv, &split], vec![]);
         let t = self.node("Transpose", &[&t], vec![ints_attr("perm", &[2, 0, 3, 1, 4])]);
@@ -263,19 +293,83 @@ impl Ops for OnnxOps {
         };
         let (q, k, v) = (pick(0), pick(1), pick(2));
         let kt = self.node("Transpose", &[&k], vec![ints_attr("perm", &[0, 1, 3, 2])]);
-        let scores = self.node("MatMul", &[&q, &kt], vec![]);
-        let scale = self.scalar((1.0 / (head_dim as f64).sqrt()) as f32);
-        let scores = self.node("Mul", &[&scores, &scale], vec![]);
-        let p = self.node("Softmax", &[&scores], vec![int_attr("axis", -1)]);
-        let o = self.node("MatMul", &[&p, &v], vec![]);
-        let o = self.node("Transpose", &[&o], vec![ints_attr("perm", &[0, 2, 1, 3])]);
-        let merge = self.ints("shape_merge", &[0, -1, (heads * head_dim) as i64], false);
-        Ok(self.node("Reshape", &[&o, &merge], vec![]))
+        self.attend(&q, &kt, &v, heads, head_dim, bias)
+    }
+
+    fn sdpa(&self, q: &Value, k: &Value, v: &Value, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Value> {
+        let split = self.ints("shape_heads", &[0, 0, heads as i64, head_dim as i64], false);
+        let heads_first = |x: &Value, perm: &[i64]| -> Value {
+            let t = self.node("Reshape", &[x, &split], vec![]);
+            self.node("Transpose", &[&t], vec![ints_attr("perm", perm)])
+        };
+        let (q, kt, v) = (heads_first(q, &[0, 2, 1, 3]), heads_first(k, &[0, 2, 3, 1]), heads_first(v, &[0, 2, 1, 3]));
+        self.attend(&q, &kt, &v, heads, head_dim, bias)
     }
 
     fn token(&self, x: &Value, index: usize) -> Result<Value> {
         let idx = self.ints(&format!("index_{index}"), &[index as i64], true);
         Ok(self.node("Gather", &[x, &idx], vec![int_attr("axis", 1)]))
+    }
+
+    fn reshape(&self, x: &Value, rest: &[usize]) -> Result<Value> {
+        let shape: Vec<i64> = std::iter::once(-1).chain(rest.iter().map(|&d| d as i64)).collect();
+        let shape = self.ints("shape", &shape, false);
+        Ok(self.node("Reshape", &[x, &shape], vec![]))
+    }
+
+    fn permute(&self, x: &Value, perm: &[usize]) -> Result<Value> {
+        let perm: Vec<i64> = perm.iter().map(|&p| p as i64).collect();
+        Ok(self.node("Transpose", &[x], vec![ints_attr("perm", &perm)]))
+    }
+
+    fn roll(&self, x: &Value, shift: isize, dim: usize) -> Result<Value> {
+        // No Roll op: concat(x[-s:], x[:-s]). For s > 0 the negative index counts from the
+        // end, for s < 0 it is the positive index |s|: one formula, no static size needed.
+        if shift == 0 {
+            return Ok(x.clone());
+        }
+        let s = shift as i64;
+        let (head, tail) = (self.slice(x, dim, -s, i64::MAX), self.slice(x, dim, 0, -s));
+        Ok(self.node("Concat", &[&head, &tail], vec![int_attr("axis", dim as i64)]))
+    }
+
+    fn pad_end(&self, x: &Value, pads: &[usize]) -> Result<Value> {
+        if pads.iter().all(|&p| p == 0) {
+            return Ok(x.clone());
+        }
+        // ONNX order: all begins, then all ends.
+        let v: Vec<i64> = pads.iter().map(|_| 0).chain(pads.iter().map(|&p| p as i64)).collect();
+        let pads = self.ints("pads", &v, false);
+        Ok(self.node("Pad", &[x, &pads], vec![]))
+    }
+
+    fn narrow(&self, x: &Value, dim: usize, start: usize, len: usize) -> Result<Value> {
+        Ok(self.slice(x, dim, start as i64, (start + len) as i64))
+    }
+
+    fn concat(&self, xs: &[&Value], dim: usize) -> Result<Value> {
+        let refs: Vec<&str> = xs.iter().map(|x| &***x).collect();
+        Ok(self.node("Concat", &refs, vec![int_attr("axis", dim as i64)]))
+    }
+
+    fn tokens_to_map(&self, x: &Value, like: &Value) -> Result<Value> {
+        // (N, L, C) → (N, C, L) → (N, C, H, W) with H, W read from `like` at run time.
+        let t = self.node("Transpose", &[x], vec![ints_attr("perm", &[0, 2, 1])]);
+        let shape = self.node("Shape", &[like], vec![]);
+        let hw = self.slice(&shape, 0, 2, 4);
+        let nc = self.ints("dims_n_c", &[0, -1], false);
+        let target = self.node("Concat", &[&nc, &hw], vec![int_attr("axis", 0)]);
+        Ok(self.node("Reshape", &[&t, &target], vec![]))
+    }
+
+    fn mul_param(&self, x: &Value, p: &Tensor) -> Result<Value> {
+        let pn = self.param(p, p.dims())?;
+        Ok(self.node("Mul", &[x, &pn], vec![]))
+    }
+
+    fn squared_relu(&self, x: &Value) -> Result<Value> {
+        let r = self.node("Relu", &[x], vec![]);
+        Ok(self.node("Mul", &[&r, &r], vec![]))
     }
 
     fn max_pool2d(&self, x: &Value, kernel: usize, stride: usize, padding: usize) -> Result<Value> {

@@ -196,19 +196,91 @@ impl Ops for CandleOps {
         x.broadcast_add(p)
     }
 
-    fn attention(&self, qkv: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    fn attention(&self, qkv: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {
         let (n, l, _) = qkv.dims3()?;
         let qkv = qkv.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (head_dim as f64).sqrt()))?;
-        // `ops::softmax` has a gradient; `softmax_last_dim` does not (NOTES.md).
-        let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        p.matmul(&v)?.transpose(1, 2)?.reshape((n, l, heads * head_dim))
+        attend(&q, &k, &v, bias)
+    }
+
+    fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+        let split = |t: &Tensor| -> Result<Tensor> {
+            let (n, l, _) = t.dims3()?;
+            t.reshape((n, l, heads, head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        attend(&split(q)?, &split(k)?, &split(v)?, bias)
     }
 
     fn token(&self, x: &Tensor, index: usize) -> Result<Tensor> {
         x.narrow(1, index, 1)?.squeeze(1)
     }
+
+    fn reshape(&self, x: &Tensor, rest: &[usize]) -> Result<Tensor> {
+        let inner: usize = rest.iter().product();
+        if inner == 0 || x.elem_count() % inner != 0 {
+            candle_core::bail!("cannot reshape {:?} to (-1, {rest:?})", x.dims())
+        }
+        let mut shape = vec![x.elem_count() / inner];
+        shape.extend_from_slice(rest);
+        x.reshape(shape)
+    }
+
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+        x.permute(perm)?.contiguous()
+    }
+
+    fn roll(&self, x: &Tensor, shift: isize, dim: usize) -> Result<Tensor> {
+        x.roll(shift as i32, dim)
+    }
+
+    fn pad_end(&self, x: &Tensor, pads: &[usize]) -> Result<Tensor> {
+        let mut y = x.clone();
+        for (d, &p) in pads.iter().enumerate() {
+            if p > 0 {
+                y = y.pad_with_zeros(d, 0, p)?;
+            }
+        }
+        Ok(y)
+    }
+
+    fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        x.narrow(dim, start, len)
+    }
+
+    fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+        Tensor::cat(xs, dim)
+    }
+
+    fn tokens_to_map(&self, x: &Tensor, like: &Tensor) -> Result<Tensor> {
+        let (n, _, c) = x.dims3()?;
+        let (_, _, h, w) = like.dims4()?;
+        x.transpose(1, 2)?.reshape((n, c, h, w))
+    }
+
+    fn mul_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(p)
+    }
+
+    fn squared_relu(&self, x: &Tensor) -> Result<Tensor> {
+        x.relu()?.sqr()
+    }
+}
+
+/// softmax(q·kᵀ/√d + bias)·v on (N, heads, L, d) tensors, heads merged: (N, Lq, heads·d).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, heads, lq, d) = q.dims4()?;
+    let lk = k.dim(2)?;
+    let mut scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+    if let Some(b) = bias {
+        let g = b.dim(0)?;
+        if b.dims() != [g, heads, lq, lk] || n % g != 0 {
+            candle_core::bail!("attention bias {:?} does not fit {n} sequences of {heads} heads, {lq}x{lk} scores", b.dims())
+        }
+        scores = scores.reshape((n / g, g, heads, lq, lk))?.broadcast_add(b)?.reshape((n, heads, lq, lk))?;
+    }
+    // `ops::softmax` has a gradient; `softmax_last_dim` does not (NOTES.md).
+    let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    p.matmul(v)?.transpose(1, 2)?.reshape((n, lq, heads * d))
 }
 
 #[cfg(test)]
@@ -264,6 +336,42 @@ mod tests {
         check_grads(&[&x, &g], |v| ops.scale_channels(v[0], v[1]))?;
         let (x2, w, b) = (var(&[4, 6], 16)?, var(&[5, 6], 17)?, var(&[5], 18)?);
         check_grads(&[&x2, &w, &b], |v| ops.linear(v[0], v[1], Some(v[2])))
+    }
+
+    #[test]
+    fn attention_with_bias_and_separate_projections_have_correct_gradients() -> Result<()> {
+        let ops = CandleOps::eval();
+        // 4 sequences = 2 images × 2 windows, 2 heads of 3, length 5; a per-window bias.
+        let (qkv, bias) = (var(&[4, 5, 18], 30)?, var(&[2, 2, 5, 5], 31)?);
+        check_grads(&[&qkv, &bias], |v| ops.attention(v[0], 2, 3, Some(v[1])))?;
+        let (q, k, vv) = (var(&[2, 3, 4], 32)?, var(&[2, 5, 4], 33)?, var(&[2, 5, 4], 34)?);
+        check_grads(&[&q, &k, &vv], |v| ops.sdpa(v[0], v[1], v[2], 2, 2, None))?;
+        // The packed and separate forms agree.
+        let (a, b) = (qkv.narrow(2, 0, 6)?, qkv.narrow(2, 6, 6)?);
+        let c = qkv.narrow(2, 12, 6)?;
+        let diff = (ops.attention(&qkv, 2, 3, Some(&bias))? - ops.sdpa(&a, &b, &c, 2, 3, Some(&bias))?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12);
+        Ok(())
+    }
+
+    #[test]
+    fn layout_ops_have_correct_gradients() -> Result<()> {
+        let ops = CandleOps::eval();
+        let x = var(&[2, 3, 4, 2], 35)?;
+        // A Swin-like round trip: shift, pad, partition, then back.
+        check_grads(&[&x], |v| {
+            let y = ops.pad_end(&ops.roll(&ops.roll(v[0], -1, 1)?, 2, 2)?, &[0, 1, 0, 0])?;
+            let y = ops.reshape(&ops.permute(&ops.reshape(&y, &[2, 2, 2, 2, 2])?, &[0, 1, 3, 2, 4, 5])?, &[4, 2])?;
+            let y = ops.narrow(&ops.reshape(&y, &[4, 4, 2])?, 1, 1, 3)?;
+            ops.concat(&[&y, &ops.squared_relu(&y)?], 2)
+        })?;
+        let (t, like, p) = (var(&[2, 6, 3], 36)?, var(&[2, 1, 2, 3], 37)?, var(&[3], 38)?);
+        check_grads(&[&t, &p], |v| ops.tokens_to_map(&ops.mul_param(v[0], v[1])?, &like))?;
+        let back = ops.to_tokens(&ops.tokens_to_map(&t, &like)?)?;
+        assert_eq!((back - t.as_tensor())?.abs()?.sum_all()?.to_scalar::<f64>()?, 0.0);
+        let r: Vec<f64> = ops.roll(&Tensor::arange(0f64, 5.0, &Device::Cpu)?, 2, 0)?.to_vec1()?;
+        assert_eq!(r, vec![3.0, 4.0, 0.0, 1.0, 2.0]);
+        Ok(())
     }
 
     #[test]

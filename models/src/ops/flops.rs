@@ -122,14 +122,65 @@ impl Ops for FlopCounter {
         Ok(x.clone())
     }
 
-    fn attention(&self, qkv: &Shape, heads: usize, head_dim: usize) -> Result<Shape> {
+    fn attention(&self, qkv: &Shape, heads: usize, head_dim: usize, _bias: Option<&Tensor>) -> Result<Shape> {
         let (n, l) = (qkv[0], qkv[1]);
         // q·kᵀ and p·v: two (L × L × head_dim) products per head.
         self.add(2 * n * heads * l * l * head_dim);
         Ok(vec![n, l, heads * head_dim])
     }
 
+    fn sdpa(&self, q: &Shape, k: &Shape, _v: &Shape, _heads: usize, _head_dim: usize, _bias: Option<&Tensor>) -> Result<Shape> {
+        // q·kᵀ and p·v: two (Lq × Lk × channels) products.
+        self.add(2 * q[0] * q[1] * k[1] * q[2]);
+        Ok(q.clone())
+    }
+
     fn token(&self, x: &Shape, _index: usize) -> Result<Shape> {
         Ok(vec![x[0], x[2]])
+    }
+
+    fn reshape(&self, x: &Shape, rest: &[usize]) -> Result<Shape> {
+        let inner: usize = rest.iter().product();
+        let total: usize = x.iter().product();
+        if inner == 0 || total % inner != 0 {
+            candle_core::bail!("flop counter: cannot reshape {x:?} to (-1, {rest:?})")
+        }
+        Ok(std::iter::once(total / inner).chain(rest.iter().copied()).collect())
+    }
+
+    fn permute(&self, x: &Shape, perm: &[usize]) -> Result<Shape> {
+        Ok(perm.iter().map(|&p| x[p]).collect())
+    }
+
+    fn roll(&self, x: &Shape, _shift: isize, _dim: usize) -> Result<Shape> {
+        Ok(x.clone())
+    }
+
+    fn pad_end(&self, x: &Shape, pads: &[usize]) -> Result<Shape> {
+        Ok(x.iter().zip(pads).map(|(s, p)| s + p).collect())
+    }
+
+    fn narrow(&self, x: &Shape, dim: usize, _start: usize, len: usize) -> Result<Shape> {
+        let mut y = x.clone();
+        y[dim] = len;
+        Ok(y)
+    }
+
+    fn concat(&self, xs: &[&Shape], dim: usize) -> Result<Shape> {
+        let mut y = xs[0].clone();
+        y[dim] = xs.iter().map(|x| x[dim]).sum();
+        Ok(y)
+    }
+
+    fn tokens_to_map(&self, x: &Shape, like: &Shape) -> Result<Shape> {
+        Ok(vec![x[0], x[2], like[2], like[3]])
+    }
+
+    fn mul_param(&self, x: &Shape, _p: &Tensor) -> Result<Shape> {
+        Ok(x.clone())
+    }
+
+    fn squared_relu(&self, x: &Shape) -> Result<Shape> {
+        Ok(x.clone())
     }
 }

@@ -68,8 +68,36 @@ pub trait Ops {
     /// Adds a parameter broadcast over the batch, e.g. a position embedding (1, L, C).
     fn add_param(&self, x: &Self::T, p: &Tensor) -> Result<Self::T>;
     /// Multi-head self-attention core on packed projections: qkv (N, L, 3·heads·head_dim) →
-    /// softmax(q·kᵀ/√head_dim)·v with heads merged back, (N, L, heads·head_dim).
-    fn attention(&self, qkv: &Self::T, heads: usize, head_dim: usize) -> Result<Self::T>;
+    /// softmax(q·kᵀ/√head_dim + bias)·v with heads merged back, (N, L, heads·head_dim).
+    /// `bias` is (G, heads, L, L) and sequence n gets group n mod G (see [`Ops::sdpa`]).
+    fn attention(&self, qkv: &Self::T, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Self::T>;
+    /// Scaled dot-product attention on separate projections: q (N, Lq, heads·head_dim), k and
+    /// v (N, Lk, heads·head_dim) → (N, Lq, heads·head_dim). `bias` (G, heads, Lq, Lk), derived from
+    /// parameters, is added to the scores of sequence n as group n mod G: with sequences
+    /// ordered (image, window), G windows per image get their own bias (Swin's relative
+    /// position bias plus shifted-window mask); G = 1 broadcasts.
+    fn sdpa(&self, q: &Self::T, k: &Self::T, v: &Self::T, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Self::T>;
     /// Token `index` of every sequence: (N, L, C) → (N, C).
     fn token(&self, x: &Self::T, index: usize) -> Result<Self::T>;
+    /// Reshape to (M, rest…), M inferred: the leading dimension absorbs the batch, so graphs
+    /// keep a dynamic batch (window partitions fold windows into it).
+    fn reshape(&self, x: &Self::T, rest: &[usize]) -> Result<Self::T>;
+    /// Reorders dimensions (`perm[i]` is the input dimension that becomes dimension i).
+    fn permute(&self, x: &Self::T, perm: &[usize]) -> Result<Self::T>;
+    /// Cyclic shift along `dim` as `torch.roll`: element i moves to (i + shift) mod size.
+    fn roll(&self, x: &Self::T, shift: isize, dim: usize) -> Result<Self::T>;
+    /// Appends `pads[d]` zeros at the end of every dimension d (`pads` has one entry per dimension).
+    fn pad_end(&self, x: &Self::T, pads: &[usize]) -> Result<Self::T>;
+    /// `len` elements from `start` along `dim`.
+    fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> Result<Self::T>;
+    /// Concatenation along `dim`.
+    fn concat(&self, xs: &[&Self::T], dim: usize) -> Result<Self::T>;
+    /// Inverse of [`Ops::to_tokens`]: (N, H·W, C) → (N, C, H, W) with H and W taken from the
+    /// NCHW value `like` (at run time in graphs, so they keep a dynamic size).
+    fn tokens_to_map(&self, x: &Self::T, like: &Self::T) -> Result<Self::T>;
+    /// Multiplies by a parameter broadcast from the right (numpy rules), e.g. a (C) scale
+    /// on (N, L, C) tokens or a (1) scalar.
+    fn mul_param(&self, x: &Self::T, p: &Tensor) -> Result<Self::T>;
+    /// relu(x)² (Primer's squared ReLU; StarReLU is s·relu(x)² + b).
+    fn squared_relu(&self, x: &Self::T) -> Result<Self::T>;
 }

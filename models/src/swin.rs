@@ -1,0 +1,322 @@
+//! Swin Transformer (Liu et al., 2021) with timm's `SwinTransformer` names:
+//! `patch_embed.{proj,norm}`, `layers.{i}.downsample.{norm,reduction}` (stages 1…3),
+//! `layers.{i}.blocks.{j}.{norm1,attn.qkv,attn.proj,attn.relative_position_bias_table,
+//! norm2,mlp.fc1,mlp.fc2}`, `norm`, `head.fc`. Activations between blocks are NHWC.
+//!
+//! Other resolutions behave as timm 1.0.31's `dynamic_img_size=True`: window sizes and
+//! shifts are fixed when the model is built for `img_size` (a stage whose map at that size
+//! is no larger than the window uses the whole map as its window and no shift: at 224 the
+//! last stage's 7×7). At run time each block pads its (shifted) map with zeros at the
+//! bottom/right up to a multiple of the window; the padded tokens take part in attention
+//! like any other (timm masks nothing in unshifted blocks), and shifted blocks build the
+//! shifted-window mask for the padded map. The relative position bias table depends only
+//! on the window, so one checkpoint serves every resolution. We accept multiples of 32
+//! (patch size × 2³), the sizes our parity tests cover.
+
+use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT};
+use crate::ops::{ConvGeom, Ops};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub patch_size: usize,
+    pub embed_dim: usize,
+    pub depths: Vec<usize>,
+    pub num_heads: Vec<usize>,
+    pub window_size: usize,
+    /// Input size the windows are laid out for (timm's `img_size`).
+    pub img_size: usize,
+    pub mlp_ratio: f64,
+    pub drop_path_rate: f64,
+    pub in_chans: usize,
+    pub num_classes: usize,
+}
+
+impl Config {
+    pub fn new(embed_dim: usize, depths: &[usize], num_heads: &[usize]) -> Self {
+        Config {
+            patch_size: 4,
+            embed_dim,
+            depths: depths.to_vec(),
+            num_heads: num_heads.to_vec(),
+            window_size: 7,
+            img_size: 224,
+            mlp_ratio: 4.0,
+            drop_path_rate: 0.0,
+            in_chans: 3,
+            num_classes: 1000,
+        }
+    }
+
+    /// Total stride: inputs must be multiples of it.
+    pub fn stride(&self) -> usize {
+        self.patch_size << (self.depths.len() - 1)
+    }
+
+    /// (window, shift) of stage `i` as timm's `_calc_window_shift` at `img_size`.
+    pub fn window_and_shift(&self, i: usize) -> (usize, usize) {
+        let scale = 1 << i;
+        let r = (self.img_size / self.patch_size).div_ceil(scale);
+        if r <= self.window_size {
+            (r.max(1), 0)
+        } else {
+            (self.window_size, self.window_size / 2)
+        }
+    }
+
+    fn dim(&self, i: usize) -> usize {
+        self.embed_dim << i
+    }
+}
+
+const LN_EPS: f64 = 1e-5;
+
+/// Index into the (2w−1)² bias table for every (query, key) pair of a w×w window.
+fn relative_position_index(w: usize) -> Vec<u32> {
+    let l = w * w;
+    let mut idx = Vec::with_capacity(l * l);
+    for p in 0..l {
+        for q in 0..l {
+            let dy = (p / w) as isize - (q / w) as isize + w as isize - 1;
+            let dx = (p % w) as isize - (q % w) as isize + w as isize - 1;
+            idx.push((dy * (2 * w as isize - 1) + dx) as u32);
+        }
+    }
+    idx
+}
+
+/// Shifted-window mask (windows, L, L) for a padded hp×wp map: 0 within a region, −100
+/// across regions that the cyclic shift brought together (timm's `get_attn_mask`).
+fn shifted_window_mask(hp: usize, wp: usize, w: usize, s: usize) -> Vec<f32> {
+    let region = |i: usize, n: usize| if i < n - w { 0 } else if i < n - s { 1 } else { 2 };
+    let (nh, nw, l) = (hp / w, wp / w, w * w);
+    let mut mask = Vec::with_capacity(nh * nw * l * l);
+    for wy in 0..nh {
+        for wx in 0..nw {
+            let id = |p: usize| 3 * region(wy * w + p / w, hp) + region(wx * w + p % w, wp);
+            for p in 0..l {
+                for q in 0..l {
+                    mask.push(if id(p) == id(q) { 0.0 } else { -100.0 });
+                }
+            }
+        }
+    }
+    mask
+}
+
+struct Block {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    bias_table: Tensor,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    dim: usize,
+    heads: usize,
+    window: usize,
+    shift: usize,
+    drop_path: f64,
+}
+
+impl Block {
+    fn new(vb: VarBuilder, cfg: &Config, dim: usize, heads: usize, window: usize, shift: usize, drop_path: f64) -> Result<Self> {
+        let hidden = (dim as f64 * cfg.mlp_ratio) as usize;
+        Ok(Block {
+            norm1: LayerNorm::new(vb.pp("norm1"), dim, LN_EPS)?,
+            qkv: Linear::new(vb.pp("attn.qkv"), dim, 3 * dim, true)?,
+            proj: Linear::new(vb.pp("attn.proj"), dim, dim, true)?,
+            bias_table: vb.get_with_hints(((2 * window - 1) * (2 * window - 1), heads), "attn.relative_position_bias_table", WEIGHT_INIT)?,
+            norm2: LayerNorm::new(vb.pp("norm2"), dim, LN_EPS)?,
+            fc1: Linear::new(vb.pp("mlp.fc1"), dim, hidden, true)?,
+            fc2: Linear::new(vb.pp("mlp.fc2"), hidden, dim, true)?,
+            dim,
+            heads,
+            window,
+            shift,
+            drop_path,
+        })
+    }
+
+    /// Attention bias (G, heads, L, L): the relative position bias, plus the mask of each of
+    /// the G windows of a shifted block. A function of the table, so the table learns.
+    fn attention_bias(&self, hp: usize, wp: usize) -> Result<Tensor> {
+        let (w, l) = (self.window, self.window * self.window);
+        let dev = self.bias_table.device();
+        let idx = Tensor::from_vec(relative_position_index(w), l * l, dev)?;
+        let rel = self.bias_table.index_select(&idx, 0)?.reshape((l, l, self.heads))?.permute((2, 0, 1))?.unsqueeze(0)?;
+        if self.shift == 0 {
+            return rel.contiguous();
+        }
+        let g = (hp / w) * (wp / w);
+        let mask = Tensor::from_vec(shifted_window_mask(hp, wp, w, self.shift), (g, 1, l, l), dev)?.to_dtype(rel.dtype())?;
+        rel.broadcast_add(&mask)
+    }
+
+    /// `x`: (N, h, w, C).
+    fn forward<O: Ops>(&self, o: &O, x: &O::T, h: usize, w: usize) -> Result<O::T> {
+        let (ws, s, c) = (self.window, self.shift as isize, self.dim);
+        let mut y = self.norm1.forward(o, x)?;
+        if s > 0 {
+            y = o.roll(&o.roll(&y, -s, 1)?, -s, 2)?;
+        }
+        let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+        let (nh, nw) = (hp / ws, wp / ws);
+        y = o.pad_end(&y, &[0, hp - h, wp - w, 0])?;
+        // Window partition: (N, hp, wp, C) → (N·windows, ws², C).
+        y = o.reshape(&o.permute(&o.reshape(&y, &[nh, ws, nw, ws, c])?, &[0, 1, 3, 2, 4, 5])?, &[ws * ws, c])?;
+        let bias = self.attention_bias(hp, wp)?;
+        y = self.proj.forward(o, &o.attention(&self.qkv.forward(o, &y)?, self.heads, c / self.heads, Some(&bias))?)?;
+        y = o.reshape(&o.permute(&o.reshape(&y, &[nh, nw, ws, ws, c])?, &[0, 1, 3, 2, 4, 5])?, &[hp, wp, c])?;
+        if hp > h {
+            y = o.narrow(&y, 1, 0, h)?;
+        }
+        if wp > w {
+            y = o.narrow(&y, 2, 0, w)?;
+        }
+        if s > 0 {
+            y = o.roll(&o.roll(&y, s, 1)?, s, 2)?;
+        }
+        let x = o.add(x, &o.drop_path(&y, self.drop_path)?)?;
+        let y = self.fc2.forward(o, &o.gelu(&self.fc1.forward(o, &self.norm2.forward(o, &x)?)?)?)?;
+        o.add(&x, &o.drop_path(&y, self.drop_path)?)
+    }
+}
+
+/// 2×2 neighbourhoods concatenated (timm's order), LayerNorm, linear 4C → 2C.
+struct PatchMerging {
+    norm: LayerNorm,
+    reduction: Linear,
+    dim: usize,
+}
+
+impl PatchMerging {
+    fn forward<O: Ops>(&self, o: &O, x: &O::T, h: usize, w: usize) -> Result<O::T> {
+        let c = self.dim;
+        let x = o.pad_end(x, &[0, h % 2, w % 2, 0])?;
+        let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+        let x = o.reshape(&o.permute(&o.reshape(&x, &[h2, 2, w2, 2, c])?, &[0, 1, 3, 4, 2, 5])?, &[h2, w2, 4 * c])?;
+        self.reduction.forward(o, &self.norm.forward(o, &x)?)
+    }
+}
+
+struct Stage {
+    downsample: Option<PatchMerging>,
+    blocks: Vec<Block>,
+}
+
+pub struct SwinTransformer {
+    pub config: Config,
+    patch_embed: Conv2d,
+    patch_norm: LayerNorm,
+    stages: Vec<Stage>,
+    norm: LayerNorm,
+    head: Linear,
+}
+
+impl SwinTransformer {
+    pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let p = cfg.patch_size;
+        let patch_embed = Conv2d::new(vb.pp("patch_embed.proj"), cfg.in_chans, cfg.embed_dim, p, ConvGeom { stride: p, padding: 0, groups: 1 }, true)?;
+        let patch_norm = LayerNorm::new(vb.pp("patch_embed.norm"), cfg.embed_dim, LN_EPS)?;
+        let total: usize = cfg.depths.iter().sum();
+        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let mut stages = Vec::new();
+        let mut block_idx = 0;
+        for (i, (&depth, &heads)) in cfg.depths.iter().zip(&cfg.num_heads).enumerate() {
+            let vs = vb.pp(format!("layers.{i}"));
+            let dim = cfg.dim(i);
+            let downsample = if i > 0 {
+                let prev = cfg.dim(i - 1);
+                Some(PatchMerging {
+                    norm: LayerNorm::new(vs.pp("downsample.norm"), 4 * prev, LN_EPS)?,
+                    reduction: Linear::new(vs.pp("downsample.reduction"), 4 * prev, dim, false)?,
+                    dim: prev,
+                })
+            } else {
+                None
+            };
+            let (window, shift) = cfg.window_and_shift(i);
+            let mut blocks = Vec::with_capacity(depth);
+            for j in 0..depth {
+                // Odd blocks use shifted windows.
+                let s = if j % 2 == 1 { shift } else { 0 };
+                blocks.push(Block::new(vs.pp(format!("blocks.{j}")), cfg, dim, heads, window, s, rate(block_idx))?);
+                block_idx += 1;
+            }
+            stages.push(Stage { downsample, blocks });
+        }
+        let last = cfg.dim(cfg.depths.len() - 1);
+        let norm = LayerNorm::new(vb.pp("norm"), last, LN_EPS)?;
+        let head = Linear::new(vb.pp("head.fc"), last, cfg.num_classes, true)?;
+        Ok(SwinTransformer { config: cfg.clone(), patch_embed, patch_norm, stages, norm, head })
+    }
+
+    pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        let (h, w) = o.input_hw(x)?;
+        let p = self.config.patch_size;
+        let (mut h, mut w) = (h / p, w / p);
+        let x = self.patch_embed.forward(o, x)?;
+        let mut x = self.patch_norm.forward(o, &o.permute(&x, &[0, 2, 3, 1])?)?;
+        for stage in &self.stages {
+            if let Some(merge) = &stage.downsample {
+                x = merge.forward(o, &x, h, w)?;
+                (h, w) = (h.div_ceil(2), w.div_ceil(2));
+            }
+            for block in &stage.blocks {
+                x = block.forward(o, &x, h, w)?;
+            }
+        }
+        let x = self.norm.forward(o, &x)?;
+        let x = o.flatten(&o.global_avg_pool(&o.permute(&x, &[0, 3, 1, 2])?)?)?;
+        self.head.forward(o, &x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{assert_every_parameter_learns, seeded};
+    use crate::ops::CandleOps;
+    use crate::params::ParamStore;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn windows_and_shifts_follow_timm_at_224() {
+        let cfg = Config::new(96, &[2, 2, 6, 2], &[3, 6, 12, 24]);
+        assert_eq!((0..4).map(|i| cfg.window_and_shift(i)).collect::<Vec<_>>(), vec![(7, 3), (7, 3), (7, 3), (7, 0)]);
+        let mut small = cfg.clone();
+        small.img_size = 64;
+        assert_eq!((0..4).map(|i| small.window_and_shift(i)).collect::<Vec<_>>(), vec![(7, 3), (7, 3), (4, 0), (2, 0)]);
+    }
+
+    #[test]
+    fn relative_index_and_mask_as_timm() {
+        // timm's get_relative_position_index(2, 2).
+        assert_eq!(relative_position_index(2), vec![4, 3, 1, 0, 5, 4, 2, 1, 7, 6, 4, 3, 8, 7, 5, 4]);
+        // A 4×4 map, 2×2 windows, shift 1: the last window mixes four regions.
+        let m = shifted_window_mask(4, 4, 2, 1);
+        assert!(m[..16].iter().all(|&v| v == 0.0));
+        let last = &m[3 * 16..];
+        assert_eq!(last.iter().filter(|&&v| v == 0.0).count(), 4);
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient_with_padding_and_shifts() -> Result<()> {
+        let mut cfg = Config::new(8, &[2, 2], &[1, 2]);
+        cfg.window_size = 3;
+        cfg.img_size = 32;
+        cfg.num_classes = 3;
+        cfg.drop_path_rate = 0.1;
+        let ps = ParamStore::new(1);
+        let model = SwinTransformer::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+        // 40 px: 10×10 then 5×5 maps, padded to 12×12 and 6×6 windows of 3.
+        let x = seeded(&[2, 3, 40, 40], 2, &Device::Cpu, DType::F32)?;
+        let y = model.forward(&CandleOps::train(3), &x)?;
+        assert_eq!(y.dims(), &[2, 3]);
+        assert_every_parameter_learns(&ps, &y)?;
+        Ok(())
+    }
+}
