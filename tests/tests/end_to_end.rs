@@ -84,7 +84,7 @@ fn mixup_and_cutmix_run_to_completion() {
 #[test]
 fn every_flag_is_documented_in_help() {
     let cases: [(&str, &[&str]); 3] = [
-        ("et-train", &["--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--schedule", "--skip-corrupt", "--mixup", "--cutmix"]),
+        ("et-train", &["--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--schedule", "--strict-data", "--mixup", "--cutmix", "--resume", "--save-every-steps", "--deterministic", "--preset", "--effective-batch", "--clip-grad", "--ema-decay", "--optimizer", "--layer-decay", "--weight-decay-end"]),
         ("et-export", &["--onnx", "--resolution", "--out"]),
         ("et-eval", &["--onnx", "--run", "--data", "--resolutions", "--json", "--ort-lib", "--mean", "--std", "--crop-pct", "--interpolation"]),
     ];
