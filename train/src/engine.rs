@@ -428,6 +428,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
                 test_pause(&cfg.out, st.step);
             }
         }
+        let val_start = Instant::now();
         let (val_top1, val_top5) = match &s.val_set {
             Some(val) => {
                 let (t1, t5, sk) = setup::evaluate(val, &s, model, cfg)?;
@@ -442,6 +443,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
             _ => None,
         };
         (st.val_top1, st.val_top5, st.ema_top1) = (val_top1, val_top5, ema_top1);
+        let val_seconds = val_start.elapsed().as_secs_f64();
         params.save(&cfg.out.join(WEIGHTS_FILE))?;
         if let Some((e, _)) = &ema {
             e.store.save(&cfg.out.join(EMA_FILE))?;
@@ -449,7 +451,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
         let seconds = stage_elapsed_before + stage_start.elapsed().as_secs_f64();
         let mean_loss = st.stage_loss_sum() / st.stage_step.max(1) as f64;
         on_event(&Event::StageEnd { stage: si, resolution: r, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped: stage_skipped });
-        metrics.log(json!({"event": "stage_end", "stage": si, "resolution": r, "magnitude": stage.magnitude, "seconds": seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": st.progress(), "skipped": stage_skipped, "step": st.step}))?;
+        metrics.log(json!({"event": "stage_end", "stage": si, "resolution": r, "magnitude": stage.magnitude, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": st.progress(), "skipped": stage_skipped, "step": st.step}))?;
+        let curves = crate::plot::read_metrics(&metrics_path, &schedule.name)?;
+        crate::plot::write_png(&[curves], &cfg.out.join("training.png"))?;
         // The next stage starts a fresh epoch (as the loader's position is per stage).
         if st.next_batch > 0 {
             st.epoch += 1;

@@ -8,6 +8,7 @@ pub mod loss;
 pub mod lr;
 pub mod optim;
 pub mod pipeline;
+pub mod plot;
 pub mod presets;
 pub mod replay_io;
 pub mod run_io;

@@ -89,6 +89,9 @@ struct Args {
     /// (skipped images are reported and counted in the stage summary).
     #[arg(long)]
     strict_data: bool,
+    /// Accepted for older command lines: skipping is now the default.
+    #[arg(long, hide = true)]
+    skip_corrupt: bool,
     /// Write a checkpoint (weights, EMA, optimiser state, training state) every N optimiser
     /// steps, besides the one at every stage end; 0 = stage ends only.
     #[arg(long, value_name = "N", default_value_t = 0)]
