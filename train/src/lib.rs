@@ -1,6 +1,7 @@
 //! et-train: EfficientTrain / EfficientTrain++ curriculum training in candle.
 
 pub mod checkpoint;
+pub mod config;
 pub mod ema;
 pub mod engine;
 pub mod layer_decay;
