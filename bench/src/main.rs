@@ -9,7 +9,7 @@ use et_models::ops::test_util::seeded;
 use et_models::registry::{create_model, ModelOptions};
 use et_models::{CandleOps, ParamStore};
 use et_train::loss::{smoothed_targets, soft_cross_entropy};
-use et_train::optim::{AdamW, AdamWConfig};
+use et_train::optim::{Grads, OptimConfig, Optimizer};
 use std::time::Instant;
 
 /// Benchmarks with a fixed output format; compare with the PyTorch scripts in bench/.
@@ -111,7 +111,7 @@ fn main() -> Result<()> {
             let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride, img_size: None };
             let (cfg, net) = create_model(&model, &opts, ps.var_builder(DType::F32, &dev))?;
             cfg.check_input(&model, size, size)?;
-            let mut opt = AdamW::new(ps.trainable(), AdamWConfig::default());
+            let mut opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0);
             let x = seeded(&[batch, 3, size, size], 1, &dev, DType::F32)?;
             let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
             let targets = smoothed_targets(&labels, classes, 0.1, &dev)?;
@@ -128,7 +128,8 @@ fn main() -> Result<()> {
                 let t_fwd = t.elapsed().as_secs_f64();
                 let grads = loss.backward()?;
                 let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
-                opt.step(&grads, 1e-3)?;
+                let (grads, _) = Grads::accumulate(None, &opt.params, &grads, 1.0)?;
+                opt.step(&grads, 1e-3, 0.05)?;
                 let total = t.elapsed().as_secs_f64();
                 println!(
                     "step {i}{}: forward {:.3} s, backward {:.3} s, optimiser {:.3} s, {:.1} img/s",

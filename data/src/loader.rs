@@ -111,6 +111,16 @@ impl Loader {
     where
         F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Send + Sync + 'static,
     {
+        self.epoch_from(epoch, 0, chw, transform)
+    }
+
+    /// The batches of `epoch` from batch `first_batch` on, identical to the tail of
+    /// `epoch(..)` (sample keys do not depend on where iteration starts): how a resumed
+    /// run picks up in the middle of an epoch without decoding what it already used.
+    pub fn epoch_from<F>(&self, epoch: u64, first_batch: usize, chw: [usize; 3], transform: Arc<F>) -> BatchIter
+    where
+        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Send + Sync + 'static,
+    {
         let (tx, rx) = sync_channel(self.cfg.prefetch);
         let stop = Arc::new(AtomicBool::new(false));
         if self.cfg.batch_size == 0 {
@@ -121,6 +131,7 @@ impl Loader {
         let batches: Vec<Vec<usize>> = order
             .chunks(self.cfg.batch_size)
             .filter(|b| !self.cfg.drop_last || b.len() == self.cfg.batch_size)
+            .skip(first_batch)
             .map(<[usize]>::to_vec)
             .collect();
         let remaining = batches.len();
@@ -347,6 +358,8 @@ mod tests {
         assert_ne!(a, collect(&three, 4));
         assert_eq!(a.len(), 7);
         assert_eq!(a[6].shape, [5, 1, 2, 2]);
+        let tail: Vec<Batch> = three.epoch_from(3, 4, [1, 2, 2], Arc::new(noisy)).map(|b| b.unwrap()).collect();
+        assert_eq!(tail, a[4..].to_vec(), "starting mid-epoch gives the same remaining batches");
         let seen: Vec<usize> = a.iter().flat_map(|b| b.indices.clone()).collect();
         assert_eq!(seen, epoch_order(53, 42, 3, true));
         for b in &a {

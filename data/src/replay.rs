@@ -75,6 +75,18 @@ impl ReplayBuffer {
         self.chunks.is_empty()
     }
 
+    /// A buffer holding exactly `chunks` (oldest first), e.g. as saved in a checkpoint.
+    pub fn from_chunks(size_batches: usize, split: usize, chw: Option<[usize; 3]>, chunks: Vec<Chunk>) -> Result<Self, DataError> {
+        let mut b = ReplayBuffer::new(size_batches, split.max(1));
+        let per = chw.map_or(0, |c| c.iter().product::<usize>());
+        if chunks.iter().any(|c| c.images.len() != c.labels.len() * per) || chunks.len() > b.capacity() || (chw.is_none() && !chunks.is_empty()) {
+            return Err(DataError::Invalid("replay buffer: chunks do not match the sample shape or the capacity".into()));
+        }
+        b.chw = chw;
+        b.chunks = chunks.into();
+        Ok(b)
+    }
+
     /// The per-sample shape [C, H, W] of the chunks, once something was pushed.
     pub fn sample_shape(&self) -> Option<[usize; 3]> {
         self.chw

@@ -87,9 +87,11 @@ impl FromStr for RepoRef {
     }
 }
 
-/// What `--init-from X` means: an existing local path, else a Hub repository.
+/// What `--init-from X` means: an existing local path or a weights file name, else a Hub
+/// repository.
 pub fn is_hub_reference(arg: &str) -> bool {
-    !Path::new(arg).exists() && arg.parse::<RepoRef>().is_ok()
+    let file_like = [".safetensors", ".pth", ".pt", ".bin"].iter().any(|e| arg.ends_with(e));
+    !file_like && !Path::new(arg).exists() && arg.parse::<RepoRef>().is_ok()
 }
 
 pub struct Hub {
@@ -242,5 +244,7 @@ mod tests {
             assert!(bad.parse::<RepoRef>().is_err(), "{bad}");
         }
         assert!(!is_hub_reference("Cargo.toml"));
+        assert!(!is_hub_reference("runs/model.safetensors"), "a missing file is a missing file");
+        assert!(is_hub_reference("me/atto-cifar@v1"));
     }
 }

@@ -122,6 +122,12 @@ pub fn model_names() -> Vec<&'static str> {
     families.into_iter().flatten().collect()
 }
 
+/// Whether `ModelOptions::stem_stride` is implemented for this model (ConvNeXt, ResNet,
+/// DeiT, Swin); PVT v2, CAFormer and CSWin only have timm's / the official stem.
+pub fn has_small_stem(name: &str) -> bool {
+    !(PVT_V2.iter().any(|m| m.0 == name) || CAFORMER.iter().any(|m| m.0 == name) || CSWIN.iter().any(|m| m.0 == name))
+}
+
 fn no_small_stem(name: &str, opts: &ModelOptions) -> Result<()> {
     match opts.stem_stride {
         Some(s) => Err(ModelError::UnsupportedOption {

@@ -50,26 +50,46 @@ fn missing_and_empty_data_directories() {
 }
 
 #[test]
-fn corrupt_images_are_named_and_can_be_skipped() {
+fn corrupt_images_are_skipped_and_counted_or_fatal_with_strict_data() {
     let tmp = TempDir::new("corrupt");
     mini_dataset(tmp.path(), &["airplane", "cat"], 6);
     let good = tmp.join("train/cat/0000.jpg");
     let bytes = std::fs::read(&good).unwrap();
     std::fs::write(tmp.join("train/cat/truncated.jpg"), &bytes[..bytes.len() / 2]).unwrap();
-    let o = run("et-train", &train_args(&tmp.s(""), &tmp.s("out")));
-    assert_clean_failure(&o, "et-train", "truncated.jpg");
-    std::fs::remove_file(tmp.join("train/cat/truncated.jpg")).unwrap();
     std::fs::write(tmp.join("train/airplane/notes.jpg"), "this is text, not a JPEG").unwrap();
-    let o = run("et-train", &train_args(&tmp.s(""), &tmp.s("out")));
-    assert_clean_failure(&o, "et-train", "notes.jpg");
-    // With --skip-corrupt the run finishes and says what it skipped.
     let (data, out) = (tmp.s(""), tmp.s("out"));
-    let mut args = train_args(&data, &out);
-    args.push("--skip-corrupt");
-    let o = run("et-train", &args);
-    assert_ok(&o, "et-train --skip-corrupt");
-    assert!(stderr(&o).contains("notes.jpg"), "skipped file is reported:\n{}", stderr(&o));
-    assert!(stdout(&o).contains("unreadable images skipped"), "{}", stdout(&o));
+    // By default the run finishes, names what it skipped and counts it per stage and in all.
+    let o = run("et-train", &train_args(&data, &out));
+    assert_ok(&o, "et-train with corrupt images");
+    let (err, so) = (stderr(&o), stdout(&o));
+    assert!(err.contains("notes.jpg") && err.contains("truncated.jpg"), "skipped files are reported:\n{err}");
+    assert!(so.lines().any(|l| l.starts_with("== stage") && l.contains("unreadable images skipped")), "counted in the stage summary:\n{so}");
+    let done = so.lines().find(|l| l.starts_with("done in")).expect("final summary");
+    let n: usize = done.split(" unreadable images skipped").next().and_then(|p| p.rsplit(' ').next()).and_then(|v| v.parse().ok()).expect("total count");
+    assert!(n >= 2, "{done}");
+    // --strict-data stops at the first one, naming it; then at the other.
+    let mut left = vec![("train/cat/truncated.jpg", "truncated.jpg"), ("train/airplane/notes.jpg", "notes.jpg")];
+    while !left.is_empty() {
+        let mut args = train_args(&data, &out);
+        args.push("--strict-data");
+        let o = run("et-train", &args);
+        let err = stderr(&o);
+        let k = left.iter().position(|(_, name)| err.contains(name)).unwrap_or_else(|| panic!("names a corrupt file:\n{err}"));
+        assert_clean_failure(&o, "et-train", left[k].1);
+        std::fs::remove_file(tmp.join(left[k].0)).unwrap();
+        left.remove(k);
+    }
+    assert_ok(&run("et-train", &[&train_args(&data, &out)[..], &["--strict-data"]].concat()), "et-train --strict-data on clean data");
+}
+
+#[test]
+fn unwritable_output_fails_before_training() {
+    let tmp = TempDir::new("unwritable");
+    mini_dataset(tmp.path(), &["airplane", "cat"], 4);
+    std::fs::write(tmp.join("file"), "a file where a directory should be").unwrap();
+    let o = run("et-train", &train_args(&tmp.s(""), &tmp.s("file/run")));
+    assert_clean_failure(&o, "et-train", "cannot write to output directory");
+    assert!(!stdout(&o).contains("stage 1/"), "no training step ran:\n{}", stdout(&o));
 }
 
 #[test]

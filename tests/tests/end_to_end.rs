@@ -84,9 +84,9 @@ fn mixup_and_cutmix_run_to_completion() {
 #[test]
 fn every_flag_is_documented_in_help() {
     let cases: [(&str, &[&str]); 3] = [
-        ("et-train", &["--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--schedule", "--skip-corrupt", "--mixup", "--cutmix"]),
-        ("et-export", &["--onnx", "--resolution", "--out"]),
-        ("et-eval", &["--onnx", "--run", "--data", "--resolutions", "--json", "--ort-lib", "--mean", "--std", "--crop-pct", "--interpolation"]),
+        ("et-train", &["--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--schedule", "--strict-data", "--mixup", "--cutmix", "--resume", "--save-every-steps", "--deterministic", "--preset", "--effective-batch", "--clip-grad", "--ema-decay", "--optimizer", "--layer-decay", "--weight-decay-end", "--init-from", "--offline"]),
+        ("et-export", &["--onnx", "--resolution", "--out", "--push-to-hub", "--eval-json", "convert"]),
+        ("et-eval", &["--onnx", "--run", "--weights", "--model", "--from-hub", "--offline", "--data", "--resolutions", "--json", "--ort-lib", "--mean", "--std", "--crop-pct", "--interpolation", "--baseline", "--tolerance"]),
     ];
     for (tool, flags) in cases {
         let o = run(tool, &["--help"]);

@@ -50,6 +50,11 @@ fn push_then_pull_then_evaluate_round_trips() {
     let o = run_env("et-eval", &["--from-hub", "me/atto-cifar", "--offline", "--data", &data], &hub_env(&hub, &empty));
     assert_clean_failure(&o, "et-eval", "not in the local Hub cache");
 
+    // Fine-tuning starts from the Hub run.
+    let o = run_env("et-train", &["--data", &data, "--init-from", "me/atto-cifar", "--epochs", "0.2", "--batch-size", "4", "--out", &tmp.s("ft")], &env);
+    assert_ok(&o, "et-train --init-from OWNER/NAME");
+    assert!(stdout(&o).contains("init-from me/atto-cifar"), "{}", stdout(&o));
+
     // A second push to the same repository (it exists now) updates it.
     assert_ok(&run_env("et-export", &["--onnx", &tmp.s("run"), "--push-to-hub", "me/atto-cifar"], &env), "second push");
 }

@@ -1,11 +1,20 @@
 //! et-train: EfficientTrain / EfficientTrain++ curriculum training in candle.
 
+pub mod checkpoint;
+pub mod config;
+pub mod ema;
 pub mod engine;
+pub mod layer_decay;
 pub mod loss;
 pub mod lr;
 pub mod optim;
 pub mod pipeline;
+pub mod plot;
+pub mod presets;
+pub mod replay_io;
+pub mod run_io;
 pub mod schedule;
+pub mod setup;
 
 use std::path::PathBuf;
 
@@ -19,7 +28,7 @@ pub enum TrainError {
     Config(String),
     #[error("{0}")]
     Output(String),
-    #[error("loss became {loss} at step {step} (stage {stage}): training stopped; {}; lower --lr or check the data", match .last_checkpoint { Some(p) => format!("the last good weights are in {}", p.display()), None => "no stage had finished, so no weights were saved".to_string() })]
+    #[error("loss became {loss} at step {step} (stage {}): training stopped; {}; lower --lr (or add --clip-grad) or check the data", .stage + 1, match .last_checkpoint { Some(p) => format!("the last good checkpoint is {}", p.display()), None => "no checkpoint had been written yet".to_string() })]
     NonFinite { step: usize, stage: usize, loss: f64, last_checkpoint: Option<PathBuf> },
     #[error("internal error: {0}")]
     Internal(String),

@@ -1,0 +1,76 @@
+//! Exponential moving average of the weights (timm `ModelEmaV2`, as ConvNeXt and CSWin
+//! train with): after every optimiser step, `ema ← decay·ema + (1 − decay)·w` for every
+//! tensor of the model, BatchNorm statistics included. The average lives in its own
+//! `ParamStore` with its own `Model`, so it is evaluated and saved like the live weights.
+
+use candle_core::{Result, Tensor, Var};
+use et_models::ParamStore;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+pub struct Ema {
+    pub decay: f64,
+    pub store: Arc<ParamStore>,
+    /// (live, average) pairs, by name.
+    pairs: Vec<(Var, Var)>,
+}
+
+impl Ema {
+    /// `store` must hold the same tensors as `live` (a second model built from the same
+    /// config); it starts as a copy of the live weights.
+    pub fn new(live: &ParamStore, store: Arc<ParamStore>, decay: f64) -> Result<Ema> {
+        let avg = store.all();
+        let src = live.all();
+        if avg.len() != src.len() || avg.iter().zip(&src).any(|(a, s)| a.0 != s.0 || a.1.dims() != s.1.dims()) {
+            candle_core::bail!("the EMA model does not have the live model's tensors");
+        }
+        let pairs: Vec<(Var, Var)> = src.into_iter().zip(avg).map(|((_, s), (_, a))| (s, a)).collect();
+        for (s, a) in &pairs {
+            a.set(&s.as_tensor().copy()?)?;
+        }
+        Ok(Ema { decay, store, pairs })
+    }
+
+    pub fn update(&self) -> Result<()> {
+        let d = self.decay as f32;
+        for (s, a) in &self.pairs {
+            let w: Vec<f32> = s.as_tensor().flatten_all()?.to_vec1()?;
+            let mut e: Vec<f32> = a.as_tensor().flatten_all()?.to_vec1()?;
+            e.par_iter_mut().zip(w.par_iter()).for_each(|(e, &w)| *e = d * *e + (1.0 - d) * w);
+            a.set(&Tensor::from_vec(e, a.shape(), a.device())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::Init;
+
+    fn store(seed: u64) -> Arc<ParamStore> {
+        let ps = ParamStore::new(seed);
+        let vb = ps.var_builder(DType::F32, &Device::Cpu);
+        vb.get_with_hints(3, "w", Init::Randn { mean: 0.0, stdev: 1.0 }).unwrap();
+        vb.get_with_hints(3, "bn.running_mean", Init::Const(0.0)).unwrap();
+        ps
+    }
+
+    #[test]
+    fn averages_every_tensor() -> Result<()> {
+        let live = store(1);
+        let ema = Ema::new(&live, store(2), 0.75)?;
+        let w0: Vec<f32> = live.get("w").unwrap().as_tensor().to_vec1()?;
+        assert_eq!(ema.store.get("w").unwrap().as_tensor().to_vec1::<f32>()?, w0, "starts as a copy");
+        live.get("w").unwrap().set(&Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu)?)?;
+        live.get("bn.running_mean").unwrap().set(&Tensor::new(&[4f32, 4.0, 4.0], &Device::Cpu)?)?;
+        ema.update()?;
+        let got: Vec<f32> = ema.store.get("w").unwrap().as_tensor().to_vec1()?;
+        for i in 0..3 {
+            assert!((got[i] - (0.75 * w0[i] + 0.25 * (i as f32 + 1.0))).abs() < 1e-6);
+        }
+        assert_eq!(ema.store.get("bn.running_mean").unwrap().as_tensor().to_vec1::<f32>()?, vec![1.0; 3]);
+        Ok(())
+    }
+}
