@@ -140,3 +140,20 @@ fn missing_or_broken_onnx_runtime_library() {
     let o = run("et-eval", &["--onnx", &tmp.s("bad.onnx"), "--data", &data, "--resolutions", "32"]);
     assert_clean_failure(&o, "et-eval", "not a usable ONNX image classifier");
 }
+
+#[test]
+fn a_diverging_loss_stops_the_run_and_names_the_last_good_checkpoint() {
+    let tmp = TempDir::new("nan");
+    mini_dataset(tmp.path(), &["airplane", "cat"], 8);
+    let (data, out) = (tmp.s(""), tmp.s("run"));
+    // An absurd learning rate: the first update blows the weights up, a later loss is inf/NaN.
+    let mut args = train_args(&data, &out);
+    args.extend(["--lr", "1e30", "--save-every-steps", "1", "--warmup-epochs", "0"]);
+    let o = run("et-train", &args);
+    assert_clean_failure(&o, "et-train", "training stopped; the last good checkpoint is ");
+    let err = stderr(&o);
+    let ckpt = err.split("the last good checkpoint is ").nth(1).and_then(|s| s.split(';').next()).expect("checkpoint path in the message");
+    assert!(std::path::Path::new(ckpt.trim()).join("state.json").is_file(), "the named checkpoint is complete: {err}");
+    let metrics = std::fs::read_to_string(tmp.join("run/metrics.jsonl")).unwrap();
+    assert!(metrics.lines().any(|l| l.contains("\"event\":\"error\"")), "the failure is logged:\n{metrics}");
+}

@@ -101,3 +101,31 @@ fn a_real_training_checkpoint_is_read_and_a_misfit_is_named() {
     }
     assert_clean_failure(&run("et-export", &["convert", "--from", f, "--model", "convnext_huge", "--out", &out]), "et-export", "convnext_huge");
 }
+
+#[test]
+fn official_swin_checkpoint_drops_recomputed_buffers_and_moves_patch_merging() {
+    let tmp = TempDir::new("convert-swin");
+    let ours = weights_of("swin_tiny_patch4_window7_224", 4, 2);
+    // microsoft/Swin-Transformer: patch merging at the end of stage i (timm: start of i + 1),
+    // `head` without `.fc`, and the index / mask buffers in the state dict.
+    let mut official: HashMap<String, Tensor> = HashMap::new();
+    for (k, v) in &ours {
+        let p: Vec<&str> = k.split('.').collect();
+        let name = match p.as_slice() {
+            ["layers", i, "downsample", rest @ ..] => format!("layers.{}.downsample.{}", i.parse::<usize>().unwrap() - 1, rest.join(".")),
+            ["head", "fc", rest @ ..] => format!("head.{}", rest.join(".")),
+            _ => k.clone(),
+        };
+        if k.ends_with("relative_position_bias_table") {
+            let index = k.replace("relative_position_bias_table", "relative_position_index");
+            official.insert(index, Tensor::zeros((49, 49), DType::I64, &Device::Cpu).unwrap());
+        }
+        official.insert(name, v.clone());
+    }
+    official.insert("layers.0.blocks.1.attn_mask".into(), Tensor::zeros((64, 49, 49), DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&official, tmp.join("swin.safetensors")).unwrap();
+    let o = run("et-export", &["convert", "--from", &tmp.s("swin.safetensors"), "--model", "swin_tiny_patch4_window7_224", "--out", &tmp.s("w.safetensors")]);
+    assert_ok(&o, "convert official Swin");
+    assert!(stdout(&o).contains("official Swin names") && stdout(&o).contains("recomputed buffers dropped"), "{}", stdout(&o));
+    assert_same(&ours, &tmp.join("w.safetensors"));
+}
