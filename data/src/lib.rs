@@ -5,6 +5,8 @@
 pub mod error;
 pub mod folder;
 pub mod decode;
+#[cfg(et_libjpeg)]
+pub mod jpeg;
 pub mod resample;
 pub mod transform;
 pub mod augment_ops;
