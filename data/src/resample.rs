@@ -166,8 +166,17 @@ fn vertical_first(w: usize, h: usize, ow: usize, oh: usize) -> bool {
     oh < h && (h as i64 - oh as i64) > 2 * (w as i64 - ow as i64)
 }
 
-/// One horizontal 8-bit pass over rows `first..first + rows` of an RGB buffer `w` wide.
 fn pass_h8(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
+    avx2_dispatch!(pass_h8_impl(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8>)
+}
+
+fn pass_v8(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
+    avx2_dispatch!(pass_v8_impl(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8>)
+}
+
+/// One horizontal 8-bit pass over rows `first..first + rows` of an RGB buffer `w` wide.
+#[inline(always)]
+fn pass_h8_impl(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
     let ow = t.start.len();
     let k = fixed_point(t);
     let mut out = vec![0u8; rows * ow * 3];
@@ -192,7 +201,8 @@ fn pass_h8(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8>
 /// One vertical 8-bit pass of an RGB buffer `w` wide whose row 0 is source row
 /// `first` (the horizontal pass may have skipped unused leading rows). Whole rows are
 /// accumulated at once (the same sums as Pillow's per-pixel loop, in the same order).
-fn pass_v8(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
+#[inline(always)]
+fn pass_v8_impl(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
     let oh = t.start.len();
     let k = fixed_point(t);
     let rw = w * 3;
