@@ -10,6 +10,8 @@
 #include <string.h>
 #include <jpeglib.h>
 
+#define ET_ROWS 16
+
 typedef struct {
   struct jpeg_error_mgr pub;
   jmp_buf jump;
@@ -98,17 +100,19 @@ int et_jpeg_read(et_jpeg *j, unsigned y0, unsigned y1, unsigned x0, unsigned x1,
     copy_msg(j, err, errlen);
     return -1;
   }
+  /* Several rows per call: with one, libjpeg's 2x2 upsampler decodes into a spare row
+   * and copies it, which cost more than the copy out of this buffer. */
   row = (*j->cinfo.mem->alloc_sarray)((j_common_ptr)&j->cinfo, JPOOL_IMAGE,
-                                      j->cinfo.output_width * 3, 1);
+                                      j->cinfo.output_width * 3, ET_ROWS);
   while (j->cinfo.output_scanline < y1) {
-    unsigned y = j->cinfo.output_scanline;
-    if (y >= y0 && x0 == 0 && x1 == j->cinfo.output_width) {
-      JSAMPROW direct = dst + (size_t)(y - y0) * width;
-      jpeg_read_scanlines(&j->cinfo, &direct, 1);
-    } else {
-      jpeg_read_scanlines(&j->cinfo, row, 1);
-      if (y >= y0) memcpy(dst + (size_t)(y - y0) * width, row[0] + (size_t)x0 * 3, width);
+    unsigned y = j->cinfo.output_scanline, want = y1 - y, got, r;
+    got = jpeg_read_scanlines(&j->cinfo, row, want < ET_ROWS ? want : ET_ROWS);
+    if (got == 0) {
+      strncpy(err, "decoder returned no rows", errlen);
+      return -1;
     }
+    for (r = 0; r < got; r++)
+      if (y + r >= y0) memcpy(dst + (size_t)(y + r - y0) * width, row[r] + (size_t)x0 * 3, width);
   }
   return 0;
 }
