@@ -77,8 +77,25 @@ enum Cmd {
         /// low-pass in place of the exact Fourier crop.
         #[arg(long, value_name = "B")]
         lowres: Option<usize>,
+        /// Decode JPEG crops at least twice --size at a reduced DCT scale (1/2, 1/4, 1/8).
+        #[arg(long)]
+        reduced_dct: bool,
+    },
+    /// Fidelity of the decoders: full decodes (libjpeg vs the pure-Rust decoder), and
+    /// RandomResizedCrop(size) with the reduced-DCT decode vs the exact one (same crop
+    /// boxes); prints mean / max absolute differences in 8-bit levels.
+    DecodeCheck {
+        #[arg(long, value_name = "DIR")]
+        data: std::path::PathBuf,
+        #[arg(long, default_value_t = 96)]
+        size: u32,
+        /// Also write each full decode as raw RGB to DIR/<index>.rgb (for comparing with PIL).
+        #[arg(long, value_name = "DIR")]
+        dump: Option<std::path::PathBuf>,
     },
 }
+
+mod fidelity;
 
 /// Peak resident set size of this process in MiB (Linux), if known.
 fn peak_rss_mib() -> Option<f64> {
@@ -147,18 +164,20 @@ fn main() -> Result<()> {
             println!("peak RSS: {rss}");
             println!("img/s: {:.1}", batch as f64 / median(times));
         }
-        Cmd::Data { data, size, aa, threads, epochs, batch, lowres } => data_bench(&data, size, &aa, threads, epochs, batch, lowres)?,
+        Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct)?,
+        Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
     }
     Ok(())
 }
 
-fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>, reduced_dct: bool) -> Result<()> {
     use et_data::folder::{ImageFolder, Sample};
     use et_data::loader::{Loader, LoaderConfig};
     use et_data::randaugment::RandAugment;
     use et_data::resample::{resize_f32_planar, Filter};
     use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, RandomResizedCrop};
-    use et_data::{decode, Rng};
+    use et_data::Rng;
     use std::sync::Arc;
 
     let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
@@ -169,8 +188,7 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
     let out = lowres.unwrap_or(size);
     anyhow::ensure!(out > 0 && out <= size, "--lowres must be between 1 and --size");
     let transform = Arc::new(move |s: &Sample, rng: &mut Rng| {
-        let img = decode::decode_rgb(&s.path)?;
-        let img = crop.apply(&img, rng);
+        let img = crop.decode_apply(&s.path, rng, reduced_dct)?;
         let img = random_hflip(img, 0.5, rng);
         let img = ra.apply(&img, rng);
         let mut chw = to_chw_f32(&img);
@@ -186,8 +204,9 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
         LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true },
     );
     println!(
-        "{n} images from {}, size {size}{}, {aa}, {} loader threads, batch {batch}",
+        "{n} images from {}, size {size}{}{}, {aa}, {} loader threads, batch {batch}",
         dir.display(),
+        if reduced_dct { " (reduced-DCT decode)" } else { "" },
         lowres.map_or(String::new(), |b| format!(" then Lanczos to {b}")),
         threads.max(1)
     );

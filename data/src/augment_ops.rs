@@ -282,6 +282,11 @@ fn sample(src: &[u8], w: i64, h: i64, sx: f64, sy: f64, interp: Interp) -> Optio
 /// `img.transform(img.size, Image.AFFINE, m, resample, fillcolor=fill)`: output pixel (x, y)
 /// takes the source at `(m0 x' + m1 y' + m2, m3 x' + m4 y' + m5)` with x' = x + 0.5, y' = y + 0.5.
 pub fn affine(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage {
+    avx2_dispatch!(affine_impl(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage)
+}
+
+#[inline(always)]
+fn affine_impl(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage {
     let (w, h) = (img.width() as i64, img.height() as i64);
     let src = img.as_raw();
     let mut out = vec![0u8; src.len()];

@@ -6,6 +6,11 @@
 //! cannot be decoded completely is an error naming the path: PIL refuses truncated
 //! images by default, and training on half-grey images silently would be worse than
 //! stopping (or skipping, which the loader decides).
+//!
+//! JPEGs go through the system libjpeg-turbo when the crate was built with it (the
+//! decoder inside Pillow, so pixels match PIL's), otherwise through the `image` crate.
+//! `decode_crop` serves RandomResizedCrop: it decodes only the rows down to the crop's
+//! bottom and, if asked, at a reduced DCT scale (PIL's `draft()` mechanism).
 
 use crate::DataError;
 use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
@@ -29,11 +34,82 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
         }
     })?;
     if format == ImageFormat::Jpeg {
-        // The JPEG decoder pads a truncated scan with grey instead of failing.
+        // The JPEG decoders pad a truncated scan with grey instead of failing.
         check_jpeg_complete(bytes)?;
+        #[cfg(et_libjpeg)]
+        {
+            let j = crate::jpeg::Jpeg::open(bytes)?;
+            if j.model != crate::jpeg::Model::Cmyk {
+                let (w, h) = (j.width, j.height);
+                let (w, h, raw) = j.decode_window(1, [0, 0, w, h])?;
+                return RgbImage::from_raw(w, h, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string());
+            }
+        }
     }
     let img = reader.decode().map_err(|e| e.to_string())?;
     Ok(into_rgb8(img))
+}
+
+/// A crop decoded for resampling: `img` holds the whole pixels covering the crop at
+/// 1/`denom` scale, and `region` is the crop itself in `img`'s coordinates
+/// (`[x0, y0, x1, y1]`, fractional when `denom > 1`).
+#[derive(Clone, Debug)]
+pub struct Cropped {
+    pub img: RgbImage,
+    pub region: [f64; 4],
+    pub denom: u32,
+}
+
+/// The largest DCT scale-down (1, 2, 4 or 8) that keeps a `crop_w x crop_h` crop at
+/// least `out` pixels on each side, so that the resize after it never up-samples more
+/// than a full-size decode would.
+pub fn choose_denom(crop_w: u32, crop_h: u32, out: u32) -> u32 {
+    [8u32, 4, 2].into_iter().find(|&d| crop_w as u64 >= d as u64 * out as u64 && crop_h as u64 >= d as u64 * out as u64).unwrap_or(1)
+}
+
+/// Maps the full-resolution crop `(top, left, height, width)` to an image decoded at
+/// 1/`denom` scale of size `sw x sh`: returns the integer window `[x0, y0, x1, y1]` of
+/// scaled pixels that covers it and the crop's fractional position inside that window.
+/// Scaled pixel `i` covers full-resolution pixels `[i * denom, (i + 1) * denom)`.
+pub fn scaled_window(crop: (u32, u32, u32, u32), denom: u32, sw: u32, sh: u32) -> ([u32; 4], [f64; 4]) {
+    let (top, left, height, width) = crop;
+    let d = denom.max(1) as f64;
+    let f = [left as f64 / d, top as f64 / d, (left + width) as f64 / d, (top + height) as f64 / d];
+    let x0 = (f[0].floor() as u32).min(sw);
+    let y0 = (f[1].floor() as u32).min(sh);
+    let x1 = (f[2].ceil() as u32).clamp(x0, sw);
+    let y1 = (f[3].ceil() as u32).clamp(y0, sh);
+    let (ww, wh) = ((x1 - x0) as f64, (y1 - y0) as f64);
+    let region = [(f[0] - x0 as f64).clamp(0.0, ww), (f[1] - y0 as f64).clamp(0.0, wh), (f[2] - x0 as f64).clamp(0.0, ww), (f[3] - y0 as f64).clamp(0.0, wh)];
+    ([x0, y0, x1, y1], region)
+}
+
+/// Decodes the crop that `plan` picks from the image size (`(top, left, height,
+/// width)`, as `RandomResizedCrop::params`). With `reduce_to = Some(s)`, a JPEG whose
+/// crop is at least twice `s` on both sides is decoded at the matching reduced DCT
+/// scale (`choose_denom`); otherwise (and for other formats, or without libjpeg) the
+/// crop is exact: `region` is then whole pixels covering all of `img`.
+pub fn decode_crop(bytes: &[u8], reduce_to: Option<u32>, plan: impl FnOnce(u32, u32) -> (u32, u32, u32, u32)) -> Result<Cropped, String> {
+    #[cfg(et_libjpeg)]
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        check_jpeg_complete(bytes)?;
+        let j = crate::jpeg::Jpeg::open(bytes)?;
+        if j.model != crate::jpeg::Model::Cmyk {
+            let (w, h) = (j.width, j.height);
+            let crop = plan(w, h);
+            let denom = reduce_to.map_or(1, |s| choose_denom(crop.3, crop.2, s));
+            let (sw, sh) = (w.div_ceil(denom), h.div_ceil(denom));
+            let (window, region) = scaled_window(crop, denom, sw, sh);
+            let (cw, ch, raw) = j.decode_window(denom, window)?;
+            let img = RgbImage::from_raw(cw, ch, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
+            return Ok(Cropped { img, region, denom });
+        }
+    }
+    let _ = reduce_to;
+    let full = decode_bytes(bytes)?;
+    let (top, left, height, width) = plan(full.width(), full.height());
+    let img = crate::transform::crop(&full, top as i64, left as i64, height, width);
+    Ok(Cropped { img, region: [0.0, 0.0, width as f64, height as f64], denom: 1 })
 }
 
 /// Converts like PIL's `convert('RGB')`: grey is replicated, alpha is dropped (not
@@ -208,5 +284,56 @@ mod tests {
         assert!(check_jpeg_complete(&with_thumb).is_ok());
         let cut = [&jpg[..2], &app1[..], &jpg[2..jpg.len() / 2]].concat();
         assert!(check_jpeg_complete(&cut).is_err());
+    }
+
+    #[test]
+    fn denominator_keeps_the_crop_at_least_the_output_size() {
+        assert_eq!(choose_denom(500, 375, 224), 1);
+        assert_eq!(choose_denom(448, 448, 224), 2);
+        assert_eq!(choose_denom(447, 900, 224), 1);
+        assert_eq!(choose_denom(400, 390, 96), 4);
+        assert_eq!(choose_denom(800, 768, 96), 8);
+        assert_eq!(choose_denom(5000, 5000, 96), 8);
+        assert_eq!(choose_denom(0, 0, 0), 8);
+    }
+
+    #[test]
+    fn scaled_window_covers_the_crop() {
+        // Exact scale: the window is the crop and the region all of it.
+        assert_eq!(scaled_window((10, 20, 30, 40), 1, 100, 100), ([20, 10, 60, 40], [0.0, 0.0, 40.0, 30.0]));
+        // Half scale: [21, 63) x [10, 41) full -> [10.5, 31.5) x [5, 20.5) scaled.
+        let (win, r) = scaled_window((10, 21, 31, 42), 2, 50, 50);
+        assert_eq!(win, [10, 5, 32, 21]);
+        assert_eq!(r, [0.5, 0.0, 21.5, 15.5]);
+        // A crop reaching the edge of an odd-sized image stays inside the scaled image.
+        let (win, r) = scaled_window((0, 0, 101, 101), 4, 26, 26);
+        assert_eq!(win, [0, 0, 26, 26]);
+        assert_eq!(r, [0.0, 0.0, 25.25, 25.25]);
+    }
+
+    #[test]
+    fn crop_decode_is_exact_without_reduction_and_close_with_it() {
+        let img = RgbImage::from_fn(256, 192, |x, y| {
+            let v = |f: f64| (127.5 + 120.0 * f.sin()) as u8;
+            image::Rgb([v(x as f64 / 9.0), v(y as f64 / 7.0), v((x + y) as f64 / 13.0)])
+        });
+        let jpg = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
+        let full = decode_bytes(&jpg).unwrap();
+        let box_ = (17, 33, 150, 161);
+        let c = decode_crop(&jpg, None, |w, h| {
+            assert_eq!((w, h), (256, 192));
+            box_
+        })
+        .unwrap();
+        assert_eq!(c.img, crate::transform::crop(&full, 17, 33, 150, 161));
+        assert_eq!((c.denom, c.region), (1, [0.0, 0.0, 161.0, 150.0]));
+        // Output 32 from a 161x150 crop: 1/4 scale where libjpeg is available.
+        let c = decode_crop(&jpg, Some(32), |_, _| box_).unwrap();
+        let fast = crate::resample::resize_box(&c.img, c.region, 32, 32, crate::resample::Filter::Bicubic);
+        let exact = crate::resample::resize(&crate::transform::crop(&full, 17, 33, 150, 161), 32, 32, crate::resample::Filter::Bicubic);
+        let mad = fast.as_raw().iter().zip(exact.as_raw()).map(|(&a, &b)| a.abs_diff(b) as f64).sum::<f64>() / fast.as_raw().len() as f64;
+        assert!(mad < 3.0, "mean abs diff {mad} (denominator {})", c.denom);
+        #[cfg(et_libjpeg)]
+        assert_eq!(c.denom, 4);
     }
 }

@@ -5,9 +5,10 @@
 //! random numbers in the same order, so a crop differs from the reference only by the
 //! random stream itself.
 
-use crate::resample::{resize, Filter};
-use crate::Rng;
+use crate::resample::{resize, resize_box, Filter};
+use crate::{DataError, Rng};
 use image::RgbImage;
+use std::path::Path;
 
 /// Python's `round()`: half to even.
 fn py_round(x: f64) -> i64 {
@@ -92,6 +93,21 @@ impl RandomResizedCrop {
         let (top, left, h, w) = self.params(img.width(), img.height(), rng);
         let cropped = crop(img, top as i64, left as i64, h, w);
         resize(&cropped, self.size, self.size, self.filter)
+    }
+
+    /// Reads and decodes `path` and applies the crop, drawing the same random numbers
+    /// as `apply(&decode_rgb(path)?, rng)`. With `reduced_dct`, a JPEG crop at least
+    /// twice the output size is decoded at 1/2, 1/4 or 1/8 DCT scale (see
+    /// `decode::decode_crop`): several times cheaper, and no longer Pillow-exact (the
+    /// crop box is kept exactly, in fractional coordinates of the scaled image). Without
+    /// it the output equals `apply` on the full decode; only the rows down to the crop
+    /// are decoded.
+    pub fn decode_apply(&self, path: &Path, rng: &mut Rng, reduced_dct: bool) -> Result<RgbImage, DataError> {
+        let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let reduce_to = reduced_dct.then_some(self.size);
+        let c = crate::decode::decode_crop(&bytes, reduce_to, |w, h| self.params(w, h, rng))
+            .map_err(|reason| DataError::Decode { path: path.to_path_buf(), reason })?;
+        Ok(resize_box(&c.img, c.region, self.size, self.size, self.filter))
     }
 }
 

@@ -1,0 +1,127 @@
+/* A minimal bridge to the system libjpeg(-turbo): the same decoder Pillow uses, with its
+ * scaled (reduced DCT size) decode. libjpeg reports fatal errors by calling error_exit,
+ * which must not return: it longjmps back into whichever bridge function called into
+ * the library, so every entry point below sets the jump target first. Warnings (corrupt
+ * but decodable data) are counted, not printed, because Pillow also decodes through them;
+ * truncation is rejected on the Rust side before decoding. */
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jpeglib.h>
+
+#define ET_ROWS 16
+
+typedef struct {
+  struct jpeg_error_mgr pub;
+  jmp_buf jump;
+  char msg[JMSG_LENGTH_MAX];
+} et_err;
+
+typedef struct {
+  struct jpeg_decompress_struct cinfo;
+  et_err err;
+  int started;
+} et_jpeg;
+
+static void et_error_exit(j_common_ptr cinfo) {
+  et_err *e = (et_err *)cinfo->err;
+  (*cinfo->err->format_message)(cinfo, e->msg);
+  longjmp(e->jump, 1);
+}
+
+static void et_output_message(j_common_ptr cinfo) { (void)cinfo; }
+
+static void copy_msg(et_jpeg *h, char *err, size_t errlen) {
+  if (err && errlen) {
+    strncpy(err, h->err.msg, errlen - 1);
+    err[errlen - 1] = 0;
+  }
+}
+
+/* Reads the header. Returns 0 and the image size and colour model (1: grey, 3: YCbCr or
+ * RGB, 4: CMYK / YCCK, which the caller converts itself), or -1 with a message. */
+int et_jpeg_open(const unsigned char *buf, unsigned long len, et_jpeg **out, unsigned *w,
+                 unsigned *h, int *model, char *err, size_t errlen) {
+  et_jpeg *j = (et_jpeg *)calloc(1, sizeof(et_jpeg));
+  *out = NULL;
+  if (!j) {
+    strncpy(err, "out of memory", errlen);
+    return -1;
+  }
+  j->cinfo.err = jpeg_std_error(&j->err.pub);
+  j->err.pub.error_exit = et_error_exit;
+  j->err.pub.output_message = et_output_message;
+  if (setjmp(j->err.jump)) {
+    copy_msg(j, err, errlen);
+    jpeg_destroy_decompress(&j->cinfo);
+    free(j);
+    return -1;
+  }
+  jpeg_create_decompress(&j->cinfo);
+  jpeg_mem_src(&j->cinfo, buf, len);
+  jpeg_read_header(&j->cinfo, TRUE);
+  *w = j->cinfo.image_width;
+  *h = j->cinfo.image_height;
+  switch (j->cinfo.jpeg_color_space) {
+  case JCS_GRAYSCALE: *model = 1; break;
+  case JCS_YCbCr: case JCS_RGB: *model = 3; break;
+  default: *model = 4; break;
+  }
+  *out = j;
+  return 0;
+}
+
+/* Starts decoding at 1/denom scale (denom in 1, 2, 4, 8) to RGB and returns the output
+ * size, which libjpeg rounds up: ceil(w / denom). */
+int et_jpeg_start(et_jpeg *j, unsigned denom, unsigned *ow, unsigned *oh, char *err,
+                  size_t errlen) {
+  if (setjmp(j->err.jump)) {
+    copy_msg(j, err, errlen);
+    return -1;
+  }
+  j->cinfo.scale_num = 1;
+  j->cinfo.scale_denom = denom;
+  j->cinfo.out_color_space = JCS_RGB;
+  jpeg_start_decompress(&j->cinfo);
+  j->started = 1;
+  *ow = j->cinfo.output_width;
+  *oh = j->cinfo.output_height;
+  return 0;
+}
+
+/* Decodes output rows up to y1 and stores columns x0..x1 of rows y0..y1, packed, in dst.
+ * Rows after y1 are never decoded, which is where a crop saves entropy decoding. */
+int et_jpeg_read(et_jpeg *j, unsigned y0, unsigned y1, unsigned x0, unsigned x1,
+                 unsigned char *dst, char *err, size_t errlen) {
+  JSAMPARRAY row;
+  size_t width = (size_t)(x1 - x0) * 3;
+  if (setjmp(j->err.jump)) {
+    copy_msg(j, err, errlen);
+    return -1;
+  }
+  /* Several rows per call: with one, libjpeg's 2x2 upsampler decodes into a spare row
+   * and copies it, which cost more than the copy out of this buffer. */
+  row = (*j->cinfo.mem->alloc_sarray)((j_common_ptr)&j->cinfo, JPOOL_IMAGE,
+                                      j->cinfo.output_width * 3, ET_ROWS);
+  while (j->cinfo.output_scanline < y1) {
+    unsigned y = j->cinfo.output_scanline, want = y1 - y, got, r;
+    got = jpeg_read_scanlines(&j->cinfo, row, want < ET_ROWS ? want : ET_ROWS);
+    if (got == 0) {
+      strncpy(err, "decoder returned no rows", errlen);
+      return -1;
+    }
+    for (r = 0; r < got; r++)
+      if (y + r >= y0) memcpy(dst + (size_t)(y + r - y0) * width, row[r] + (size_t)x0 * 3, width);
+  }
+  return 0;
+}
+
+int et_jpeg_warnings(et_jpeg *j) { return (int)j->err.pub.num_warnings; }
+
+void et_jpeg_close(et_jpeg *j) {
+  if (!j) return;
+  /* Aborting (not finishing) is what lets a crop stop before the last row. */
+  jpeg_destroy_decompress(&j->cinfo);
+  free(j);
+}
