@@ -21,7 +21,7 @@ use et_data::mixup;
 use et_data::randaugment::RandAugment;
 use et_data::replay::ReplayBuffer;
 use et_data::transform::RandomResizedCrop;
-use et_data::{decode, Rng};
+use et_data::Rng;
 use et_models::run_config::WEIGHTS_FILE;
 use et_models::{CandleOps, ParamStore};
 pub use crate::config::{validate, TrainConfig};
@@ -200,7 +200,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
         let mut crop = RandomResizedCrop::new(s.base as u32);
         crop.scale = (cfg.crop_min_scale, 1.0);
         let tf = TrainTransform { base: s.base, resolution: r, crop, hflip: 0.5, randaugment: Some(RandAugment::parse(&policy(stage.magnitude))?), mean: s.mean, std: s.std, erasing: cfg.erasing };
-        let transform = Arc::new(move |smp: &Sample, rng: &mut Rng| tf.apply(&decode::decode_rgb(&smp.path)?, rng));
+        // Exact crop-aware decode: rows below the crop are never decoded.
+        let transform = Arc::new(move |smp: &Sample, rng: &mut Rng| tf.apply_path(&smp.path, rng, false));
         let mut stream = Stream { loader: &loader, transform, chw: [3, r, r], iter: None };
         let compute_per_image = (r as f64 / s.base as f64).powi(2) / (n_train as f64 * cfg.epochs);
         let mut window = (Instant::now(), 0usize);

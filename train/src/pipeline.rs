@@ -30,6 +30,19 @@ impl TrainTransform {
     /// CHW f32 of size 3 × resolution × resolution.
     pub fn apply(&self, img: &RgbImage, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
         let img = self.crop.apply(img, rng);
+        self.after_crop(img, rng)
+    }
+
+    /// The same transform from a file: a JPEG is decoded only as far as the crop reaches
+    /// (same random draws and pixels as `apply(&decode_rgb(path)?, rng)`); `reduced_dct`
+    /// also decodes a crop at least twice the base size at a reduced DCT scale (close to,
+    /// not equal to, the exact crop: et-data's `decode_crop`).
+    pub fn apply_path(&self, path: &std::path::Path, rng: &mut Rng, reduced_dct: bool) -> Result<Vec<f32>, DataError> {
+        let img = self.crop.decode_apply(path, rng, reduced_dct)?;
+        self.after_crop(img, rng)
+    }
+
+    fn after_crop(&self, img: RgbImage, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
         let img = random_hflip(img, self.hflip, rng);
         let img = match &self.randaugment {
             Some(ra) => ra.apply(&img, rng),
@@ -71,6 +84,29 @@ mod tests {
             assert_eq!(a.len(), 3 * resolution * resolution);
             assert_eq!(a, b, "same keys, same sample");
             assert!(a.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    fn decoding_from_the_file_is_the_same_transform() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/cifar10-mini/train/cat");
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let t = TrainTransform {
+            base: 32,
+            resolution: 24,
+            crop: RandomResizedCrop::new(32),
+            hflip: 0.5,
+            randaugment: Some(RandAugment::parse(&policy(5.0)).unwrap()),
+            mean: [0.5; 3],
+            std: [0.25; 3],
+            erasing: 0.25,
+        };
+        for (i, f) in files.iter().take(8).enumerate() {
+            let img = et_data::decode::decode_rgb(f).unwrap();
+            let a = t.apply(&img, &mut Rng::from_keys(&[7, i as u64])).unwrap();
+            let b = t.apply_path(f, &mut Rng::from_keys(&[7, i as u64]), false).unwrap();
+            assert_eq!(a, b, "{}", f.display());
         }
     }
 }
