@@ -114,19 +114,28 @@ impl Hub {
         self.cache_dir.clone()
     }
 
+    /// Failures any request can have (network, access); `Err` hands back the others.
+    fn common_err(&self, id: &str, e: HFError) -> std::result::Result<HubError, HFError> {
+        match e {
+            HFError::AuthRequired { .. } | HFError::Forbidden { .. } => Ok(HubError::Auth { repo: id.to_string(), reason: one_line(&e.to_string()) }),
+            HFError::Request { ref source, .. } if source.is_connect() || source.is_timeout() => {
+                Ok(HubError::Unreachable { endpoint: self.endpoint.clone(), reason: one_line(&root_cause(source)) })
+            }
+            other => Err(other),
+        }
+    }
+
     fn map_err(&self, repo: &RepoRef, file: &str, e: HFError) -> HubError {
         let id = repo.id();
-        match e {
-            HFError::RepoNotFound { .. } => HubError::RepoNotFound { repo: id },
-            HFError::RevisionNotFound { revision, .. } => HubError::RevisionNotFound { repo: id, revision },
-            HFError::EntryNotFound { .. } => HubError::FileMissing { repo: id, file: file.into() },
-            HFError::LocalEntryNotFound { .. } => HubError::NotCached { repo: id, file: file.into(), cache: self.cache_dir().display().to_string() },
-            HFError::AuthRequired { .. } | HFError::Forbidden { .. } => HubError::Auth { repo: id, reason: one_line(&e.to_string()) },
-            HFError::Request { ref source, .. } if source.is_connect() || source.is_timeout() => {
-                HubError::Unreachable { endpoint: self.endpoint.clone(), reason: one_line(&root_cause(source)) }
-            }
-            HFError::Request { ref source, .. } => HubError::Corrupt { repo: id, file: file.into(), reason: one_line(&root_cause(source)) },
-            other => HubError::Other { repo: id, reason: one_line(&other.to_string()) },
+        match self.common_err(&id, e) {
+            Ok(common) => common,
+            Err(HFError::RepoNotFound { .. }) => HubError::RepoNotFound { repo: id },
+            Err(HFError::RevisionNotFound { revision, .. }) => HubError::RevisionNotFound { repo: id, revision },
+            Err(HFError::EntryNotFound { .. }) => HubError::FileMissing { repo: id, file: file.into() },
+            Err(HFError::LocalEntryNotFound { .. }) => HubError::NotCached { repo: id, file: file.into(), cache: self.cache_dir().display().to_string() },
+            // A body cut short or garbled in transit.
+            Err(HFError::Request { ref source, .. }) => HubError::Corrupt { repo: id, file: file.into(), reason: one_line(&root_cause(source)) },
+            Err(other) => HubError::Other { repo: id, reason: one_line(&other.to_string()) },
         }
     }
 
@@ -166,13 +175,7 @@ impl Hub {
     /// repository if needed. Returns the commit's URL or id.
     pub fn upload(&self, repo: &RepoRef, files: &[(PathBuf, String)], message: &str) -> Result<String> {
         let id = repo.id();
-        let fail = |e: HFError| match e {
-            HFError::Request { ref source, .. } if source.is_connect() || source.is_timeout() => {
-                HubError::Unreachable { endpoint: self.endpoint.clone(), reason: one_line(&root_cause(source)) }
-            }
-            HFError::AuthRequired { .. } | HFError::Forbidden { .. } => HubError::Auth { repo: id.clone(), reason: one_line(&e.to_string()) },
-            other => HubError::Upload { repo: id.clone(), reason: one_line(&other.to_string()) },
-        };
+        let fail = |e: HFError| self.common_err(&id, e).unwrap_or_else(|other| HubError::Upload { repo: id.clone(), reason: one_line(&other.to_string()) });
         for (local, _) in files {
             if !local.is_file() {
                 return Err(HubError::Upload { repo: id.clone(), reason: format!("{} does not exist", local.display()) });

@@ -1,33 +1,8 @@
 //! Bad input never panics: one line naming the problem and the fix, non-zero exit.
 
 mod common;
+use common::runs::small_convnext_run;
 use common::*;
-
-/// A run directory with random weights (no training needed to test export / eval errors).
-fn random_run(dir: &std::path::Path) {
-    use candle_core::{DType, Device};
-    use et_models::registry::{model_config, ModelOptions};
-    use et_models::{Model, ParamStore, RunConfig};
-    std::fs::create_dir_all(dir).unwrap();
-    let opts = ModelOptions { num_classes: 3, drop_path_rate: 0.0, stem_stride: Some(2), img_size: None };
-    let cfg = model_config("convnext_atto", &opts).unwrap();
-    let ps = ParamStore::new(1);
-    Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
-    ps.save(&dir.join("model.safetensors")).unwrap();
-    RunConfig {
-        model: "convnext_atto".into(),
-        model_config: cfg,
-        num_classes: 3,
-        class_names: vec!["airplane".into(), "cat".into(), "ship".into()],
-        base_resolution: 32,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-        interpolation: "bicubic".into(),
-        crop_pct: 1.0,
-    }
-    .save(&dir.join("config.json"))
-    .unwrap();
-}
 
 fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec!["--data", data, "--epochs", "0.2", "--batch-size", "4", "--out", out]
@@ -107,7 +82,7 @@ fn unknown_model_name() {
 #[test]
 fn resolutions_the_model_cannot_take() {
     let tmp = TempDir::new("res");
-    random_run(&tmp.join("run"));
+    small_convnext_run(&tmp.join("run"), 1);
     mini_dataset(tmp.path(), &["airplane", "cat", "ship"], 2);
     let o = run("et-export", &["--onnx", &tmp.s("run"), "--resolution", "8"]);
     assert_clean_failure(&o, "et-export", "cannot take 8x8");
@@ -125,7 +100,7 @@ fn resolutions_the_model_cannot_take() {
 #[test]
 fn missing_or_broken_onnx_runtime_library() {
     let tmp = TempDir::new("ort");
-    random_run(&tmp.join("run"));
+    small_convnext_run(&tmp.join("run"), 1);
     mini_dataset(tmp.path(), &["airplane", "cat", "ship"], 2);
     assert_ok(&run("et-export", &["--onnx", &tmp.s("run")]), "et-export");
     let onnx = tmp.s("run/model.onnx");
