@@ -2,6 +2,7 @@
 //! definition run in candle (training, inference) and be written out as ONNX, fast ops
 //! with correct gradients, the backbones (timm weight names) and their registry.
 
+pub mod device;
 pub mod error;
 pub mod params;
 pub mod pvt_v2;

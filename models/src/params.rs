@@ -81,6 +81,14 @@ impl ParamStore {
         VarBuilder::from_backend(Box::new(Backend(self.clone())), dtype, device.clone())
     }
 
+    /// Mixed precision: parameters are created (and stay) f32 masters, but the model gets
+    /// them cast to `compute`. The cast is an op with a gradient, so a backward pass through
+    /// a model built per step from this builder reaches the f32 `Var`s. Buffers (BatchNorm
+    /// running statistics) are handed out uncast, so their updates land on the masters.
+    pub fn var_builder_cast(self: &Arc<Self>, compute: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(CastBackend { store: Backend(self.clone()), compute }), DType::F32, device.clone())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Var>> {
         // A panic while holding the lock cannot leave the map half-updated (single inserts).
         self.vars.lock().unwrap_or_else(|e| e.into_inner())
@@ -216,6 +224,37 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.lock().contains_key(name)
+    }
+}
+
+struct CastBackend {
+    store: Backend,
+    compute: DType,
+}
+
+impl CastBackend {
+    fn cast(&self, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
+        if is_buffer(name) || t.dtype() == self.compute {
+            Ok(t)
+        } else {
+            t.to_dtype(self.compute)
+        }
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for CastBackend {
+    fn get(&self, s: Shape, name: &str, h: Init, _dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.store.get(s, name, h, DType::F32, dev)?;
+        self.cast(name, t)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.store.get_unchecked(name, DType::F32, dev)?;
+        self.cast(name, t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.store.contains_tensor(name)
     }
 }
 

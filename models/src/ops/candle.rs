@@ -5,14 +5,19 @@ use super::max_pool::max_pool2d;
 use super::patchify::patchify_conv;
 use super::pointwise::pointwise_conv;
 use super::scale::scale_channels;
-use super::{ConvGeom, Ops};
-use candle_core::{Result, Tensor, TensorId, D};
+use super::{portable, ConvGeom, Ops};
+use candle_core::{DType, Result, Tensor, TensorId, D};
 use std::cell::{Cell, RefCell};
 
 /// Runs models in candle. Every op here has a working gradient (no `*_no_bwd` paths, see
-/// NOTES.md); `train` switches stochastic depth on.
+/// NOTES.md); `train` switches stochastic depth on. f32/f64 tensors on the CPU go through the
+/// hand-written kernels of this module; other devices and dtypes (CUDA, bf16) through
+/// [`portable`] compositions of candle ops.
 pub struct CandleOps {
     pub train: bool,
+    /// Whether f32/f64 CPU tensors use the hand-written kernels (tests switch it off to
+    /// check the portable path against them).
+    kernels: bool,
     rng: Cell<u64>,
     /// New running statistics computed in training mode, keyed by the buffer tensor's id;
     /// the trainer writes them into the buffers after the step (`ParamStore::apply`).
@@ -21,12 +26,22 @@ pub struct CandleOps {
 
 impl CandleOps {
     pub fn eval() -> Self {
-        CandleOps { train: false, rng: Cell::new(0), updates: RefCell::new(Vec::new()) }
+        CandleOps { train: false, kernels: true, rng: Cell::new(0), updates: RefCell::new(Vec::new()) }
     }
 
     /// Training mode; `seed` drives drop-path masks (reseed per step for reproducibility).
     pub fn train(seed: u64) -> Self {
-        CandleOps { train: true, rng: Cell::new(seed), updates: RefCell::new(Vec::new()) }
+        CandleOps { train: true, kernels: true, rng: Cell::new(seed), updates: RefCell::new(Vec::new()) }
+    }
+
+    /// The same, always on the portable compositions (what CUDA and bf16 run).
+    pub fn portable(mut self) -> Self {
+        self.kernels = false;
+        self
+    }
+
+    fn kernels_for(&self, x: &Tensor) -> bool {
+        self.kernels && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
     /// Buffer updates (BatchNorm running statistics) recorded by a training forward pass.
@@ -75,6 +90,10 @@ impl Ops for CandleOps {
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
         let (_, c_in, _, _) = x.dims4()?;
         let (c_out, c_per_group, kh, kw) = w.dims4()?;
+        if !self.kernels_for(x) {
+            let (x, padding) = trim_for_backward(x, kh, g)?;
+            return portable::conv2d(&x, w, b, g.stride, padding, g.groups);
+        }
         if g.groups > 1 && g.groups == c_in && g.groups == c_out && c_per_group == 1 && kh == kw {
             return depthwise_conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
         }
@@ -104,14 +123,23 @@ impl Ops for CandleOps {
     }
 
     fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        if !self.kernels_for(x) {
+            return portable::layer_norm(x, w, b, 1, eps);
+        }
         layer_norm(x, w, b, 1, eps)
     }
 
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        if !self.kernels_for(x) {
+            return portable::layer_norm(x, w, b, x.rank() - 1, eps);
+        }
         layer_norm(x, w, b, x.rank() - 1, eps)
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.kernels_for(x) {
+            return x.gelu_erf();
+        }
         gelu(x)
     }
 
@@ -124,6 +152,9 @@ impl Ops for CandleOps {
     }
 
     fn scale_channels(&self, x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        if !self.kernels_for(x) {
+            return portable::scale_channels(x, gamma);
+        }
         scale_channels(x, gamma)
     }
 
@@ -152,21 +183,27 @@ impl Ops for CandleOps {
     fn batch_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Tensor> {
         let c = w.elem_count();
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+        // Statistics in f32 for half-precision activations; running buffers keep their dtype.
+        let (dt, st) = (x.dtype(), portable::stat_dtype(x.dtype()));
+        let (wf, bf) = (w.to_dtype(st)?, b.to_dtype(st)?);
         if !self.train {
             // y = x·s + (b − μ·s) with s = w / √(σ² + ε): two broadcast ops on x.
-            let scale = (w / (running_var + eps)?.sqrt()?)?;
-            let shift = (b - (running_mean * &scale)?)?;
-            return x.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?);
+            let (rm, rv) = (running_mean.to_dtype(st)?, running_var.to_dtype(st)?);
+            let scale = (&wf / (rv + eps)?.sqrt()?)?;
+            let shift = (&bf - (rm * &scale)?)?;
+            return x.broadcast_mul(&per_channel(&scale.to_dtype(dt)?)?)?.broadcast_add(&per_channel(&shift.to_dtype(dt)?)?);
         }
         let (n, _, h, wd) = x.dims4()?;
+        let xf = x.to_dtype(st)?;
         let mean_c = |t: &Tensor| t.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3);
-        let mean = mean_c(x)?;
-        let xc = x.broadcast_sub(&mean)?;
+        let mean = mean_c(&xf)?;
+        let xc = xf.broadcast_sub(&mean)?;
         let var = mean_c(&xc.sqr()?)?;
-        let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?.broadcast_mul(&per_channel(w)?)?.broadcast_add(&per_channel(b)?)?;
+        let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?.broadcast_mul(&per_channel(&wf)?)?.broadcast_add(&per_channel(&bf)?)?.to_dtype(dt)?;
         let count = (n * h * wd) as f64;
-        let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
-        let new_mean = ((running_mean * (1.0 - momentum))? + (mean.detach().flatten_all()? * momentum)?)?;
+        let rdt = running_mean.dtype();
+        let unbiased = (var.detach().flatten_all()?.to_dtype(rdt)? * (count / (count - 1.0).max(1.0)))?;
+        let new_mean = ((running_mean * (1.0 - momentum))? + (mean.detach().flatten_all()?.to_dtype(rdt)? * momentum)?)?;
         let new_var = ((running_var * (1.0 - momentum))? + (unbiased * momentum)?)?;
         let mut u = self.updates.borrow_mut();
         u.push((running_mean.id(), new_mean));
@@ -175,6 +212,14 @@ impl Ops for CandleOps {
     }
 
     fn max_pool2d(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        if !self.kernels_for(x) {
+            // The kernel validates the geometry; the composition assumes it valid.
+            let (_, _, h, w) = x.dims4()?;
+            if kernel == 0 || stride == 0 || 2 * padding > kernel || h + 2 * padding < kernel || w + 2 * padding < kernel {
+                candle_core::bail!("max pool: kernel {kernel}, stride {stride}, padding {padding} does not fit a {h}x{w} input")
+            }
+            return portable::max_pool2d(x, kernel, stride, padding);
+        }
         max_pool2d(x, kernel, stride, padding)
     }
 
@@ -278,8 +323,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<T
         }
         scores = scores.reshape((n / g, g, heads, lq, lk))?.broadcast_add(b)?.reshape((n, heads, lq, lk))?;
     }
-    // `ops::softmax` has a gradient; `softmax_last_dim` does not (NOTES.md).
-    let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let p = portable::softmax_last(&scores)?;
     p.matmul(v)?.transpose(1, 2)?.reshape((n, lq, heads * d))
 }
 

@@ -11,6 +11,7 @@ pub mod gelu;
 mod kernel;
 pub mod max_pool;
 pub mod patchify;
+pub mod portable;
 pub mod pointwise;
 pub mod scale;
 pub mod layer_norm;
