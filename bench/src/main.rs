@@ -3,11 +3,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
+use et_models::device::{DeviceSpec, Precision};
 use clap::{Parser, Subcommand};
 use et_models::ops::test_util::seeded;
 use et_models::registry::{create_model, ModelOptions};
-use et_models::{CandleOps, ParamStore};
+use et_models::{CandleOps, Model, ParamStore};
 use et_train::loss::{smoothed_targets, soft_cross_entropy};
 use et_train::optim::{Grads, OptimConfig, Optimizer};
 use std::time::Instant;
@@ -49,6 +50,12 @@ enum Cmd {
         /// Timed steps (the median is reported).
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// f32, or bf16 (f32 master weights and optimiser, bf16 compute, as et-train).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Decode + timm train transform (RandomResizedCrop(size, bicubic), flip,
     /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder with the
@@ -117,36 +124,46 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     match Args::parse().cmd {
-        Cmd::TrainStep { model, size, batch, threads, classes, stem_stride, warmup, steps } => {
+        Cmd::TrainStep { model, size, batch, threads, classes, stem_stride, warmup, steps, device, precision } => {
             if let Some(t) = threads {
                 // candle's CPU kernels and gemm run on rayon's global pool.
                 std::env::set_var("RAYON_NUM_THREADS", t.to_string());
                 rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("configuring threads")?;
             }
-            let dev = Device::Cpu;
+            et_models::device::check_precision(device, precision)?;
+            let dev = device.open()?;
             let ps = ParamStore::new(0);
             let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride, img_size: None };
             let (cfg, net) = create_model(&model, &opts, ps.var_builder(DType::F32, &dev))?;
             cfg.check_input(&model, size, size)?;
             let mut opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0);
-            let x = seeded(&[batch, 3, size, size], 1, &dev, DType::F32)?;
+            let x = seeded(&[batch, 3, size, size], 1, &dev, DType::F32)?.to_dtype(precision.dtype())?;
             let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
             let targets = smoothed_targets(&labels, classes, 0.1, &dev)?;
             println!(
-                "{model} @ {size}px, batch {batch}, {} threads, {:.2} M params",
+                "{model} @ {size}px, batch {batch}, {device} {precision}, {} threads, {:.2} M params",
                 rayon::current_num_threads(),
                 ps.num_trainable() as f64 / 1e6
             );
             let mut times = Vec::new();
             for i in 0..warmup + steps {
                 let t = Instant::now();
-                let logits = net.forward(&CandleOps::train(i as u64), &x)?;
-                let loss = soft_cross_entropy(&logits, &targets)?;
+                // As et-train: bf16 runs a model built this step from casts of the f32 masters.
+                let cast = match precision {
+                    Precision::F32 => None,
+                    p => Some(Model::new(&cfg, ps.var_builder_cast(p.dtype(), &dev))?),
+                };
+                let logits = cast.as_ref().unwrap_or(&net).forward(&CandleOps::train(i as u64), &x)?;
+                let loss = soft_cross_entropy(&logits.to_dtype(DType::F32)?, &targets)?;
+                // GPU work is asynchronous: wait for it so each phase is timed, not queued.
+                dev.synchronize()?;
                 let t_fwd = t.elapsed().as_secs_f64();
                 let grads = loss.backward()?;
+                dev.synchronize()?;
                 let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
                 let (grads, _) = Grads::accumulate(None, &opt.params, &grads, 1.0)?;
                 opt.step(&grads, 1e-3, 0.05)?;
+                dev.synchronize()?;
                 let total = t.elapsed().as_secs_f64();
                 println!(
                     "step {i}{}: forward {:.3} s, backward {:.3} s, optimiser {:.3} s, {:.1} img/s",

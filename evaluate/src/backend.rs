@@ -25,11 +25,12 @@ pub struct CandleClassifier {
 
 impl CandleClassifier {
     pub fn open(dir: &Path) -> Result<Self, EvalError> {
-        Ok(Self::new(LoadedRun::open(dir, &Device::Cpu)?))
+        Ok(Self::new(LoadedRun::open(dir, &Device::Cpu)?, Device::Cpu))
     }
 
-    pub fn new(run: LoadedRun) -> Self {
-        CandleClassifier { run, device: Device::Cpu }
+    /// `device` is the one `run` was loaded on.
+    pub fn new(run: LoadedRun, device: Device) -> Self {
+        CandleClassifier { run, device }
     }
 }
 

@@ -96,6 +96,10 @@ struct Args {
     /// Threads for decoding and for ONNX Runtime [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Where candle models (--run, --weights, --from-hub) run: cpu, cuda or cuda:N (CUDA
+    /// needs a build with --features cuda). ONNX files always run in ONNX Runtime on the CPU.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: et_models::device::DeviceSpec,
     /// Path to libonnxruntime.so [default: $ORT_DYLIB_PATH, .ort/ in the repo, or the
     /// `onnxruntime` Python package].
     #[arg(long, value_name = "PATH")]
@@ -167,7 +171,7 @@ struct Source {
     carried: Carried,
 }
 
-fn candle_source(run: LoadedRun) -> Source {
+fn candle_source(run: LoadedRun, device: &candle_core::Device) -> Source {
     let c = run.config.clone();
     // Converted or bare weights carry no class names, only indices: nothing to check.
     let named_classes = !c.class_names.iter().enumerate().all(|(i, n)| *n == i.to_string());
@@ -179,7 +183,7 @@ fn candle_source(run: LoadedRun) -> Source {
         class_names: named_classes.then(|| c.class_names.clone()),
         resolution: Some(c.base_resolution),
     };
-    Source { models: vec![Box::new(CandleClassifier::new(run))], by_resolution: vec![], fallback: Some(0), carried }
+    Source { models: vec![Box::new(CandleClassifier::new(run, device.clone()))], by_resolution: vec![], fallback: Some(0), carried }
 }
 
 /// `R=FILE` or `FILE`.
@@ -197,21 +201,21 @@ fn parse_onnx_spec(spec: &str) -> Result<(Option<usize>, PathBuf)> {
 }
 
 fn open_source(args: &Args, threads: usize) -> Result<Source> {
-    let device = candle_core::Device::Cpu;
+    let device = args.device.open()?;
     if let Some(dir) = &args.run {
-        return Ok(candle_source(LoadedRun::open(dir, &device)?));
+        return Ok(candle_source(LoadedRun::open(dir, &device)?, &device));
     }
     if let Some(weights) = &args.weights {
         let name = args.model_name.as_deref().ok_or_else(|| anyhow!("--weights needs --model NAME"))?;
         let run = LoadedRun::from_weights(name, weights, &ModelOptions::default(), &device)?;
-        return Ok(candle_source(run));
+        return Ok(candle_source(run, &device));
     }
     if let Some(spec) = &args.from_hub {
         let repo: RepoRef = spec.parse()?;
         let hub = Hub::from_env()?;
         let dir = hub.download_run(&repo, args.offline)?;
         eprintln!("et-eval: {repo} from {}", dir.display());
-        return Ok(candle_source(LoadedRun::open(&dir, &device)?));
+        return Ok(candle_source(LoadedRun::open(&dir, &device)?, &device));
     }
     let mut src = Source { models: vec![], by_resolution: vec![], fallback: None, carried: Carried::default() };
     for spec in &args.onnx {

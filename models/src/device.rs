@@ -14,6 +14,16 @@ pub enum DeviceError {
     Unavailable { ordinal: usize, reason: String },
     #[error("unknown precision '{0}': use f32 or bf16")]
     UnknownPrecision(String),
+    #[error("--precision bf16 needs --device cuda (candle's CPU matmul has no bf16): use --precision f32 on the CPU")]
+    Bf16OnCpu,
+}
+
+/// Whether `precision` can run on `device`.
+pub fn check_precision(device: DeviceSpec, precision: Precision) -> Result<(), DeviceError> {
+    match (device, precision) {
+        (DeviceSpec::Cpu, Precision::Bf16) => Err(DeviceError::Bf16OnCpu),
+        _ => Ok(()),
+    }
 }
 
 /// A parsed `--device` value (not yet opened, so it can sit in configs and be compared).
@@ -99,6 +109,25 @@ impl Precision {
         }
     }
 }
+
+/// Both are stored as their command-line spelling (`"cuda:0"`, `"bf16"`) in run configs.
+macro_rules! serde_as_str {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_as_str!(DeviceSpec);
+serde_as_str!(Precision);
 
 #[cfg(test)]
 mod tests {

@@ -132,3 +132,22 @@ fn a_diverging_loss_stops_the_run_and_names_the_last_good_checkpoint() {
     let metrics = std::fs::read_to_string(tmp.join("run/metrics.jsonl")).unwrap();
     assert!(metrics.lines().any(|l| l.contains("\"event\":\"error\"")), "the failure is logged:\n{metrics}");
 }
+
+#[test]
+fn devices_and_precisions_this_build_cannot_run() {
+    let tmp = TempDir::new("device");
+    mini_dataset(tmp.path(), &["airplane", "cat"], 4);
+    let (data, out) = (tmp.s(""), tmp.s("out"));
+    let with = |extra: &[&'static str]| [&train_args(&data, &out)[..], extra].concat();
+    let o = run("et-train", &with(&["--precision", "bf16"]));
+    assert_clean_failure(&o, "et-train", "--precision bf16 needs --device cuda");
+    if !cfg!(feature = "cuda") {
+        let o = run("et-train", &with(&["--device", "cuda"]));
+        assert_clean_failure(&o, "et-train", "rebuild with `cargo build --release --features cuda`");
+        small_convnext_run(&tmp.join("run"), 1);
+        let o = run("et-eval", &["--run", &tmp.s("run"), "--data", &data, "--device", "cuda:1"]);
+        assert_clean_failure(&o, "et-eval", "no CUDA support");
+    }
+    let o = run("et-train", &with(&["--device", "tpu"]));
+    assert!(!o.status.success() && stderr(&o).contains("use cpu, cuda or cuda:N"), "{}", stderr(&o));
+}

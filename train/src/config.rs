@@ -2,6 +2,7 @@
 //! and their validation.
 
 use crate::optim::OptimizerKind;
+use et_models::device::{DeviceSpec, Precision};
 use crate::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -59,6 +60,10 @@ pub struct TrainConfig {
     pub mixup_prob: f64,
     /// The preset these settings started from (for the record).
     pub preset: Option<String>,
+    /// Where the steps run (a resumed run may move).
+    pub device: DeviceSpec,
+    /// Compute precision: f32, or bf16 with f32 master weights, optimiser state and loss.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -100,12 +105,17 @@ impl Default for TrainConfig {
             mixup_switch_prob: 0.5,
             mixup_prob: 1.0,
             preset: None,
+            device: DeviceSpec::Cpu,
+            precision: Precision::F32,
         }
     }
 }
 
 pub fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     let c = |m: String| Err(TrainError::Config(m));
+    if let Err(e) = et_models::device::check_precision(cfg.device, cfg.precision) {
+        return c(e.to_string());
+    }
     if cfg.epochs <= 0.0 || !cfg.epochs.is_finite() {
         return c(format!("--epochs must be positive, got {}", cfg.epochs));
     }

@@ -90,7 +90,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
     let started = Instant::now();
     validate(cfg)?;
     let s: Setup = setup::prepare(cfg)?;
-    let device = Device::Cpu;
+    let device = s.device.clone();
+    let compute_dtype = cfg.precision.dtype();
     let (schedule, n_train, classes) = (&s.schedule, s.train_set.samples.len(), s.classes);
     let effective = cfg.effective_batch.unwrap_or(cfg.batch_size);
     let mut micro = Vec::new();
@@ -236,9 +237,12 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
                 } else {
                     smoothed_targets(&labels, classes, cfg.label_smoothing, &device)?
                 };
-                let x = Tensor::from_vec(images, shape.as_slice(), &device)?;
+                let x = Tensor::from_vec(images, shape.as_slice(), &device)?.to_dtype(compute_dtype)?;
                 let ops = CandleOps::train(key(0x6470).next_u64());
-                let loss = soft_cross_entropy(&model.forward(&ops, &x)?, &targets)?;
+                let cast = s.cast_model(cfg.precision)?;
+                let logits = cast.as_ref().unwrap_or(model).forward(&ops, &x)?;
+                // The loss is reduced in f32 whatever the compute precision.
+                let loss = soft_cross_entropy(&logits.to_dtype(candle_core::DType::F32)?, &targets)?;
                 let loss_v = loss.to_scalar::<f32>()? as f64;
                 if !loss_v.is_finite() {
                     metrics.log(json!({"event": "error", "step": st.step, "stage": si, "loss": loss_v.to_string()}))?;

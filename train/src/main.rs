@@ -5,6 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use et_models::device::{DeviceSpec, Precision};
 use et_train::optim::OptimizerKind;
 use et_train::engine::{train, Event, TrainConfig};
 use et_train::{checkpoint, presets};
@@ -97,7 +98,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     save_every_steps: usize,
     /// Continue the run whose directory (or checkpoint directory) is DIR, with its saved
-    /// settings; only --threads and --log-every may be given with it.
+    /// settings; only --threads, --log-every and --device may be given with it.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Fix the compute thread count (saved in checkpoints and reused on --resume), so that a
@@ -158,6 +159,12 @@ struct Args {
     /// Probability of mixing a batch when Mixup or CutMix is on.
     #[arg(long, default_value_t = 1.0)]
     mixup_prob: f64,
+    /// Where to train: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: DeviceSpec,
+    /// Compute precision: f32, or bf16 (CUDA; f32 master weights, optimiser state and loss).
+    #[arg(long, default_value = "f32", value_name = "f32|bf16")]
+    precision: Precision,
 }
 
 fn main() -> ExitCode {
@@ -180,7 +187,7 @@ fn pct(v: Option<f64>) -> String {
 }
 
 /// Flags that may accompany --resume (they change nothing a checkpoint decides).
-const RESUME_OK: &[&str] = &["resume", "threads", "log_every"];
+const RESUME_OK: &[&str] = &["resume", "threads", "log_every", "device"];
 
 fn given(m: &clap::ArgMatches, id: &str) -> bool {
     m.try_contains_id(id).unwrap_or(false) && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
@@ -224,6 +231,8 @@ fn config_from(a: &Args) -> TrainConfig {
         mixup_switch_prob: a.mixup_switch_prob,
         mixup_prob: a.mixup_prob,
         preset: None,
+        device: a.device,
+        precision: a.precision,
     }
 }
 
@@ -253,6 +262,9 @@ fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
             }
             if given(m, "log_every") {
                 cfg.log_every = a.log_every;
+            }
+            if given(m, "device") {
+                cfg.device = a.device;
             }
             if cfg.deterministic {
                 pin_threads(state.compute_threads)?;
@@ -296,13 +308,15 @@ fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
     let mut print = |e: &Event| match e {
         Event::Plan { schedule, train_images, val_images, classes, params, steps, stage_steps, accum, drop_path } => {
             println!(
-                "{} on {train_images} train / {val_images} val images, {classes} classes, {:.2} M parameters; schedule {} ({} stages, budget {} base epochs at {} px, {steps} steps); drop path {drop_path:.3}",
+                "{} on {train_images} train / {val_images} val images, {classes} classes, {:.2} M parameters; schedule {} ({} stages, budget {} base epochs at {} px, {steps} steps); drop path {drop_path:.3}; {} {}",
                 cfg.model,
                 *params as f64 / 1e6,
                 schedule.name,
                 schedule.stages.len(),
                 schedule.budget,
-                schedule.base_resolution
+                schedule.base_resolution,
+                cfg.device,
+                cfg.precision
             );
             for (i, s) in schedule.stages.iter().enumerate() {
                 let replay = s.replay.map_or(String::new(), |r| format!(", replay x{} (buffer {} batches)", r.times, r.size));

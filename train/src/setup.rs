@@ -12,6 +12,7 @@ use et_data::resample::Filter;
 use et_data::{decode, DataError};
 use et_models::registry::{defaults, model_config, ModelOptions};
 use et_models::registry::ModelConfig;
+use et_models::device::Precision;
 use et_models::{CandleOps, Model, ParamStore, RunConfig};
 use std::sync::Arc;
 
@@ -33,6 +34,19 @@ pub struct Setup {
     pub pre: Preprocess,
     /// The drop-path rate used (after budget scaling).
     pub drop_path: f64,
+    pub device: Device,
+}
+
+impl Setup {
+    /// The model that a training step runs: the f32 model itself, or in bf16 a model built
+    /// from the same f32 masters cast for this step (the casts carry the gradients back).
+    /// `None`: use [`Setup::model`].
+    pub fn cast_model(&self, precision: Precision) -> Result<Option<Model>, TrainError> {
+        match precision {
+            Precision::F32 => Ok(None),
+            p => Ok(Some(Model::new(&self.model_cfg, self.params.var_builder_cast(p.dtype(), &self.device))?)),
+        }
+    }
 }
 
 /// Base resolution from the data: the shorter side of the first image, capped at 224 and
@@ -100,7 +114,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup, TrainError> {
         interpolation: d.interpolation.to_string(),
         crop_pct,
     };
-    let device = Device::Cpu;
+    let device = cfg.device.open().map_err(|e| TrainError::Config(e.to_string()))?;
     let params = ParamStore::new(cfg.seed);
     let model = Model::new(&model_cfg, params.var_builder(DType::F32, &device))?;
     let (ema_params, ema_model) = if cfg.ema_decay.is_some() {
@@ -111,15 +125,15 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup, TrainError> {
         (None, None)
     };
     let pre = Preprocess { mean: d.mean, std: d.std, crop_pct, filter: Filter::Bicubic };
-    Ok(Setup { schedule, train_set, val_set, classes, base, params, model, model_cfg, ema_params, ema_model, run_config, mix, mean: d.mean, std: d.std, pre, drop_path })
+    Ok(Setup { schedule, train_set, val_set, classes, base, params, model, model_cfg, ema_params, ema_model, run_config, mix, mean: d.mean, std: d.std, pre, drop_path, device })
 }
 
 /// Top-1, top-5 and the number of unreadable images skipped, on `val` at the base resolution.
 pub fn evaluate(val: &ImageFolder, s: &Setup, model: &Model, cfg: &TrainConfig) -> Result<(f64, f64, usize), TrainError> {
-    let device = Device::Cpu;
+    let device = &s.device;
     let eval_opts = EvalOptions { batch_size: cfg.batch_size.max(64), threads: cfg.threads.max(1), skip_corrupt: !cfg.strict_data };
     let out = evaluate_folder::<TrainError, _>(val, s.base, s.classes, &s.pre, &eval_opts, |images, shape| {
-        let x = Tensor::from_slice(images, shape.as_slice(), &device)?;
+        let x = Tensor::from_slice(images, shape.as_slice(), device)?;
         Ok(model.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1::<f32>()?)
     })?;
     Ok((out.totals.top1_frac(), out.totals.top5_frac(), out.skipped.len()))
