@@ -1,10 +1,15 @@
 """PyTorch counterpart of `et-bench train-step`: the same architecture from timm, the same
 step (forward, soft-target cross-entropy with label smoothing 0.1, backward, AdamW) on
 random data, with `torch.set_num_threads(T)`. Prints `img/s: X` (median) as the last line.
+On a GPU (`--device cuda`), `--precision bf16` is PyTorch's standard mixed precision
+(autocast to bf16, f32 weights, AdamW state and loss), as `et-train --precision bf16`;
+`--compile` wraps the model in `torch.compile`.
 
     pip install torch timm
     python bench/torch_train_step.py --model convnext_atto --size 224 --batch 16 --threads 2
+    python bench/torch_train_step.py --model convnext_tiny --batch 128 --device cuda --precision bf16 [--compile]
 """
+import contextlib
 import argparse
 import resource
 import statistics
@@ -24,32 +29,46 @@ def main():
     p.add_argument("--stem-stride", type=int, default=None, help="ConvNeXt stem kernel=stride (et-train's small-image stem: 2)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--compile", action="store_true")
     a = p.parse_args()
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = timm.create_model(a.model, num_classes=a.classes)
     if a.stem_stride is not None:
         c = model.stem[0].out_channels
         model.stem[0] = torch.nn.Conv2d(3, c, kernel_size=a.stem_stride, stride=a.stem_stride)
-    model.train()
+    model = model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    x = torch.randn(a.batch, 3, a.size, a.size)
-    y = torch.arange(a.batch) % a.classes
+    x = torch.randn(a.batch, 3, a.size, a.size, device=dev)
+    y = torch.arange(a.batch, device=dev) % a.classes
     n_params = sum(q.numel() for q in model.parameters())
-    print(f"{a.model} @ {a.size}px, batch {a.batch}, {torch.get_num_threads()} threads, {n_params / 1e6:.2f} M params")
+    step_model = torch.compile(model) if a.compile else model
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.precision == "bf16" else contextlib.nullcontext
+    mode = f"{dev} {a.precision}{' compiled' if a.compile else ''}"
+    print(f"{a.model} @ {a.size}px, batch {a.batch}, {mode}, {torch.get_num_threads()} threads, {n_params / 1e6:.2f} M params")
     times = []
     for i in range(a.warmup + a.steps):
+        sync()
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with autocast():
+            logits = step_model(x)
+        loss = loss_fn(logits.float(), y)
         loss.backward()
         opt.step()
+        sync()
         dt = time.perf_counter() - t
         print(f"step {i}{' (warm-up)' if i < a.warmup else ''}: {dt:.3f} s, {a.batch / dt:.1f} img/s")
         if i >= a.warmup:
             times.append(dt)
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if dev.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     print(f"img/s: {a.batch / statistics.median(times):.1f}")
 
 
