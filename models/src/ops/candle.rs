@@ -44,6 +44,11 @@ impl CandleOps {
         self.kernels && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
+    /// Ops with a CUDA kernel of ours (models/kernels/): the depthwise convolution.
+    fn cuda_kernels_for(&self, x: &Tensor) -> bool {
+        self.kernels && x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16)
+    }
+
     /// Buffer updates (BatchNorm running statistics) recorded by a training forward pass.
     pub fn take_buffer_updates(&self) -> Vec<(TensorId, Tensor)> {
         self.updates.take()
@@ -90,18 +95,22 @@ impl Ops for CandleOps {
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
         let (_, c_in, _, _) = x.dims4()?;
         let (c_out, c_per_group, kh, kw) = w.dims4()?;
+        let depthwise = g.groups > 1 && g.groups == c_in && g.groups == c_out && c_per_group == 1 && kh == kw;
+        if depthwise && (self.kernels_for(x) || self.cuda_kernels_for(x)) {
+            return depthwise_conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
+        }
         if !self.kernels_for(x) {
             let (x, padding) = trim_for_backward(x, kh, g)?;
             return portable::conv2d(&x, w, b, g.stride, padding, g.groups);
-        }
-        if g.groups > 1 && g.groups == c_in && g.groups == c_out && c_per_group == 1 && kh == kw {
-            return depthwise_conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
         }
         if kh == 1 && kw == 1 && g.stride == 1 && g.padding == 0 && g.groups == 1 {
             return pointwise_conv(x, w, &bias_or_zeros(b, c_out, x)?);
         }
         if kh == kw && g.stride == kh && g.padding == 0 && g.groups == 1 {
             return patchify_conv(x, w, &bias_or_zeros(b, c_out, x)?);
+        }
+        if kh == kw && g.groups == 1 {
+            return super::conv::conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
         }
         let (x, padding) = trim_for_backward(x, kh, g)?;
         let y = x.conv2d(w, padding, g.stride, 1, g.groups)?;
@@ -112,9 +121,15 @@ impl Ops for CandleOps {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        // Leading dimensions folded into one 2-D matmul: a broadcast matmul's weight gradient
+        // is a reduction over the broadcast batch, several times the matmul's cost.
         let y = match x.rank() {
             2 => x.matmul(&w.t()?)?,
-            _ => x.broadcast_matmul(&w.t()?)?,
+            r => {
+                let mut shape = x.dims().to_vec();
+                shape[r - 1] = w.dim(0)?;
+                x.flatten_to(r - 2)?.matmul(&w.t()?)?.reshape(shape)?
+            }
         };
         match b {
             Some(b) => y.broadcast_add(b),
@@ -194,20 +209,29 @@ impl Ops for CandleOps {
             return x.broadcast_mul(&per_channel(&scale.to_dtype(dt)?)?)?.broadcast_add(&per_channel(&shift.to_dtype(dt)?)?);
         }
         let (n, _, h, wd) = x.dims4()?;
+        let count = (n * h * wd) as f64;
+        let record = |mean: Tensor, var: Tensor| -> Result<()> {
+            let rdt = running_mean.dtype();
+            let unbiased = (var.to_dtype(rdt)? * (count / (count - 1.0).max(1.0)))?;
+            let new_mean = ((running_mean * (1.0 - momentum))? + (mean.to_dtype(rdt)? * momentum)?)?;
+            let new_var = ((running_var * (1.0 - momentum))? + (unbiased * momentum)?)?;
+            let mut u = self.updates.borrow_mut();
+            u.push((running_mean.id(), new_mean));
+            u.push((running_var.id(), new_var));
+            Ok(())
+        };
+        if self.kernels_for(x) {
+            let (y, mean, var) = super::batch_norm::batch_norm_train(x, w, b, eps)?;
+            record(mean, var)?;
+            return Ok(y);
+        }
         let xf = x.to_dtype(st)?;
         let mean_c = |t: &Tensor| t.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3);
         let mean = mean_c(&xf)?;
         let xc = xf.broadcast_sub(&mean)?;
         let var = mean_c(&xc.sqr()?)?;
         let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?.broadcast_mul(&per_channel(&wf)?)?.broadcast_add(&per_channel(&bf)?)?.to_dtype(dt)?;
-        let count = (n * h * wd) as f64;
-        let rdt = running_mean.dtype();
-        let unbiased = (var.detach().flatten_all()?.to_dtype(rdt)? * (count / (count - 1.0).max(1.0)))?;
-        let new_mean = ((running_mean * (1.0 - momentum))? + (mean.detach().flatten_all()?.to_dtype(rdt)? * momentum)?)?;
-        let new_var = ((running_var * (1.0 - momentum))? + (unbiased * momentum)?)?;
-        let mut u = self.updates.borrow_mut();
-        u.push((running_mean.id(), new_mean));
-        u.push((running_var.id(), new_var));
+        record(mean.detach().flatten_all()?, var.detach().flatten_all()?)?;
         Ok(y)
     }
 
@@ -245,7 +269,7 @@ impl Ops for CandleOps {
         let (n, l, _) = qkv.dims3()?;
         let qkv = qkv.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
-        attend(&q, &k, &v, bias)
+        attend(&q, &k, &v, bias, self.kernels_for(&q))
     }
 
     fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -253,7 +277,9 @@ impl Ops for CandleOps {
             let (n, l, _) = t.dims3()?;
             t.reshape((n, l, heads, head_dim))?.transpose(1, 2)?.contiguous()
         };
-        attend(&split(q)?, &split(k)?, &split(v)?, bias)
+        let q = split(q)?;
+        let fused = self.kernels_for(&q);
+        attend(&q, &split(k)?, &split(v)?, bias, fused)
     }
 
     fn token(&self, x: &Tensor, index: usize) -> Result<Tensor> {
@@ -312,7 +338,7 @@ impl Ops for CandleOps {
 }
 
 /// softmax(q·kᵀ/√d + bias)·v on (N, heads, L, d) tensors, heads merged: (N, Lq, heads·d).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, fused_softmax: bool) -> Result<Tensor> {
     let (n, heads, lq, d) = q.dims4()?;
     let lk = k.dim(2)?;
     let mut scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
@@ -323,7 +349,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<T
         }
         scores = scores.reshape((n / g, g, heads, lq, lk))?.broadcast_add(b)?.reshape((n, heads, lq, lk))?;
     }
-    let p = portable::softmax_last(&scores)?;
+    let p = if fused_softmax { super::softmax::softmax_last_dim(&scores)? } else { portable::softmax_last(&scores)? };
     p.matmul(v)?.transpose(1, 2)?.reshape((n, lq, heads * d))
 }
 

@@ -204,6 +204,13 @@ impl CustomOp3 for DepthwiseFwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.g;
+        let out = super::depthwise_cuda::launch(super::depthwise_cuda::Kind::Forward, g, &[(s1, l1), (s2, l2), (s3, l3)], g.n * g.c * g.ho * g.wo)?;
+        Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
         let grad = grad.contiguous()?;
@@ -225,6 +232,13 @@ impl CustomOp2 for DepthwiseGradInput {
         let g = self.g;
         Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((g.n, g.c, g.h, g.w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.g;
+        let out = super::depthwise_cuda::launch(super::depthwise_cuda::Kind::GradInput, g, &[(s1, l1), (s2, l2)], g.n * g.c * g.h * g.w)?;
+        Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
+    }
 }
 
 impl CustomOp2 for DepthwiseGradWeight {
@@ -235,6 +249,13 @@ impl CustomOp2 for DepthwiseGradWeight {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.g;
         Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(g.c * (g.k * g.k + 1))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.g;
+        let n = g.c * (g.k * g.k + 1);
+        Ok((super::depthwise_cuda::launch(super::depthwise_cuda::Kind::GradWeight, g, &[(s1, l1), (s2, l2)], n)?, Shape::from(n)))
     }
 }
 

@@ -5,7 +5,11 @@
 //! ONNX nodes. Parameters are always candle tensors; only activations change type.
 
 mod candle;
+pub mod batch_norm;
+pub mod conv;
 pub mod depthwise;
+#[cfg(feature = "cuda")]
+mod depthwise_cuda;
 pub mod flops;
 pub mod gelu;
 mod kernel;
@@ -14,6 +18,7 @@ pub mod patchify;
 pub mod portable;
 pub mod pointwise;
 pub mod scale;
+pub mod softmax;
 pub mod layer_norm;
 pub mod test_util;
 

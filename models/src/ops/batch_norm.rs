@@ -1,0 +1,256 @@
+//! BatchNorm in training mode (batch statistics) as fused passes over NCHW planes, forward
+//! and backward. As a composition of candle ops it took ~20 passes over the activation per
+//! layer (strided reductions over N, H, W, broadcasts, fresh buffers): most of a ResNet step.
+//! Statistics accumulate in f64.
+
+use super::kernel::{dispatch, Kernel};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    hw: usize,
+}
+
+impl Dims {
+    fn count(&self) -> f64 {
+        (self.n * self.hw) as f64
+    }
+
+    fn min_planes(&self) -> usize {
+        (4096 / self.hw.max(1)).max(1)
+    }
+}
+
+/// Per-channel (mean, biased variance) of NCHW `x`.
+fn channel_stats<T: WithDType>(x: &[T], d: Dims) -> (Vec<f64>, Vec<f64>) {
+    let sums: Vec<(f64, f64)> = x
+        .par_chunks(d.hw)
+        .with_min_len(d.min_planes())
+        .map(|p| p.iter().fold((0.0, 0.0), |(s, q), &v| {
+            let v = v.to_f64();
+            (s + v, q + v * v)
+        }))
+        .collect();
+    let (mut mean, mut var) = (vec![0.0; d.c], vec![0.0; d.c]);
+    for (p, (s, q)) in sums.into_iter().enumerate() {
+        mean[p % d.c] += s;
+        var[p % d.c] += q;
+    }
+    let m = d.count();
+    for (mu, v) in mean.iter_mut().zip(var.iter_mut()) {
+        *mu /= m;
+        *v = (*v / m - *mu * *mu).max(0.0);
+    }
+    (mean, var)
+}
+
+/// (x, w, b) -> y = (x − μ) / √(σ² + ε) · w + b with the batch's μ, σ².
+struct BnFwd {
+    d: Dims,
+    eps: f64,
+}
+/// x -> [μ, σ²] (biased), for the running statistics.
+struct BnStats {
+    d: Dims,
+}
+/// (dy, x) -> [μ, 1/σ, Σdy, Σdy·x̂] per channel.
+struct BnGradStats {
+    d: Dims,
+    eps: f64,
+}
+/// (dy, x, [w, μ, 1/σ, Σdy, Σdy·x̂]) -> dx.
+struct BnGradInput {
+    d: Dims,
+}
+
+impl Kernel for BnFwd {
+    const NAME: &'static str = "batch norm";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (x, w, b, d) = (i[0], i[1], i[2], self.d);
+        let (mean, var) = channel_stats(x, d);
+        // y = x·a + c per channel.
+        let a: Vec<f64> = (0..d.c).map(|c| w[c].to_f64() / (var[c] + self.eps).sqrt()).collect();
+        let sh: Vec<f64> = (0..d.c).map(|c| b[c].to_f64() - mean[c] * a[c]).collect();
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw)).enumerate().with_min_len(d.min_planes()).for_each(|(p, (y, x))| {
+            let (a, c) = (T::from_f64(a[p % d.c]), T::from_f64(sh[p % d.c]));
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + c);
+        });
+        y
+    }
+}
+
+impl Kernel for BnStats {
+    const NAME: &'static str = "batch norm statistics";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (mean, var) = channel_stats(i[0], self.d);
+        mean.into_iter().chain(var).map(T::from_f64).collect()
+    }
+}
+
+impl Kernel for BnGradStats {
+    const NAME: &'static str = "batch norm grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (dy, x, d) = (i[0], i[1], self.d);
+        let (mean, var) = channel_stats(x, d);
+        let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let sums: Vec<(f64, f64)> = dy
+            .par_chunks(d.hw)
+            .zip(x.par_chunks(d.hw))
+            .enumerate()
+            .with_min_len(d.min_planes())
+            .map(|(p, (dy, x))| {
+                let (mu, inv) = (mean[p % d.c], inv[p % d.c]);
+                dy.iter().zip(x).fold((0.0, 0.0), |(s, t), (&g, &x)| {
+                    let g = g.to_f64();
+                    (s + g, t + g * (x.to_f64() - mu) * inv)
+                })
+            })
+            .collect();
+        let (mut sdy, mut sdyx) = (vec![0.0; d.c], vec![0.0; d.c]);
+        for (p, (s, t)) in sums.into_iter().enumerate() {
+            sdy[p % d.c] += s;
+            sdyx[p % d.c] += t;
+        }
+        mean.into_iter().chain(inv).chain(sdy).chain(sdyx).map(T::from_f64).collect()
+    }
+}
+
+impl Kernel for BnGradInput {
+    const NAME: &'static str = "batch norm grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (dy, x, s, d) = (i[0], i[1], i[2], self.d);
+        let c = d.c;
+        let m = d.count();
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(d.hw).zip(dy.par_chunks(d.hw).zip(x.par_chunks(d.hw))).enumerate().with_min_len(d.min_planes()).for_each(|(p, (dx, (dy, x)))| {
+            let ch = p % c;
+            let (w, mu, inv, sdy, sdyx) = (s[ch].to_f64(), s[c + ch].to_f64(), s[2 * c + ch].to_f64(), s[3 * c + ch].to_f64(), s[4 * c + ch].to_f64());
+            // dx = w/σ · (dy − Σdy/M − x̂ · Σdy·x̂/M), x̂ = (x − μ)/σ, as dy·k + x·q + r.
+            let k = w * inv;
+            let q = -k * inv * sdyx / m;
+            let r = -k * sdy / m - q * mu;
+            let (k, q, r) = (T::from_f64(k), T::from_f64(q), T::from_f64(r));
+            for ((dx, &g), &x) in dx.iter_mut().zip(dy).zip(x) {
+                *dx = g * k + x * q + r;
+            }
+        });
+        dx
+    }
+}
+
+impl CustomOp3 for BnFwd {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (d, c) = (self.d, self.d.c);
+        let grad = grad.contiguous()?;
+        let stats = grad.apply_op2_no_bwd(x, &BnGradStats { d, eps: self.eps })?;
+        let packed = Tensor::cat(&[&w.detach().flatten_all()?, &stats.narrow(0, 0, 4 * c)?], 0)?;
+        let dx = grad.apply_op3_no_bwd(x, &packed, &BnGradInput { d })?;
+        let dw = stats.narrow(0, 3 * c, c)?.reshape(w.shape())?;
+        let db = stats.narrow(0, 2 * c, c)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp1 for BnStats {
+    fn name(&self) -> &'static str {
+        "batch-norm-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s, l)])?, Shape::from(2 * self.d.c)))
+    }
+}
+
+impl CustomOp2 for BnGradStats {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-stats"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(4 * self.d.c)))
+    }
+}
+
+impl CustomOp3 for BnGradInput {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-input"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
+    }
+}
+
+fn dims(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Dims> {
+    let (n, c, h, wd) = x.dims4()?;
+    if w.elem_count() != c || b.elem_count() != c {
+        candle_core::bail!("batch norm: weight {:?} / bias {:?} do not fit {c} channels", w.shape(), b.shape())
+    }
+    Ok(Dims { n, c, hw: h * wd })
+}
+
+/// Training-mode BatchNorm of NCHW `x`: the normalised output (with gradients) and the
+/// batch's per-channel mean and biased variance (detached), for the running statistics.
+pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = dims(x, w, b)?;
+    let x = x.contiguous()?;
+    let y = x.apply_op3(&w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?, BnFwd { d, eps })?;
+    let stats = x.apply_op1_no_bwd(&BnStats { d })?;
+    Ok((y, stats.narrow(0, 0, d.c)?, stats.narrow(0, d.c, d.c)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_grads, seeded};
+    use candle_core::{DType, Device, Var};
+
+    fn reference(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let c = w.elem_count();
+        let mean_c = |t: &Tensor| t.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3);
+        let xc = x.broadcast_sub(&mean_c(x)?)?;
+        let var = mean_c(&xc.sqr()?)?;
+        xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(&w.reshape((1, c, 1, 1))?)?.broadcast_add(&b.reshape((1, c, 1, 1))?)
+    }
+
+    #[test]
+    fn forward_and_statistics_match_the_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        for shape in [[4, 3, 5, 7], [2, 70, 1, 1], [1, 2, 9, 2]] {
+            let x = seeded(&shape, 1, &dev, DType::F32)?.affine(3.0, 0.5)?;
+            let (w, b) = (seeded(&[shape[1]], 2, &dev, DType::F32)?, seeded(&[shape[1]], 3, &dev, DType::F32)?);
+            let (y, mean, var) = batch_norm_train(&x, &w, &b, 1e-5)?;
+            let d = (y - reference(&x, &w, &b, 1e-5)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-4, "{shape:?}: {d}");
+            let m = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            let v = x.broadcast_sub(&m)?.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            assert!((mean - m.flatten_all()?)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+            assert!((var - v.flatten_all()?)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for shape in [[3, 2, 4, 3], [2, 3, 1, 1], [1, 2, 5, 1]] {
+            let x = Var::from_tensor(&(seeded(&shape, 4, &dev, DType::F64)? * 2.0)?)?;
+            let w = Var::from_tensor(&seeded(&[shape[1]], 5, &dev, DType::F64)?)?;
+            let b = Var::from_tensor(&seeded(&[shape[1]], 6, &dev, DType::F64)?)?;
+            check_grads(&[&x, &w, &b], |v| Ok(batch_norm_train(v[0], v[1], v[2], 1e-5)?.0))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! Dense 2-D convolution (groups 1, dilation 1, any stride and padding) as im2col + one GEMM
+//! per image, with a backward of two GEMMs plus a col2im scatter. candle's conv2d backward
+//! goes through conv-transpose (several times its forward); ResNet's 3×3 convs and every
+//! strided or padded stem/downsampling conv take this path.
+
+use super::kernel::{dispatch, gemm, Kernel, Mat};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    o: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn l(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Output columns `ox` whose input column `ox·stride + kx − pad` lies in [0, w).
+    fn cols_in_range(&self, kx: usize) -> std::ops::Range<usize> {
+        let lo = self.pad.saturating_sub(kx).div_ceil(self.stride);
+        // ox·s + kx − p ≤ w − 1  ⇔  ox ≤ (w − 1 + p − kx) / s
+        let hi = match (self.w + self.pad).checked_sub(kx + 1) {
+            Some(v) => (v / self.stride + 1).min(self.wo),
+            None => 0,
+        };
+        lo..hi.max(lo)
+    }
+
+    /// Input row of output row `oy` at kernel row `ky`, if inside the image.
+    fn in_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride + ky).checked_sub(self.pad).filter(|&r| r < self.h)
+    }
+
+    /// Patch matrix (c·k·k rows × ho·wo columns) of one image; padding reads as zero.
+    fn im2col<T: WithDType>(&self, x: &[T], cols: &mut Vec<T>) {
+        let (k, l, s) = (self.k, self.l(), self.stride);
+        cols.clear();
+        cols.resize(self.ckk() * l, T::zero());
+        for c in 0..self.c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((c * k + ky) * k + kx) * l..][..l];
+                    let r = self.cols_in_range(kx);
+                    for oy in 0..self.ho {
+                        let Some(iy) = self.in_row(oy, ky) else { continue };
+                        let src = &x[(c * self.h + iy) * self.w..][..self.w];
+                        let dst = &mut row[oy * self.wo..][..self.wo];
+                        let first = r.start * s + kx - self.pad;
+                        if s == 1 {
+                            dst[r.clone()].copy_from_slice(&src[first..first + r.len()]);
+                        } else {
+                            for (i, ox) in r.clone().enumerate() {
+                                dst[ox] = src[first + i * s];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the patch-matrix gradient back onto the image gradient (overlaps accumulate).
+    fn col2im<T: WithDType>(&self, dcols: &[T], dx: &mut [T]) {
+        let (k, l, s) = (self.k, self.l(), self.stride);
+        dx.fill(T::zero());
+        for c in 0..self.c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &dcols[((c * k + ky) * k + kx) * l..][..l];
+                    let r = self.cols_in_range(kx);
+                    for oy in 0..self.ho {
+                        let Some(iy) = self.in_row(oy, ky) else { continue };
+                        let dst = &mut dx[(c * self.h + iy) * self.w..][..self.w];
+                        let src = &row[oy * self.wo..][..self.wo];
+                        let first = r.start * s + kx - self.pad;
+                        if s == 1 {
+                            for (d, &v) in dst[first..first + r.len()].iter_mut().zip(&src[r.clone()]) {
+                                *d += v;
+                            }
+                        } else {
+                            for (i, ox) in r.clone().enumerate() {
+                                dst[first + i * s] += src[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct ConvFwd {
+    g: Geom,
+}
+/// (dy, w) -> dx.
+struct ConvGradInput {
+    g: Geom,
+}
+/// (dy, x) -> [dw, db].
+struct ConvGradWeight {
+    g: Geom,
+}
+
+impl Kernel for ConvFwd {
+    const NAME: &'static str = "conv2d";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (x, w, b, g) = (i[0], i[1], i[2], self.g);
+        let l = g.l();
+        let mut y = vec![T::zero(); g.n * g.o * l];
+        y.par_chunks_mut(g.o * l).zip(x.par_chunks(g.c * g.h * g.w)).for_each_init(Vec::new, |cols, (y, x)| {
+            g.im2col(x, cols);
+            for (o, row) in y.chunks_mut(l).enumerate() {
+                row.fill(b[o]);
+            }
+            let wm = Mat { data: w, rs: g.ckk() as isize, cs: 1 };
+            let pm = Mat { data: cols, rs: l as isize, cs: 1 };
+            gemm(g.o, l, g.ckk(), y, wm, pm, true);
+        });
+        y
+    }
+}
+
+impl Kernel for ConvGradInput {
+    const NAME: &'static str = "conv2d grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (dy, w, g) = (i[0], i[1], self.g);
+        let l = g.l();
+        let mut dx = vec![T::zero(); g.n * g.c * g.h * g.w];
+        dx.par_chunks_mut(g.c * g.h * g.w).zip(dy.par_chunks(g.o * l)).for_each_init(Vec::new, |dcols: &mut Vec<T>, (dx, dy)| {
+            dcols.clear();
+            dcols.resize(g.ckk() * l, T::zero());
+            let wt = Mat { data: w, rs: 1, cs: g.ckk() as isize };
+            let dym = Mat { data: dy, rs: l as isize, cs: 1 };
+            gemm(g.ckk(), l, g.o, dcols, wt, dym, false);
+            g.col2im(dcols, dx);
+        });
+        dx
+    }
+}
+
+impl Kernel for ConvGradWeight {
+    const NAME: &'static str = "conv2d grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (dy, x, g) = (i[0], i[1], self.g);
+        let l = g.l();
+        let size = g.o * g.ckk() + g.o;
+        let zero = || (vec![T::zero(); size], Vec::new());
+        let (acc, _) = dy
+            .par_chunks(g.o * l)
+            .zip(x.par_chunks(g.c * g.h * g.w))
+            .fold(zero, |(mut acc, mut cols), (dy, x)| {
+                g.im2col(x, &mut cols);
+                let (dw, db) = acc.split_at_mut(g.o * g.ckk());
+                let dym = Mat { data: dy, rs: l as isize, cs: 1 };
+                let pt = Mat { data: &cols, rs: 1, cs: l as isize };
+                gemm(g.o, g.ckk(), l, dw, dym, pt, true);
+                for (o, row) in dy.chunks(l).enumerate() {
+                    let mut s = T::zero();
+                    for &v in row {
+                        s += v;
+                    }
+                    db[o] += s;
+                }
+                (acc, cols)
+            })
+            .reduce(zero, |(mut a, c), (b, _)| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                (a, c)
+            });
+        acc
+    }
+}
+
+impl CustomOp3 for ConvFwd {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.g;
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(w, &ConvGradInput { g })?;
+        let all = grad.apply_op2_no_bwd(x, &ConvGradWeight { g })?;
+        let dw = all.narrow(0, 0, g.o * g.ckk())?.reshape(w.shape())?;
+        let db = all.narrow(0, g.o * g.ckk(), g.o)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp2 for ConvGradInput {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-grad-input"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+impl CustomOp2 for ConvGradWeight {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-grad-weight"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(g.o * g.ckk() + g.o)))
+    }
+}
+
+/// Convolution of NCHW `x` with weight (O, C, k, k), bias (O), stride and symmetric padding
+/// (PyTorch's floor output size).
+pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, wc, k, k2) = w.dims4()?;
+    if wc != c || k != k2 || k == 0 || stride == 0 || h + 2 * pad < k || wd + 2 * pad < k {
+        candle_core::bail!("conv2d: weight {:?}, stride {stride}, padding {pad} do not fit input {:?}", w.shape(), x.shape())
+    }
+    let g = Geom { n, c, h, w: wd, k, stride, pad, o, ho: (h + 2 * pad - k) / stride + 1, wo: (wd + 2 * pad - k) / stride + 1 };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, ConvFwd { g })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_grads, seeded};
+    use candle_core::{DType, Device, Var};
+
+    const CASES: [(usize, usize, usize, usize, usize); 8] = [
+        // (h, w, k, stride, pad)
+        (6, 5, 3, 1, 1),
+        (7, 6, 3, 2, 1),
+        (9, 9, 7, 2, 3),
+        (5, 7, 1, 2, 0),
+        (4, 4, 3, 1, 0),
+        (8, 5, 3, 3, 2),
+        (3, 3, 5, 1, 2),
+        (10, 7, 4, 2, 1),
+    ];
+
+    #[test]
+    fn forward_matches_candle_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        for (h, w, k, s, p) in CASES {
+            let x = seeded(&[2, 3, h, w], 1, &dev, DType::F32)?;
+            let wt = seeded(&[5, 3, k, k], 2, &dev, DType::F32)?;
+            let b = seeded(&[5], 3, &dev, DType::F32)?;
+            let refr = x.conv2d(&wt, p, s, 1, 1)?.broadcast_add(&b.reshape((1, 5, 1, 1))?)?;
+            let ours = conv2d(&x, &wt, &b, s, p)?;
+            assert_eq!(ours.dims(), refr.dims(), "{h}x{w} k{k} s{s} p{p}");
+            let d = (ours - refr)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{h}x{w} k{k} s{s} p{p}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (h, w, k, s, p) in CASES {
+            let x = Var::from_tensor(&seeded(&[2, 2, h, w], 4, &dev, DType::F64)?)?;
+            let wt = Var::from_tensor(&seeded(&[3, 2, k, k], 5, &dev, DType::F64)?)?;
+            let b = Var::from_tensor(&seeded(&[3], 6, &dev, DType::F64)?)?;
+            check_grads(&[&x, &wt, &b], |v| conv2d(v[0], v[1], v[2], s, p)).map_err(|e| candle_core::Error::Msg(format!("{h}x{w} k{k} s{s} p{p}: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! Softmax over the last dimension, forward and backward one pass per row each. candle's
+//! `ops::softmax` (the variant with a gradient, NOTES.md) is five ops forward and more
+//! backward, each a full pass over the attention scores.
+
+use super::kernel::{dispatch, Kernel};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+struct Softmax {
+    cols: usize,
+}
+/// (y, dy) -> dx = y · (dy − Σ dy·y).
+struct SoftmaxGrad {
+    cols: usize,
+}
+
+fn rows_per_task(cols: usize) -> usize {
+    (8192 / cols.max(1)).max(1)
+}
+
+impl Kernel for Softmax {
+    const NAME: &'static str = "softmax";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let x = i[0];
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(self.cols).zip(x.par_chunks(self.cols)).with_min_len(rows_per_task(self.cols)).for_each(|(y, x)| {
+            let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.to_f64()));
+            let mut sum = 0.0;
+            for (y, &x) in y.iter_mut().zip(x) {
+                let e = (x.to_f64() - max).exp();
+                sum += e;
+                *y = T::from_f64(e);
+            }
+            let inv = T::from_f64(1.0 / sum);
+            y.iter_mut().for_each(|v| *v *= inv);
+        });
+        y
+    }
+}
+
+impl Kernel for SoftmaxGrad {
+    const NAME: &'static str = "softmax grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (y, dy) = (i[0], i[1]);
+        let mut dx = vec![T::zero(); y.len()];
+        dx.par_chunks_mut(self.cols).zip(y.par_chunks(self.cols).zip(dy.par_chunks(self.cols))).with_min_len(rows_per_task(self.cols)).for_each(|(dx, (y, dy))| {
+            let dot = T::from_f64(y.iter().zip(dy).map(|(&a, &b)| (a * b).to_f64()).sum::<f64>());
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = y * (g - dot);
+            }
+        });
+        dx
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s, l)])?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { cols: self.cols })?))
+    }
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
+    }
+}
+
+/// Softmax of `x` over its last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let cols = x.dim(x.rank() - 1)?;
+    x.contiguous()?.apply_op1(Softmax { cols })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_grads, seeded};
+    use candle_core::{DType, Device, Var, D};
+
+    #[test]
+    fn matches_candle_softmax_with_correct_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = (seeded(&[3, 4, 17], 1, &dev, DType::F32)? * 20.0)?;
+        let d = (softmax_last_dim(&x)? - candle_nn::ops::softmax(&x, D::Minus1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-6, "{d}");
+        let v = Var::from_tensor(&(seeded(&[2, 3, 5], 2, &dev, DType::F64)? * 3.0)?)?;
+        check_grads(&[&v], |t| softmax_last_dim(t[0]))?;
+        // The result is used by the backward: a transposed input still works.
+        let t = Var::from_tensor(&seeded(&[4, 3], 3, &dev, DType::F64)?)?;
+        check_grads(&[&t], |v| softmax_last_dim(&v[0].t()?))
+    }
+}
