@@ -15,7 +15,11 @@
 # DEVICE MODELS SIZE BATCH PRECISION STEPS WARMUP COMPILE ETPP_EPOCHS
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-B=$(cd "${1:-$root/device-bundle}" && pwd) || { echo "no bundle: run scripts/device-bundle.sh on a build machine first" >&2; exit 2; }
+bundle=${1:-$root/device-bundle}
+[ -f "$bundle/bins.tar.xz" ] || { echo "no $bundle/bins.tar.xz: run scripts/device-bundle.sh on a build machine first" >&2; exit 2; }
+B=$(mktemp -d)
+tar -C "$B" -xJf "$bundle/bins.tar.xz" || exit 2
+echo "binaries of commit $(cat "$B/bin/COMMIT")"
 DEVICE=${DEVICE:-cuda}
 MODELS=${MODELS:-convnext_tiny resnet50 deit_small_patch16_224}
 SIZE=${SIZE:-224}

@@ -121,6 +121,9 @@ impl Ops for CandleOps {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        if self.kernels_for(x) {
+            return super::linear::linear(x, w, &bias_or_zeros(b, w.dim(0)?, x)?);
+        }
         // Leading dimensions folded into one 2-D matmul: a broadcast matmul's weight gradient
         // is a reduction over the broadcast batch, several times the matmul's cost.
         let y = match x.rank() {

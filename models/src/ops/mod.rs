@@ -20,6 +20,7 @@ pub mod pointwise;
 pub mod scale;
 pub mod softmax;
 pub mod layer_norm;
+pub mod linear;
 pub mod test_util;
 
 pub use self::candle::CandleOps;
