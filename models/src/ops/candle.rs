@@ -162,6 +162,9 @@ impl Ops for CandleOps {
     }
 
     fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kernels_for(x) {
+            return super::relu::relu(x);
+        }
         x.relu()
     }
 
@@ -336,7 +339,7 @@ impl Ops for CandleOps {
     }
 
     fn squared_relu(&self, x: &Tensor) -> Result<Tensor> {
-        x.relu()?.sqr()
+        self.relu(x)?.sqr()
     }
 }
 

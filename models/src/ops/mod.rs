@@ -16,6 +16,7 @@ mod kernel;
 pub mod max_pool;
 pub mod patchify;
 pub mod portable;
+pub mod relu;
 pub mod pointwise;
 pub mod scale;
 pub mod softmax;

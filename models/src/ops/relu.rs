@@ -1,0 +1,86 @@
+//! ReLU with a one-pass backward (dy where y > 0). candle's backward builds a comparison
+//! mask, converts it and multiplies: three passes and three buffers per ReLU, which ResNet
+//! has after every BatchNorm.
+
+use super::kernel::{dispatch, Kernel};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+const CHUNK: usize = 16384;
+
+struct Relu;
+/// (y, dy) -> dx.
+struct ReluGrad;
+
+impl Kernel for Relu {
+    const NAME: &'static str = "relu";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let x = i[0];
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = if x > T::zero() { x } else { T::zero() });
+        });
+        y
+    }
+}
+
+impl Kernel for ReluGrad {
+    const NAME: &'static str = "relu grad";
+    fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        let (y, dy) = (i[0], i[1]);
+        let mut dx = vec![T::zero(); y.len()];
+        dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = if y > T::zero() { g } else { T::zero() };
+            }
+        });
+        dx
+    }
+}
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s, l)])?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &ReluGrad)?))
+    }
+}
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "relu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
+    }
+}
+
+/// max(x, 0).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Relu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_grads, seeded};
+    use candle_core::{DType, Device, Var};
+
+    #[test]
+    fn matches_candle_relu_with_correct_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = seeded(&[3, 5, 7], 1, &dev, DType::F32)?;
+        assert_eq!((relu(&x)? - x.relu()?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        // Away from the kink, where the finite difference is defined.
+        let v = Var::from_tensor(&seeded(&[2, 3, 4], 2, &dev, DType::F64)?.affine(1.0, 0.013)?)?;
+        check_grads(&[&v], |t| relu(t[0]))?;
+        check_grads(&[&v], |t| relu(&t[0].t()?))
+    }
+}
