@@ -2,7 +2,6 @@ use super::depthwise::depthwise_conv2d;
 use super::gelu::gelu;
 use super::layer_norm::layer_norm;
 use super::max_pool::max_pool2d;
-use super::patchify::patchify_conv;
 use super::pointwise::pointwise_conv;
 use super::scale::scale_channels;
 use super::{portable, ConvGeom, Ops};
@@ -106,9 +105,7 @@ impl Ops for CandleOps {
         if kh == 1 && kw == 1 && g.stride == 1 && g.padding == 0 && g.groups == 1 {
             return pointwise_conv(x, w, &bias_or_zeros(b, c_out, x)?);
         }
-        if kh == kw && g.stride == kh && g.padding == 0 && g.groups == 1 {
-            return patchify_conv(x, w, &bias_or_zeros(b, c_out, x)?);
-        }
+        // Everything else dense, patchify stems (kernel = stride) included.
         if kh == kw && g.groups == 1 {
             return super::conv::conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
         }

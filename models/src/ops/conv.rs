@@ -1,7 +1,8 @@
 //! Dense 2-D convolution (groups 1, dilation 1, any stride and padding) as im2col + one GEMM
 //! per image, with a backward of two GEMMs plus a col2im scatter. candle's conv2d backward
-//! goes through conv-transpose (several times its forward); ResNet's 3×3 convs and every
-//! strided or padded stem/downsampling conv take this path.
+//! goes through conv-transpose (several times its forward); ResNet's 3×3 convs, ConvNeXt's
+//! and ViT's patchify stems (kernel = stride) and every strided or padded stem/downsampling
+//! conv take this path.
 
 use super::kernel::{dispatch, gemm, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
@@ -247,7 +248,7 @@ mod tests {
     use crate::ops::test_util::{check_grads, seeded};
     use candle_core::{DType, Device, Var};
 
-    const CASES: [(usize, usize, usize, usize, usize); 8] = [
+    const CASES: [(usize, usize, usize, usize, usize); 11] = [
         // (h, w, k, stride, pad)
         (6, 5, 3, 1, 1),
         (7, 6, 3, 2, 1),
@@ -257,6 +258,10 @@ mod tests {
         (8, 5, 3, 3, 2),
         (3, 3, 5, 1, 2),
         (10, 7, 4, 2, 1),
+        // Patchify stems and downsampling (kernel = stride), odd sizes leaving a remainder.
+        (8, 8, 2, 2, 0),
+        (9, 7, 2, 2, 0),
+        (12, 9, 4, 4, 0),
     ];
 
     #[test]

@@ -14,7 +14,6 @@ pub mod flops;
 pub mod gelu;
 mod kernel;
 pub mod max_pool;
-pub mod patchify;
 pub mod portable;
 pub mod relu;
 pub mod pointwise;
