@@ -78,6 +78,24 @@ impl Geom {
     /// Adds the patch-matrix gradient back onto the image gradient (overlaps accumulate).
     fn col2im<T: WithDType>(&self, dcols: &[T], dx: &mut [T]) {
         let (k, l, s) = (self.k, self.l(), self.stride);
+        // Patchify (kernel = stride, no padding, exact tiling): every pixel is written once.
+        let tiles = s == k && self.pad == 0 && self.ho * k == self.h && self.wo * k == self.w;
+        if tiles {
+            for c in 0..self.c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let row = &dcols[((c * k + ky) * k + kx) * l..][..l];
+                        for oy in 0..self.ho {
+                            let dst = &mut dx[(c * self.h + oy * k + ky) * self.w..][..self.w];
+                            for (ox, &v) in row[oy * self.wo..][..self.wo].iter().enumerate() {
+                                dst[ox * k + kx] = v;
+                            }
+                        }
+                    }
+                }
+            }
+            return;
+        }
         dx.fill(T::zero());
         for c in 0..self.c {
             for ky in 0..k {

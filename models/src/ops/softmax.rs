@@ -25,9 +25,12 @@ impl Kernel for Softmax {
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(self.cols).zip(x.par_chunks(self.cols)).with_min_len(rows_per_task(self.cols)).for_each(|(y, x)| {
             let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.to_f64()));
+            // f32 data takes f32 exp (f64's costs twice as much); f64 keeps full precision.
+            let single = T::DTYPE == candle_core::DType::F32;
             let mut sum = 0.0;
             for (y, &x) in y.iter_mut().zip(x) {
-                let e = (x.to_f64() - max).exp();
+                let d = x.to_f64() - max;
+                let e = if single { (d as f32).exp() as f64 } else { d.exp() };
                 sum += e;
                 *y = T::from_f64(e);
             }
