@@ -22,6 +22,7 @@ typedef struct {
   struct jpeg_decompress_struct cinfo;
   et_err err;
   int started;
+  JDIMENSION xoff; /* first decoded column after jpeg_crop_scanline */
 } et_jpeg;
 
 static void et_error_exit(j_common_ptr cinfo) {
@@ -100,6 +101,21 @@ int et_jpeg_read(et_jpeg *j, unsigned y0, unsigned y1, unsigned x0, unsigned x1,
     copy_msg(j, err, errlen);
     return -1;
   }
+  /* Columns outside the window skip IDCT, upsampling and colour conversion. The decoded
+   * span keeps one iMCU of margin on each side: at the edge of a cropped span the fancy
+   * upsampler replicates edge samples instead of reading the neighbours, so only pixels
+   * at least that far inside equal those of a full decode. */
+  if (j->cinfo.output_scanline == 0 && (x0 > 0 || x1 < j->cinfo.output_width)) {
+    unsigned margin = (unsigned)(j->cinfo.max_h_samp_factor * j->cinfo.min_DCT_scaled_size);
+    JDIMENSION xoff = x0 > margin ? x0 - margin : 0;
+    JDIMENSION end = x1 + margin < j->cinfo.output_width ? x1 + margin : j->cinfo.output_width;
+    JDIMENSION span = end - xoff;
+    if (xoff > 0 || span < j->cinfo.output_width) {
+      jpeg_crop_scanline(&j->cinfo, &xoff, &span); /* xoff moves left to an iMCU boundary */
+      j->xoff = xoff;
+    }
+  }
+  x0 -= j->xoff;
   /* Several rows per call: with one, libjpeg's 2x2 upsampler decodes into a spare row
    * and copies it, which cost more than the copy out of this buffer. */
   row = (*j->cinfo.mem->alloc_sarray)((j_common_ptr)&j->cinfo, JPOOL_IMAGE,

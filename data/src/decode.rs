@@ -327,6 +327,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.img, crate::transform::crop(&full, 17, 33, 150, 161));
         assert_eq!((c.denom, c.region), (1, [0.0, 0.0, 161.0, 150.0]));
+        // Windows at image edges, iMCU boundaries and odd offsets (libjpeg decodes only
+        // the columns around them): every pixel as in the full decode.
+        for (top, left, h, w) in [(0, 0, 192, 256), (0, 0, 5, 7), (3, 1, 40, 16), (8, 16, 16, 16), (50, 100, 142, 156), (100, 240, 92, 16), (7, 15, 33, 17), (191, 255, 1, 1)] {
+            let c = decode_crop(&jpg, None, |_, _| (top, left, h, w)).unwrap();
+            assert_eq!(c.img, crate::transform::crop(&full, top as i64, left as i64, h, w), "window {top},{left} {h}x{w}");
+        }
         // Output 32 from a 161x150 crop: 1/4 scale where libjpeg is available.
         let c = decode_crop(&jpg, Some(32), |_, _| box_).unwrap();
         let fast = crate::resample::resize_box(&c.img, c.region, 32, 32, crate::resample::Filter::Bicubic);
