@@ -103,17 +103,22 @@ impl CustomOp2 for MaxPoolGrad {
     }
 }
 
-/// Max pooling of NCHW `x` (PyTorch semantics: floor output size, padding never selected).
-pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
+/// Output size of max pooling an h×w input (PyTorch's floor rule), or why the geometry is
+/// invalid. Shared by this kernel and the portable composition.
+pub fn output_size(h: usize, w: usize, kernel: usize, stride: usize, padding: usize) -> Result<(usize, usize)> {
     if kernel == 0 || stride == 0 || 2 * padding > kernel {
         candle_core::bail!("max pool: kernel {kernel}, stride {stride}, padding {padding} is not valid (padding ≤ kernel/2)")
     }
     if h + 2 * padding < kernel || w + 2 * padding < kernel {
         candle_core::bail!("max pool: input {h}x{w} is smaller than the {kernel}x{kernel} window")
     }
-    let ho = (h + 2 * padding - kernel) / stride + 1;
-    let wo = (w + 2 * padding - kernel) / stride + 1;
+    Ok(((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1))
+}
+
+/// Max pooling of NCHW `x` (PyTorch semantics: floor output size, padding never selected).
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = output_size(h, w, kernel, stride, padding)?;
     let g = Geom { n, c, h, w, k: kernel, stride, pad: padding, ho, wo };
     x.contiguous()?.apply_op1(MaxPool { g })
 }

@@ -83,8 +83,7 @@ fn strided(x: &Tensor, dim: usize, start: usize, stride: usize, count: usize) ->
 /// gradient the ReLU drops either way.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let ho = (h + 2 * padding - kernel) / stride + 1;
-    let wo = (w + 2 * padding - kernel) / stride + 1;
+    let (ho, wo) = super::max_pool::output_size(h, w, kernel, stride, padding)?;
     // Rows and columns the views read: kernel − 1 + stride·out (may exceed the padded size).
     let (hn, wn) = (kernel - 1 + stride * ho, kernel - 1 + stride * wo);
     let xp = pad_const(x, 2, padding, hn.saturating_sub(h + padding), f64::NEG_INFINITY)?;
