@@ -125,11 +125,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     match Args::parse().cmd {
         Cmd::TrainStep { model, size, batch, threads, classes, stem_stride, warmup, steps, device, precision } => {
-            if let Some(t) = threads {
-                // candle's CPU kernels and gemm run on rayon's global pool.
-                std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-                rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("configuring threads")?;
-            }
+            et_models::threads::configure(threads).context("configuring threads")?;
             et_models::device::check_precision(device, precision)?;
             let dev = device.open()?;
             let ps = ParamStore::new(0);

@@ -134,6 +134,10 @@ fn three(v: Option<Vec<f32>>) -> Option<[f32; 3]> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = et_models::threads::configure(None) {
+        eprintln!("et-eval: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.cmd {
         Some(Cmd::Models) => models().map(|()| true),
         Some(Cmd::Predict { model, weights, input, output, stem_stride, img_size }) => predict(&model, &weights, &input, &output, stem_stride, img_size).map(|()| true),

@@ -39,5 +39,15 @@ fn main() -> candle_core::Result<()> {
     time("scale channels", &|| o.scale_channels(&x, &lw), &[&x])?;
     time("add residual", &|| o.add(&x, &x), &[&x])?;
     time("downsample conv 2x2 s2", &|| o.conv2d(&x, &wds, None, ConvGeom { stride: 2, padding: 0, groups: 1 }), &[&x, &wds])?;
+    // The MLP's 1×1 convs at every stage of the 32-px model: the maps shrink to 2×2, so
+    // per-image GEMMs get very narrow.
+    for (c, h) in [(40, 16), (80, 8), (160, 4), (320, 2)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, h), &d)?)?;
+        let w1 = Var::from_tensor(&Tensor::randn(0f32, 1., (4 * c, c, 1, 1), &d)?)?;
+        let b1 = Var::from_tensor(&Tensor::zeros(4 * c, DType::F32, &d)?)?;
+        let gflop = 2.0 * (n * 4 * c * c * h * h) as f64 * 1e-9;
+        let name = format!("pointwise {c}->{} {h}x{h} ({gflop:.2} GF)", 4 * c);
+        time(&name, &|| o.conv2d(&x, &w1, Some(&b1), ConvGeom { stride: 1, padding: 0, groups: 1 }), &[&x, &w1])?;
+    }
     Ok(())
 }

@@ -236,11 +236,10 @@ fn config_from(a: &Args) -> TrainConfig {
     }
 }
 
-/// Pins the compute pool (rayon, and candle's matmul threads) to `n` threads.
+/// Pins the compute pools (rayon, and candle's own) to `n` threads; nothing has started
+/// threads yet.
 fn pin_threads(n: usize) -> Result<()> {
-    // candle reads RAYON_NUM_THREADS for its GEMM; nothing has started threads yet.
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| anyhow::anyhow!("cannot set up {n} compute threads: {e}"))
+    et_models::threads::configure(Some(n)).map_err(|e| anyhow::anyhow!("cannot set up {n} compute threads: {e}"))
 }
 
 fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {

@@ -7,6 +7,7 @@
 //! larger rayon tasks.
 
 use super::kernel::{dispatch, Kernel, WindowGeom as Geom};
+use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -41,96 +42,196 @@ fn axpy<T: WithDType>(dst: &mut [T], w: T, src: &[T], stride: usize) {
     }
 }
 
-fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
-    let (k, s, plane_in, plane_out) = (g.k, g.stride, g.h * g.w, g.ho * g.wo);
+/// Σ a·b with 16 independent partial sums, so that the loop vectorises (a single running
+/// sum is a chain LLVM may not reorder).
+#[inline(always)]
+fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let mut tail = T::zero();
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
+// Stride 1 (ConvNeXt, CAFormer) computes on the padded width wp: one flat array e[i],
+// i = oy·wp + ox, of `flat_len` elements, where tap (ky, kx) meets the padded input at
+// i + ky·wp + kx. Each tap is then one long vectorised loop instead of ho short rows (16
+// columns in the 32-px model's first stage); the wp − wo extra columns of each row are
+// dropped (forward) or held at zero (backward).
+
+fn flat_len(g: &Geom) -> usize {
+    (g.ho - 1) * (g.w + 2 * g.pad) + g.wo
+}
+
+/// One output plane, stride 1: the bias, then the k² taps in order, as the strided path.
+#[inline(always)]
+fn fwd_plane_s1<T: WithDType>(xpad: &[T], wk: &[T], bias: T, e: &mut Vec<T>, o: &mut [T], g: Geom) {
+    let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
+    e.clear();
+    e.resize(len, bias);
+    for ky in 0..k {
+        for kx in 0..k {
+            axpy(e, wk[ky * k + kx], &xpad[ky * wp + kx..ky * wp + kx + len], 1);
+        }
+    }
+    for (oy, orow) in o.chunks_exact_mut(g.wo).enumerate() {
+        orow.copy_from_slice(&e[oy * wp..oy * wp + g.wo]);
+    }
+}
+
+/// An output-gradient plane laid out on the padded width, zeros in the extra columns.
+fn spread_rows<T: WithDType>(go: &[T], e: &mut Vec<T>, g: &Geom) {
     let wp = g.w + 2 * g.pad;
-    let mut out = vec![T::zero(); g.n * g.c * plane_out];
-    out.par_chunks_mut(plane_out).enumerate().with_min_len(planes_per_task(plane_out)).for_each_init(Vec::new, |xpad, (p, o)| {
-        let ch = p % g.c;
-        pad_plane(&x[p * plane_in..(p + 1) * plane_in], &g, xpad);
-        let wk = &wt[ch * k * k..(ch + 1) * k * k];
-        o.fill(b[ch]);
-        for (oy, orow) in o.chunks_exact_mut(g.wo).enumerate() {
-            for ky in 0..k {
-                let row = &xpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
-                for kx in 0..k {
-                    axpy(orow, wk[ky * k + kx], &row[kx..], s);
-                }
+    e.clear();
+    e.resize(flat_len(g), T::zero());
+    for (oy, row) in go.chunks_exact(g.wo).enumerate() {
+        e[oy * wp..oy * wp + g.wo].copy_from_slice(row);
+    }
+}
+
+/// Input gradient of one padded plane, stride 1: each tap scatters the whole flat gradient.
+#[inline(always)]
+fn grad_input_plane_s1<T: WithDType>(e: &[T], wk: &[T], gpad: &mut [T], g: Geom) {
+    let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
+    for ky in 0..k {
+        for kx in 0..k {
+            axpy(&mut gpad[ky * wp + kx..ky * wp + kx + len], wk[ky * k + kx], e, 1);
+        }
+    }
+}
+
+/// Adds one plane's weight gradient to `gwk` (k² taps), stride 1.
+#[inline(always)]
+fn grad_weight_plane_s1<T: WithDType>(e: &[T], xpad: &[T], gwk: &mut [T], g: Geom) {
+    let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
+    for ky in 0..k {
+        for kx in 0..k {
+            gwk[ky * k + kx] += dot(e, &xpad[ky * wp + kx..ky * wp + kx + len]);
+        }
+    }
+}
+
+/// One output plane, any stride: row by row.
+#[inline(always)]
+fn fwd_plane<T: WithDType>(xpad: &[T], wk: &[T], bias: T, o: &mut [T], g: Geom) {
+    let (k, s, wp) = (g.k, g.stride, g.w + 2 * g.pad);
+    o.fill(bias);
+    for (oy, orow) in o.chunks_exact_mut(g.wo).enumerate() {
+        for ky in 0..k {
+            let row = &xpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
+            for kx in 0..k {
+                axpy(orow, wk[ky * k + kx], &row[kx..], s);
             }
         }
-    });
+    }
+}
+
+fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
+    let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
+    let mut out = vec![T::zero(); g.n * g.c * plane_out];
+    out.par_chunks_mut(plane_out).enumerate().with_min_len(planes_per_task(plane_out)).for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(xpad, e), (p, o)| {
+            let ch = p % g.c;
+            pad_plane(&x[p * plane_in..(p + 1) * plane_in], &g, xpad);
+            let (wk, bias) = (&wt[ch * k * k..(ch + 1) * k * k], b[ch]);
+            if g.stride == 1 {
+                avx2!(<T: WithDType> fwd_plane_s1(xpad: &[T] = xpad, wk: &[T] = wk, bias: T = bias, e: &mut Vec<T> = e, o: &mut [T] = o, g: Geom = g))
+            } else {
+                avx2!(<T: WithDType> fwd_plane(xpad: &[T] = xpad, wk: &[T] = wk, bias: T = bias, o: &mut [T] = o, g: Geom = g))
+            }
+        },
+    );
     out
 }
 
-fn grad_input<T: WithDType>(go: &[T], wt: &[T], g: Geom) -> Vec<T> {
-    let (k, s, plane_in, plane_out) = (g.k, g.stride, g.h * g.w, g.ho * g.wo);
-    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-    let mut gx = vec![T::zero(); g.n * g.c * plane_in];
-    gx.par_chunks_mut(plane_in).enumerate().with_min_len(planes_per_task(plane_in)).for_each_init(Vec::new, |gpad: &mut Vec<T>, (p, gxp)| {
-        let ch = p % g.c;
-        let gop = &go[p * plane_out..(p + 1) * plane_out];
-        let wk = &wt[ch * k * k..(ch + 1) * k * k];
-        gpad.clear();
-        gpad.resize(hp * wp, T::zero());
-        for (oy, gorow) in gop.chunks_exact(g.wo).enumerate() {
-            for ky in 0..k {
-                let row = &mut gpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
-                for kx in 0..k {
-                    let wv = wk[ky * k + kx];
-                    if s == 1 {
-                        for (d, &gv) in row[kx..kx + g.wo].iter_mut().zip(gorow) {
-                            *d += wv * gv;
-                        }
-                    } else {
-                        for (ox, &gv) in gorow.iter().enumerate() {
-                            row[ox * s + kx] += wv * gv;
-                        }
-                    }
+/// Input gradient of one padded plane, any stride: row by row.
+#[inline(always)]
+fn grad_input_plane<T: WithDType>(go: &[T], wk: &[T], gpad: &mut [T], g: Geom) {
+    let (k, s, wp) = (g.k, g.stride, g.w + 2 * g.pad);
+    for (oy, gorow) in go.chunks_exact(g.wo).enumerate() {
+        for ky in 0..k {
+            let row = &mut gpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
+            for kx in 0..k {
+                let wv = wk[ky * k + kx];
+                for (ox, &gv) in gorow.iter().enumerate() {
+                    row[ox * s + kx] += wv * gv;
                 }
             }
         }
-        // Gradients that landed on the padding belong to nothing.
-        for (y, dst) in gxp.chunks_exact_mut(g.w).enumerate() {
-            let start = (y + g.pad) * wp + g.pad;
-            dst.copy_from_slice(&gpad[start..start + g.w]);
-        }
-    });
+    }
+}
+
+fn grad_input<T: WithDType>(go: &[T], wt: &[T], g: Geom) -> Vec<T> {
+    let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let mut gx = vec![T::zero(); g.n * g.c * plane_in];
+    gx.par_chunks_mut(plane_in).enumerate().with_min_len(planes_per_task(plane_in)).for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(gpad, e): &mut (Vec<T>, Vec<T>), (p, gxp)| {
+            let ch = p % g.c;
+            let gop = &go[p * plane_out..(p + 1) * plane_out];
+            let wk = &wt[ch * k * k..(ch + 1) * k * k];
+            gpad.clear();
+            gpad.resize(hp * wp, T::zero());
+            if g.stride == 1 {
+                spread_rows(gop, e, &g);
+                avx2!(<T: WithDType> grad_input_plane_s1(e: &[T] = e, wk: &[T] = wk, gpad: &mut [T] = gpad, g: Geom = g))
+            } else {
+                avx2!(<T: WithDType> grad_input_plane(go: &[T] = gop, wk: &[T] = wk, gpad: &mut [T] = gpad, g: Geom = g))
+            }
+            // Gradients that landed on the padding belong to nothing.
+            for (y, dst) in gxp.chunks_exact_mut(g.w).enumerate() {
+                let start = (y + g.pad) * wp + g.pad;
+                dst.copy_from_slice(&gpad[start..start + g.w]);
+            }
+        },
+    );
     gx
+}
+
+/// Adds one plane's weight gradient to `gwk` (k² taps), any stride: row by row.
+#[inline(always)]
+fn grad_weight_plane<T: WithDType>(go: &[T], xpad: &[T], gwk: &mut [T], g: Geom) {
+    let (k, s, wp) = (g.k, g.stride, g.w + 2 * g.pad);
+    for (oy, gorow) in go.chunks_exact(g.wo).enumerate() {
+        for ky in 0..k {
+            let row = &xpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
+            for kx in 0..k {
+                let mut acc = T::zero();
+                for (&gv, xv) in gorow.iter().zip(row[kx..].iter().step_by(s)) {
+                    acc += gv * *xv;
+                }
+                gwk[ky * k + kx] += acc;
+            }
+        }
+    }
 }
 
 /// [dW (c·k·k), db (c)] in one buffer.
 fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
-    let (k, s, plane_in, plane_out) = (g.k, g.stride, g.h * g.w, g.ho * g.wo);
-    let wp = g.w + 2 * g.pad;
+    let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
     let mut gw = vec![T::zero(); g.c * (k * k + 1)];
     gw.par_chunks_mut(k * k + 1).enumerate().for_each(|(ch, gwk)| {
-        let mut xpad = Vec::new();
+        let (mut xpad, mut e) = (Vec::new(), Vec::new());
         for img in 0..g.n {
             let p = img * g.c + ch;
             pad_plane(&x[p * plane_in..(p + 1) * plane_in], &g, &mut xpad);
             let gop = &go[p * plane_out..(p + 1) * plane_out];
-            let mut bias = T::zero();
-            for &v in gop {
-                bias += v;
-            }
-            gwk[k * k] += bias;
-            for (oy, gorow) in gop.chunks_exact(g.wo).enumerate() {
-                for ky in 0..k {
-                    let row = &xpad[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
-                    for kx in 0..k {
-                        let mut acc = T::zero();
-                        if s == 1 {
-                            for (&gv, &xv) in gorow.iter().zip(&row[kx..kx + g.wo]) {
-                                acc += gv * xv;
-                            }
-                        } else {
-                            for (&gv, xv) in gorow.iter().zip(row[kx..].iter().step_by(s)) {
-                                acc += gv * *xv;
-                            }
-                        }
-                        gwk[ky * k + kx] += acc;
-                    }
-                }
+            gwk[k * k] += gop.iter().fold(T::zero(), |s, &v| s + v);
+            let taps = &mut gwk[..k * k];
+            if g.stride == 1 {
+                spread_rows(gop, &mut e, &g);
+                avx2!(<T: WithDType> grad_weight_plane_s1(e: &[T] = &e, xpad: &[T] = &xpad, gwk: &mut [T] = taps, g: Geom = g))
+            } else {
+                avx2!(<T: WithDType> grad_weight_plane(go: &[T] = gop, xpad: &[T] = &xpad, gwk: &mut [T] = taps, g: Geom = g))
             }
         }
     });

@@ -18,6 +18,7 @@ pub mod portable;
 pub mod relu;
 pub mod pointwise;
 pub mod scale;
+mod simd;
 pub mod softmax;
 pub mod layer_norm;
 pub mod linear;
