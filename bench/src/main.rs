@@ -125,7 +125,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     match Args::parse().cmd {
         Cmd::TrainStep { model, size, batch, threads, classes, stem_stride, warmup, steps, device, precision } => {
-            et_models::threads::configure(threads).context("configuring threads")?;
+            et_models::cpu::configure(threads).context("configuring threads")?;
             et_models::device::check_precision(device, precision)?;
             let dev = device.open()?;
             let ps = ParamStore::new(0);

@@ -134,7 +134,7 @@ fn three(v: Option<Vec<f32>>) -> Option<[f32; 3]> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = et_models::threads::configure(None) {
+    if let Err(e) = et_models::cpu::configure(None) {
         eprintln!("et-eval: error: {e}");
         return ExitCode::FAILURE;
     }

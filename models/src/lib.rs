@@ -15,7 +15,7 @@ pub mod registry;
 pub mod resnet;
 pub mod run_config;
 pub mod swin;
-pub mod threads;
+pub mod cpu;
 pub mod vit;
 
 pub use error::ModelError;

@@ -239,7 +239,7 @@ fn config_from(a: &Args) -> TrainConfig {
 /// Pins the compute pools (rayon, and candle's own) to `n` threads; nothing has started
 /// threads yet.
 fn pin_threads(n: usize) -> Result<()> {
-    et_models::threads::configure(Some(n)).map_err(|e| anyhow::anyhow!("cannot set up {n} compute threads: {e}"))
+    et_models::cpu::configure(Some(n)).map_err(|e| anyhow::anyhow!("cannot set up {n} compute threads: {e}"))
 }
 
 fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
