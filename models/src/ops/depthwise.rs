@@ -70,15 +70,35 @@ fn flat_len(g: &Geom) -> usize {
     (g.ho - 1) * (g.w + 2 * g.pad) + g.wo
 }
 
+/// Outputs one task of the stride-1 forward keeps in registers: four AVX2 vectors of f32,
+/// i.e. four independent add chains to hide the adds' latency.
+const LANES: usize = 32;
+
 /// One output plane, stride 1: the bias, then the k² taps in order, as the strided path.
+/// Blocks of [`LANES`] outputs take all taps while held in registers (one load, multiply
+/// and add per tap and output, instead of also loading and storing the output per tap).
 #[inline(always)]
 fn fwd_plane_s1<T: WithDType>(xpad: &[T], wk: &[T], bias: T, e: &mut Vec<T>, o: &mut [T], g: Geom) {
     let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
     e.clear();
     e.resize(len, bias);
+    let full = len / LANES * LANES;
+    for (i0, block) in e[..full].chunks_exact_mut(LANES).enumerate() {
+        let mut acc = [bias; LANES];
+        for ky in 0..k {
+            for kx in 0..k {
+                let (wv, start) = (wk[ky * k + kx], i0 * LANES + ky * wp + kx);
+                let src = &xpad[start..start + LANES];
+                for j in 0..LANES {
+                    acc[j] += wv * src[j];
+                }
+            }
+        }
+        block.copy_from_slice(&acc);
+    }
     for ky in 0..k {
         for kx in 0..k {
-            axpy(e, wk[ky * k + kx], &xpad[ky * wp + kx..ky * wp + kx + len], 1);
+            axpy(&mut e[full..], wk[ky * k + kx], &xpad[full + ky * wp + kx..ky * wp + kx + len], 1);
         }
     }
     for (oy, orow) in o.chunks_exact_mut(g.wo).enumerate() {
@@ -93,17 +113,6 @@ fn spread_rows<T: WithDType>(go: &[T], e: &mut Vec<T>, g: &Geom) {
     e.resize(flat_len(g), T::zero());
     for (oy, row) in go.chunks_exact(g.wo).enumerate() {
         e[oy * wp..oy * wp + g.wo].copy_from_slice(row);
-    }
-}
-
-/// Input gradient of one padded plane, stride 1: each tap scatters the whole flat gradient.
-#[inline(always)]
-fn grad_input_plane_s1<T: WithDType>(e: &[T], wk: &[T], gpad: &mut [T], g: Geom) {
-    let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
-    for ky in 0..k {
-        for kx in 0..k {
-            axpy(&mut gpad[ky * wp + kx..ky * wp + kx + len], wk[ky * k + kx], e, 1);
-        }
     }
 }
 
@@ -152,7 +161,7 @@ fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
     out
 }
 
-/// Input gradient of one padded plane, any stride: row by row.
+/// Input gradient of one padded plane, strided: row by row.
 #[inline(always)]
 fn grad_input_plane<T: WithDType>(go: &[T], wk: &[T], gpad: &mut [T], g: Geom) {
     let (k, s, wp) = (g.k, g.stride, g.w + 2 * g.pad);
@@ -171,22 +180,24 @@ fn grad_input_plane<T: WithDType>(go: &[T], wk: &[T], gpad: &mut [T], g: Geom) {
 
 fn grad_input<T: WithDType>(go: &[T], wt: &[T], g: Geom) -> Vec<T> {
     let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
+    if g.stride == 1 && g.pad < k {
+        // With stride 1 the input gradient is the forward convolution of the output
+        // gradient, padded by k − 1 − pad, with each kernel turned by 180°.
+        let rotated: Vec<T> = wt.chunks_exact(k * k).flat_map(|w| w.iter().rev().copied()).collect();
+        let turned = Geom { h: g.ho, w: g.wo, pad: k - 1 - g.pad, ho: g.h, wo: g.w, ..g };
+        return forward(go, &rotated, &vec![T::zero(); g.c], turned);
+    }
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     let mut gx = vec![T::zero(); g.n * g.c * plane_in];
     gx.par_chunks_mut(plane_in).enumerate().with_min_len(planes_per_task(plane_in)).for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(gpad, e): &mut (Vec<T>, Vec<T>), (p, gxp)| {
+        Vec::new,
+        |gpad: &mut Vec<T>, (p, gxp)| {
             let ch = p % g.c;
             let gop = &go[p * plane_out..(p + 1) * plane_out];
             let wk = &wt[ch * k * k..(ch + 1) * k * k];
             gpad.clear();
             gpad.resize(hp * wp, T::zero());
-            if g.stride == 1 {
-                spread_rows(gop, e, &g);
-                avx2!(<T: WithDType> grad_input_plane_s1(e: &[T] = e, wk: &[T] = wk, gpad: &mut [T] = gpad, g: Geom = g))
-            } else {
-                avx2!(<T: WithDType> grad_input_plane(go: &[T] = gop, wk: &[T] = wk, gpad: &mut [T] = gpad, g: Geom = g))
-            }
+            avx2!(<T: WithDType> grad_input_plane(go: &[T] = gop, wk: &[T] = wk, gpad: &mut [T] = gpad, g: Geom = g));
             // Gradients that landed on the padding belong to nothing.
             for (y, dst) in gxp.chunks_exact_mut(g.w).enumerate() {
                 let start = (y + g.pad) * wp + g.pad;
@@ -402,7 +413,8 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
-        for &(n, c, h, w, k, s, p) in &[(2, 2, 6, 5, 3, 1, 1), (1, 3, 7, 7, 3, 2, 1), (1, 2, 9, 8, 7, 1, 3), (2, 1, 5, 5, 3, 2, 0)] {
+        // Stride 1 with pad < k takes the rotated-kernel input gradient, pad ≥ k the scatter.
+        for &(n, c, h, w, k, s, p) in &[(2, 2, 6, 5, 3, 1, 1), (1, 3, 7, 7, 3, 2, 1), (1, 2, 9, 8, 7, 1, 3), (2, 1, 5, 5, 3, 2, 0), (1, 2, 5, 6, 3, 1, 0), (1, 1, 4, 4, 3, 1, 3)] {
             let x = Var::from_tensor(&seeded(&[n, c, h, w], 4, &dev, DType::F64)?)?;
             let wt = Var::from_tensor(&seeded(&[c, 1, k, k], 5, &dev, DType::F64)?)?;
             let b = Var::from_tensor(&seeded(&[c], 6, &dev, DType::F64)?)?;

@@ -13,8 +13,14 @@ const CHUNK: usize = 4096;
 /// Branch-free with [`exp_f32`], so the loops below vectorise.
 #[inline(always)]
 fn erf_fast(x: f32) -> f32 {
+    erf_with_gauss(x, exp_f32(-x * x))
+}
+
+/// erf(x) given e^(−x²), which GELU's gradient needs as well.
+#[inline(always)]
+fn erf_with_gauss(x: f32, gauss: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let y = 1.0 - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_72) * t + 0.254_829_6) * t * exp_f32(-x * x);
+    let y = 1.0 - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_72) * t + 0.254_829_6) * t * gauss;
     y.copysign(x)
 }
 
@@ -66,7 +72,9 @@ fn gelu_exact(x: f64) -> f64 {
 
 #[inline(always)]
 fn dgelu_fast(x: f32) -> f32 {
-    0.5 * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI as f32 * exp_f32(-0.5 * x * x)
+    // e^(−x²/2) is both erf(x/√2)'s Gaussian factor and φ(x)·√(2π).
+    let gauss = exp_f32(-0.5 * x * x);
+    0.5 * (1.0 + erf_with_gauss(x * std::f32::consts::FRAC_1_SQRT_2, gauss)) + x * INV_SQRT_2PI as f32 * gauss
 }
 
 fn dgelu_exact(x: f64) -> f64 {
