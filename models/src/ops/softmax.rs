@@ -2,7 +2,8 @@
 //! `ops::softmax` (the variant with a gradient, NOTES.md) is five ops forward and more
 //! backward, each a full pass over the attention scores.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{contiguous, dispatch, Kernel};
+use super::simd::{avx2, exp_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -18,19 +19,54 @@ fn rows_per_task(cols: usize) -> usize {
     (8192 / cols.max(1)).max(1)
 }
 
+/// One row in f32: lane-wise max and sum (so the loops vectorise) around [`exp_f32`].
+#[inline(always)]
+fn softmax_row_f32(x: &[f32], y: &mut [f32]) {
+    let split = x.len() / 8 * 8;
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for c in x[..split].chunks_exact(8) {
+        for j in 0..8 {
+            lanes[j] = lanes[j].max(c[j]);
+        }
+    }
+    let max = x[split..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sums = [0f32; 8];
+    for (y, x) in y[..split].chunks_exact_mut(8).zip(x[..split].chunks_exact(8)) {
+        for j in 0..8 {
+            y[j] = exp_f32(x[j] - max);
+            sums[j] += y[j];
+        }
+    }
+    let mut sum = sums.iter().fold(0.0, |s, &v| s + v);
+    for (y, &x) in y[split..].iter_mut().zip(&x[split..]) {
+        *y = exp_f32(x - max);
+        sum += *y;
+    }
+    let inv = 1.0 / sum;
+    for v in y.iter_mut() {
+        *v *= inv;
+    }
+}
+
+fn softmax_f32(x: &[f32], cols: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).with_min_len(rows_per_task(cols)).for_each(|(y, x)| {
+        avx2!(softmax_row_f32(x: &[f32] = x, y: &mut [f32] = y))
+    });
+    y
+}
+
 impl Kernel for Softmax {
     const NAME: &'static str = "softmax";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
+        // f32 goes through `softmax_f32` (see `cpu_fwd`); this is the f64 path.
         let x = i[0];
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(self.cols).zip(x.par_chunks(self.cols)).with_min_len(rows_per_task(self.cols)).for_each(|(y, x)| {
             let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.to_f64()));
-            // f32 data takes f32 exp (f64's costs twice as much); f64 keeps full precision.
-            let single = T::DTYPE == candle_core::DType::F32;
             let mut sum = 0.0;
             for (y, &x) in y.iter_mut().zip(x) {
-                let d = x.to_f64() - max;
-                let e = if single { (d as f32).exp() as f64 } else { d.exp() };
+                let e = (x.to_f64() - max).exp();
                 sum += e;
                 *y = T::from_f64(e);
             }
@@ -62,7 +98,11 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((dispatch(self, &[(s, l)])?, l.shape().clone()))
+        let y = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(softmax_f32(contiguous::<f32>(s, l, "softmax")?, self.cols)),
+            _ => dispatch(self, &[(s, l)])?,
+        };
+        Ok((y, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
