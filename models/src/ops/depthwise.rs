@@ -116,13 +116,44 @@ fn spread_rows<T: WithDType>(go: &[T], e: &mut Vec<T>, g: &Geom) {
     }
 }
 
-/// Adds one plane's weight gradient to `gwk` (k² taps), stride 1.
+/// Adds one plane's weight gradient to `gwk` (k² taps), stride 1. The common kernel sizes
+/// take a whole kernel row per pass (one load of the gradient for k taps).
 #[inline(always)]
 fn grad_weight_plane_s1<T: WithDType>(e: &[T], xpad: &[T], gwk: &mut [T], g: Geom) {
     let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
-    for ky in 0..k {
-        for kx in 0..k {
-            gwk[ky * k + kx] += dot(e, &xpad[ky * wp + kx..ky * wp + kx + len]);
+    match k {
+        7 => grad_weight_rows::<T, 7>(e, xpad, gwk, wp, len),
+        3 => grad_weight_rows::<T, 3>(e, xpad, gwk, wp, len),
+        _ => {
+            for ky in 0..k {
+                for kx in 0..k {
+                    gwk[ky * k + kx] += dot(e, &xpad[ky * wp + kx..ky * wp + kx + len]);
+                }
+            }
+        }
+    }
+}
+
+/// [`grad_weight_plane_s1`] for a k known at compile time: the k dots of a kernel row run
+/// together, k × 8 partial sums held in registers.
+#[inline(always)]
+fn grad_weight_rows<T: WithDType, const K: usize>(e: &[T], xpad: &[T], gwk: &mut [T], wp: usize, len: usize) {
+    let split = len / 8 * 8;
+    for ky in 0..K {
+        let row = &xpad[ky * wp..];
+        let mut acc = [[T::zero(); 8]; K];
+        for i in (0..split).step_by(8) {
+            let ev = &e[i..i + 8];
+            for kx in 0..K {
+                let xv = &row[kx + i..kx + i + 8];
+                for j in 0..8 {
+                    acc[kx][j] += ev[j] * xv[j];
+                }
+            }
+        }
+        for (kx, lanes) in acc.iter().enumerate() {
+            let tail = (split..len).fold(T::zero(), |s, i| s + e[i] * row[kx + i]);
+            gwk[ky * K + kx] += lanes.iter().fold(tail, |s, &v| s + v);
         }
     }
 }
