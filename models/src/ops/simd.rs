@@ -7,17 +7,38 @@
 //! the same order (Rust never contracts `a * b + c` into an FMA), so results do not depend on
 //! the machine.
 
-/// Whether this CPU runs the AVX2 copies (checked once; the answer is cached by std).
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not decided yet, 1: baseline copies, 2: AVX2 copies.
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the AVX2 copies run: the CPU has AVX2 and `ET_NO_AVX2` is not set (the variable
+/// makes any machine run, and so test, the baseline copies).
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
+    match CHOICE.load(Ordering::Relaxed) {
+        0 => {
+            #[cfg(target_arch = "x86_64")]
+            let cpu = std::arch::is_x86_feature_detected!("avx2");
+            #[cfg(not(target_arch = "x86_64"))]
+            let cpu = false;
+            let on = cpu && std::env::var_os("ET_NO_AVX2").is_none();
+            CHOICE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        c => c == 2,
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+}
+
+/// Switches the AVX2 copies off (or back on, where the CPU has them): for tests that
+/// compare the two.
+#[cfg(test)]
+pub(crate) fn force_baseline(off: bool) {
+    let cpu = {
+        CHOICE.store(0, Ordering::Relaxed);
+        has_avx2()
+    };
+    CHOICE.store(if cpu && !off { 2 } else { 1 }, Ordering::Relaxed);
 }
 
 /// `avx2!(<T: Bound> name(arg: Type = value, ...) -> Ret)` calls `name(value, ...)`, compiled for AVX2
@@ -89,6 +110,43 @@ mod tests {
             s += *o;
         }
         s
+    }
+
+    /// Every op with AVX2 copies, forward and backward, run with both copies: the results
+    /// must be identical to the bit (the baseline copy is otherwise never run on an AVX2
+    /// machine). Other tests running meanwhile see either copy, which is the claim here.
+    #[test]
+    fn ops_agree_bit_for_bit_with_and_without_avx2() -> candle_core::Result<()> {
+        use crate::ops::test_util::seeded;
+        use crate::ops::{depthwise, gelu, layer_norm, softmax};
+        use candle_core::{DType, Device, Tensor, Var};
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(seeded(&[2, 3, 13, 11], 1, &dev, DType::F32)? * 3.0)?)?;
+        let w = Var::from_tensor(&seeded(&[3, 1, 7, 7], 2, &dev, DType::F32)?)?;
+        let w3 = Var::from_tensor(&seeded(&[3, 1, 3, 3], 3, &dev, DType::F32)?)?;
+        let b = Var::from_tensor(&seeded(&[3], 4, &dev, DType::F32)?)?;
+        let lw = Var::from_tensor(&seeded(&[11], 5, &dev, DType::F32)?)?;
+        let lb = Var::from_tensor(&seeded(&[11], 6, &dev, DType::F32)?)?;
+        let vars = [&x, &w, &w3, &b, &lw, &lb];
+        let run = || -> candle_core::Result<Vec<Vec<u32>>> {
+            let y = depthwise::depthwise_conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 3)?;
+            let y = (y + depthwise::depthwise_conv2d(x.as_tensor(), w3.as_tensor(), b.as_tensor(), 2, 1)?.repeat((1, 1, 2, 2))?.narrow(2, 0, 13)?.narrow(3, 0, 11)?)?;
+            let y = gelu::gelu(&y)?;
+            let y = layer_norm::layer_norm(&y, lw.as_tensor(), lb.as_tensor(), 3, 1e-6)?;
+            let y = softmax::softmax_last_dim(&y)?;
+            let loss = (y * seeded(&[2, 3, 13, 11], 7, &dev, DType::F32)?)?.sum_all()?;
+            let grads = loss.backward()?;
+            let mut out = vec![loss.flatten_all()?];
+            for v in vars {
+                out.push(grads.get(v.as_tensor()).expect("every input has a gradient").flatten_all()?);
+            }
+            out.iter().map(|t: &Tensor| Ok(t.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())).collect()
+        };
+        force_baseline(true);
+        let baseline = run();
+        force_baseline(false);
+        assert_eq!(baseline?, run()?);
+        Ok(())
     }
 
     #[test]
