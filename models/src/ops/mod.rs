@@ -5,6 +5,7 @@
 //! ONNX nodes. Parameters are always candle tensors; only activations change type.
 
 mod candle;
+pub mod attention;
 pub mod batch_norm;
 pub mod conv;
 pub mod depthwise;

@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn ops_agree_bit_for_bit_with_and_without_avx2() -> candle_core::Result<()> {
         use crate::ops::test_util::seeded;
-        use crate::ops::{depthwise, gelu, layer_norm, softmax};
+        use crate::ops::{attention, depthwise, gelu, layer_norm, softmax};
         use candle_core::{DType, Device, Tensor, Var};
         let dev = Device::Cpu;
         let x = Var::from_tensor(&(seeded(&[2, 3, 13, 11], 1, &dev, DType::F32)? * 3.0)?)?;
@@ -134,6 +134,7 @@ mod tests {
             let y = gelu::gelu(&y)?;
             let y = layer_norm::layer_norm(&y, lw.as_tensor(), lb.as_tensor(), 3, 1e-6)?;
             let y = softmax::softmax_last_dim(&y)?;
+            let y = (y + attention::attention(x.as_tensor(), &x.as_tensor().sqr()?, &x.as_tensor().cos()?)?)?;
             let loss = (y * seeded(&[2, 3, 13, 11], 7, &dev, DType::F32)?)?.sum_all()?;
             let grads = loss.backward()?;
             let mut out = vec![loss.flatten_all()?];

@@ -22,25 +22,32 @@ fn rows_per_task(cols: usize) -> usize {
 /// One row in f32: lane-wise max and sum (so the loops vectorise) around [`exp_f32`].
 #[inline(always)]
 fn softmax_row_f32(x: &[f32], y: &mut [f32]) {
-    let split = x.len() / 8 * 8;
+    y.copy_from_slice(x);
+    softmax_in_place_f32(y);
+}
+
+/// [`softmax_row_f32`] on a row in place.
+#[inline(always)]
+pub(crate) fn softmax_in_place_f32(y: &mut [f32]) {
+    let split = y.len() / 8 * 8;
     let mut lanes = [f32::NEG_INFINITY; 8];
-    for c in x[..split].chunks_exact(8) {
+    for c in y[..split].chunks_exact(8) {
         for j in 0..8 {
             lanes[j] = lanes[j].max(c[j]);
         }
     }
-    let max = x[split..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = y[split..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sums = [0f32; 8];
-    for (y, x) in y[..split].chunks_exact_mut(8).zip(x[..split].chunks_exact(8)) {
+    for c in y[..split].chunks_exact_mut(8) {
         for j in 0..8 {
-            y[j] = exp_f32(x[j] - max);
-            sums[j] += y[j];
+            c[j] = exp_f32(c[j] - max);
+            sums[j] += c[j];
         }
     }
     let mut sum = sums.iter().fold(0.0, |s, &v| s + v);
-    for (y, &x) in y[split..].iter_mut().zip(&x[split..]) {
-        *y = exp_f32(x - max);
-        sum += *y;
+    for v in y[split..].iter_mut() {
+        *v = exp_f32(*v - max);
+        sum += *v;
     }
     let inv = 1.0 / sum;
     for v in y.iter_mut() {
