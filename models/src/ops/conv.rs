@@ -4,7 +4,7 @@
 //! and ViT's patchify stems (kernel = stride) and every strided or padded stem/downsampling
 //! conv take this path.
 
-use super::kernel::{dispatch, gemm, Kernel, Mat};
+use super::kernel::{dispatch, gemm, ordered_sum, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -178,15 +178,14 @@ impl Kernel for ConvGradWeight {
         let (dy, x, g) = (i[0], i[1], self.g);
         let l = g.l();
         let size = g.o * g.ckk() + g.o;
-        let zero = || (vec![T::zero(); size], Vec::new());
-        let (acc, _) = dy
-            .par_chunks(g.o * l)
-            .zip(x.par_chunks(g.c * g.h * g.w))
-            .fold(zero, |(mut acc, mut cols), (dy, x)| {
-                g.im2col(x, &mut cols);
-                let (dw, db) = acc.split_at_mut(g.o * g.ckk());
+        let (img_out, img_in) = (g.o * l, g.c * g.h * g.w);
+        ordered_sum(dy.len() / img_out.max(1), size, Vec::new, |acc: &mut [T], cols: &mut Vec<T>, imgs| {
+            let (dw, db) = acc.split_at_mut(g.o * g.ckk());
+            for img in imgs {
+                let dy = &dy[img * img_out..(img + 1) * img_out];
+                g.im2col(&x[img * img_in..(img + 1) * img_in], cols);
                 let dym = Mat { data: dy, rs: l as isize, cs: 1 };
-                let pt = Mat { data: &cols, rs: 1, cs: l as isize };
+                let pt = Mat { data: cols, rs: 1, cs: l as isize };
                 gemm(g.o, g.ckk(), l, dw, dym, pt, true);
                 for (o, row) in dy.chunks(l).enumerate() {
                     let mut s = T::zero();
@@ -195,13 +194,8 @@ impl Kernel for ConvGradWeight {
                     }
                     db[o] += s;
                 }
-                (acc, cols)
-            })
-            .reduce(zero, |(mut a, c), (b, _)| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                (a, c)
-            });
-        acc
+            }
+        })
     }
 }
 

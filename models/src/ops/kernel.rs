@@ -90,3 +90,28 @@ pub(crate) fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lh
         )
     }
 }
+
+/// Σ over items `0..n` of per-item contributions to a buffer of `size`, in an order fixed by
+/// the thread count alone: the items are cut into one contiguous piece per thread, each
+/// piece adds its items in order into its own buffer (`add(buffer, scratch, item range)`),
+/// and the buffers are summed in piece order. rayon's `fold`/`reduce` instead split where
+/// work happens to be stolen, so their float sums — weight gradients here — changed from
+/// run to run, which `--deterministic` training cannot have.
+pub(crate) fn ordered_sum<T: WithDType, S>(n: usize, size: usize, scratch: impl Fn() -> S + Sync, add: impl Fn(&mut [T], &mut S, std::ops::Range<usize>) + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let piece = n.div_ceil(rayon::current_num_threads()).max(1);
+    let partial: Vec<Vec<T>> = (0..n.div_ceil(piece))
+        .into_par_iter()
+        .map(|p| {
+            let mut acc = vec![T::zero(); size];
+            add(&mut acc, &mut scratch(), p * piece..((p + 1) * piece).min(n));
+            acc
+        })
+        .collect();
+    let mut parts = partial.into_iter();
+    let mut total = parts.next().unwrap_or_else(|| vec![T::zero(); size]);
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    total
+}

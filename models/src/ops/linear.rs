@@ -3,7 +3,7 @@
 //! reduction over all rows and each matmul backward allocates transposed copies; this is
 //! the main op of every transformer block (qkv, projection, MLP).
 
-use super::kernel::{dispatch, gemm, Kernel, Mat};
+use super::kernel::{dispatch, gemm, ordered_sum, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -72,25 +72,21 @@ impl Kernel for LinearGradWeight {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, x, g) = (i[0], i[1], self.g);
         let size = g.o * g.k + g.o;
-        let zero = || vec![T::zero(); size];
         let rows = block_rows(g.m);
-        dy.par_chunks(rows * g.o)
-            .zip(x.par_chunks(rows * g.k))
-            .fold(zero, |mut acc, (dy, x)| {
-                let r = dy.len() / g.o;
-                let (dw, db) = acc.split_at_mut(g.o * g.k);
+        ordered_sum(g.m.div_ceil(rows), size, || (), |acc: &mut [T], _, blocks| {
+            let (dw, db) = acc.split_at_mut(g.o * g.k);
+            for b in blocks {
+                let r = rows.min(g.m - b * rows);
+                let dy = &dy[b * rows * g.o..(b * rows + r) * g.o];
+                let x = &x[b * rows * g.k..(b * rows + r) * g.k];
                 let dyt = Mat { data: dy, rs: 1, cs: g.o as isize };
                 let xm = Mat { data: x, rs: g.k as isize, cs: 1 };
                 gemm(g.o, g.k, r, dw, dyt, xm, true);
                 for row in dy.chunks(g.o) {
                     db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
                 }
-                acc
-            })
-            .reduce(zero, |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            })
+            }
+        })
     }
 }
 
