@@ -5,8 +5,7 @@
 //! zero-initialised gradient accumulation for every one of those steps.
 
 use super::kernel::{dispatch, gemm, Kernel, Mat};
-use super::simd::avx2;
-use super::softmax::softmax_in_place_f32;
+use super::softmax::{softmax_grad_row, softmax_rows_in_place};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -25,27 +24,6 @@ impl Dims {
     }
 }
 
-/// Row-wise softmax in place: f32 on the vectorised rows of `softmax.rs`, f64 exactly.
-fn softmax_rows<T: WithDType>(s: &mut Vec<T>, cols: usize) {
-    if let Some(s) = (s as &mut dyn std::any::Any).downcast_mut::<Vec<f32>>() {
-        for row in s.chunks_exact_mut(cols) {
-            avx2!(softmax_in_place_f32(row: &mut [f32] = row));
-        }
-        return;
-    }
-    for row in s.chunks_exact_mut(cols) {
-        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.to_f64()));
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            let e = (v.to_f64() - max).exp();
-            sum += e;
-            *v = T::from_f64(e);
-        }
-        let inv = T::from_f64(1.0 / sum);
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
 /// P = softmax(q·kᵀ·scale) of one block; k rows are `k_rs` apart.
 fn probabilities<T: WithDType>(q: &[T], k: &[T], k_rs: usize, dm: Dims, p: &mut Vec<T>) {
     p.clear();
@@ -53,7 +31,7 @@ fn probabilities<T: WithDType>(q: &[T], k: &[T], k_rs: usize, dm: Dims, p: &mut 
     gemm(dm.lq, dm.lk, dm.d, p, Mat { data: q, rs: dm.d as isize, cs: 1 }, Mat { data: k, rs: 1, cs: k_rs as isize }, false);
     let scale = dm.scale::<T>();
     p.iter_mut().for_each(|v| *v *= scale);
-    softmax_rows(p, dm.lk);
+    softmax_rows_in_place(p, dm.lk);
 }
 
 /// (q, k, v) → o, all (bh, L, d) contiguous.
@@ -104,10 +82,8 @@ impl Kernel for AttentionBwd {
                 gemm(dm.lq, dm.lk, dm.d, dp, dom, Mat { data: vh, rs: 1, cs: row as isize }, false);
                 // ds = p ⊙ (dp − Σ dp·p) · scale, in place of dp
                 for (dsr, pr) in dp.chunks_exact_mut(dm.lk).zip(p.chunks_exact(dm.lk)) {
-                    let dot = T::from_f64(dsr.iter().zip(pr).map(|(&a, &b)| (a * b).to_f64()).sum::<f64>());
-                    for (ds, &pv) in dsr.iter_mut().zip(pr) {
-                        *ds = pv * (*ds - dot) * scale;
-                    }
+                    softmax_grad_row(pr, dsr);
+                    dsr.iter_mut().for_each(|v| *v *= scale);
                 }
                 // dq = ds·k, dk = dsᵀ·q
                 gemm(dm.lq, dm.d, dm.lk, dq, Mat { data: dp, rs: dm.lk as isize, cs: 1 }, Mat { data: kh, rs: row as isize, cs: 1 }, false);

@@ -28,7 +28,7 @@ fn softmax_row_f32(x: &[f32], y: &mut [f32]) {
 
 /// [`softmax_row_f32`] on a row in place.
 #[inline(always)]
-pub(crate) fn softmax_in_place_f32(y: &mut [f32]) {
+fn softmax_in_place_f32(y: &mut [f32]) {
     let split = y.len() / 8 * 8;
     let mut lanes = [f32::NEG_INFINITY; 8];
     for c in y[..split].chunks_exact(8) {
@@ -68,19 +68,42 @@ impl Kernel for Softmax {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         // f32 goes through `softmax_f32` (see `cpu_fwd`); this is the f64 path.
         let x = i[0];
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(self.cols).zip(x.par_chunks(self.cols)).with_min_len(rows_per_task(self.cols)).for_each(|(y, x)| {
-            let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.to_f64()));
-            let mut sum = 0.0;
-            for (y, &x) in y.iter_mut().zip(x) {
-                let e = (x.to_f64() - max).exp();
-                sum += e;
-                *y = T::from_f64(e);
-            }
-            let inv = T::from_f64(1.0 / sum);
-            y.iter_mut().for_each(|v| *v *= inv);
-        });
+        let mut y = x.to_vec();
+        y.par_chunks_mut(self.cols).with_min_len(rows_per_task(self.cols)).for_each(softmax_in_place_exact);
         y
+    }
+}
+
+/// Softmax of one row in place in f64 arithmetic: the path for f64 data.
+fn softmax_in_place_exact<T: WithDType>(row: &mut [T]) {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.to_f64()));
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        let e = (v.to_f64() - max).exp();
+        sum += e;
+        *v = T::from_f64(e);
+    }
+    let inv = T::from_f64(1.0 / sum);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Softmax of every `cols`-long row of `s` in place, single-threaded (callers parallelise):
+/// f32 on the vectorised rows, f64 exactly.
+pub(crate) fn softmax_rows_in_place<T: WithDType>(s: &mut Vec<T>, cols: usize) {
+    if let Some(s) = (s as &mut dyn std::any::Any).downcast_mut::<Vec<f32>>() {
+        for row in s.chunks_exact_mut(cols) {
+            avx2!(softmax_in_place_f32(row: &mut [f32] = row));
+        }
+        return;
+    }
+    s.chunks_exact_mut(cols).for_each(softmax_in_place_exact);
+}
+
+/// The softmax backward of one row in place: g ← y · (g − Σ g·y).
+pub(crate) fn softmax_grad_row<T: WithDType>(y: &[T], g: &mut [T]) {
+    let dot = T::from_f64(y.iter().zip(g.iter()).map(|(&a, &b)| (a * b).to_f64()).sum::<f64>());
+    for (g, &y) in g.iter_mut().zip(y) {
+        *g = y * (*g - dot);
     }
 }
 
@@ -88,13 +111,8 @@ impl Kernel for SoftmaxGrad {
     const NAME: &'static str = "softmax grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (y, dy) = (i[0], i[1]);
-        let mut dx = vec![T::zero(); y.len()];
-        dx.par_chunks_mut(self.cols).zip(y.par_chunks(self.cols).zip(dy.par_chunks(self.cols))).with_min_len(rows_per_task(self.cols)).for_each(|(dx, (y, dy))| {
-            let dot = T::from_f64(y.iter().zip(dy).map(|(&a, &b)| (a * b).to_f64()).sum::<f64>());
-            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = y * (g - dot);
-            }
-        });
+        let mut dx = dy.to_vec();
+        dx.par_chunks_mut(self.cols).zip(y.par_chunks(self.cols)).with_min_len(rows_per_task(self.cols)).for_each(|(dx, y)| softmax_grad_row(y, dx));
         dx
     }
 }
