@@ -193,6 +193,8 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
     use et_data::Rng;
     use std::sync::Arc;
 
+    // The allocator settings et-train runs with (freed buffers stay in the process).
+    et_models::cpu::configure(None).context("configuring the runtime")?;
     let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
     anyhow::ensure!(!set.samples.is_empty(), "no images in {}", dir.display());
     let crop = RandomResizedCrop::new(size as u32);

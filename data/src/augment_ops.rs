@@ -1,27 +1,17 @@
 //! The image operations of RandAugment on 8-bit RGB, each reproducing Pillow.
 //!
-//! timm runs these ops through PIL, so the point ops use PIL's exact lookup runs these ops through PIL, so the point ops use PIL's exact lookup
-//! tables, the enhance ops PIL's `Image.blend` (float32 arithmetic, truncation), grayscale PIL's
-//! fixed-point `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`, sharpness PIL's 3×3 SMOOTH
-//! filter, and the geometric ops PIL's `Image.transform(AFFINE)` engine (inverse mapping of
-//! output pixel centres, PIL's bilinear / a = -1 bicubic kernels with edge clamping, truncation,
-//! fill colour outside the source). The unit tests compare all of them with Pillow 13 outputs.
+//! timm runs these ops through PIL, so the point ops use PIL's exact lookup tables, the
+//! enhance ops PIL's `Image.blend` (float32 arithmetic, truncation), grayscale PIL's
+//! fixed-point `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16` and sharpness PIL's 3×3 SMOOTH
+//! filter. The geometric ops live in `geometric.rs`. The unit tests compare all of them with
+//! Pillow 13 outputs.
 //!
-//! Known differences from Pillow:
-//! * `posterize(0 bits)` gives black (TF and Pillow < 10 semantics); Pillow ≥ 10 raises.
-//! * `Nearest` uses PIL's float transform path, not its 16.16 fixed-point shortcut (the two
-//!   can differ on exact pixel boundaries).
+//! Known difference from Pillow: `posterize(0 bits)` gives black (TF and Pillow < 10
+//! semantics); Pillow ≥ 10 raises.
 
-use image::{imageops, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 
-
-/// Sampling filter of the geometric ops (what PIL's `Image.transform` supports).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Interp {
-    Nearest,
-    Bilinear,
-    Bicubic,
-}
+pub use crate::geometric::{affine, rotate, shear_x, shear_y, translate_x, translate_y, Interp};
 
 // ---------------------------------------------------------------- point operations
 
@@ -142,7 +132,7 @@ fn blend(a: &RgbImage, b: &RgbImage, alpha: f64) -> RgbImage {
 }
 
 /// PIL's saturating cast: clip to [0, 255], then truncate.
-fn clip(v: f64) -> u8 {
+pub(crate) fn clip(v: f64) -> u8 {
     if v <= 0.0 {
         0
     } else if v >= 255.0 {
@@ -215,144 +205,6 @@ pub fn sharpness(img: &RgbImage, factor: f64) -> RgbImage {
     blend(&smooth(img), img, factor)
 }
 
-// ---------------------------------------------------------------- geometric operations
-
-fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
-    let p2 = -v1 + v3;
-    let p3 = 2.0 * (v1 - v2) + v3 - v4;
-    let p4 = -v1 + v2 - v3 + v4;
-    v2 + d * (p2 + d * (p3 + d * p4))
-}
-
-/// `v.floor() as i64` without a libm call (the default x86-64 target has no SSE4.1 `roundsd`).
-#[inline(always)]
-fn floor_i64(v: f64) -> i64 {
-    let t = v as i64;
-    t - i64::from((t as f64) > v)
-}
-
-/// One source sample at continuous position (sx, sy), PIL conventions (pixel centres at +0.5);
-/// `None` outside the source, where the fill colour shows. The neighbourhood is read once
-/// for all three channels (clamped to the edge, as PIL's macros do); the arithmetic per
-/// channel is PIL's, in the same order, so results are bit-identical.
-#[inline(always)]
-fn sample(src: &[u8], w: i64, h: i64, sx: f64, sy: f64, interp: Interp) -> Option<[u8; 3]> {
-    if !(sx >= 0.0 && sx < w as f64 && sy >= 0.0 && sy < h as f64) {
-        return None;
-    }
-    let col = |x: i64| 3 * x.clamp(0, w - 1) as usize;
-    let row = |y: i64| 3 * (y.clamp(0, h - 1) * w) as usize;
-    match interp {
-        Interp::Nearest => {
-            let o = row(sy as i64) + col(sx as i64);
-            Some([src[o], src[o + 1], src[o + 2]])
-        }
-        Interp::Bilinear => {
-            let (fx, fy) = (sx - 0.5, sy - 0.5);
-            let (x, y) = (floor_i64(fx), floor_i64(fy));
-            let (dx, dy) = (fx - x as f64, fy - y as f64);
-            let (c0, c1, r0, r1) = (col(x), col(x + 1), row(y), row(y + 1));
-            Some(std::array::from_fn(|c| {
-                let lerp = |a: u8, b: u8, d: f64| a as f64 + (b as i64 - a as i64) as f64 * d;
-                let v1 = lerp(src[r0 + c0 + c], src[r0 + c1 + c], dx);
-                let v2 = lerp(src[r1 + c0 + c], src[r1 + c1 + c], dx);
-                // v1 + (v2 - v1) dy, truncated like PIL (the value is never negative).
-                (v1 + (v2 - v1) * dy) as u8
-            }))
-        }
-        Interp::Bicubic => {
-            let (fx, fy) = (sx - 0.5, sy - 0.5);
-            let (x, y) = (floor_i64(fx) - 1, floor_i64(fy) - 1);
-            let (dx, dy) = (fx - (x + 1) as f64, fy - (y + 1) as f64);
-            let cols = [col(x), col(x + 1), col(x + 2), col(x + 3)];
-            // Rows outside the image repeat the nearest row, as PIL's macro does.
-            let mut r = [[0f64; 3]; 4];
-            for (k, rk) in r.iter_mut().enumerate() {
-                let base = row(y + k as i64);
-                let p = |j: usize, c: usize| src[base + cols[j] + c] as f64;
-                for (c, v) in rk.iter_mut().enumerate() {
-                    *v = cubic(p(0, c), p(1, c), p(2, c), p(3, c), dx);
-                }
-            }
-            Some(std::array::from_fn(|c| clip(cubic(r[0][c], r[1][c], r[2][c], r[3][c], dy))))
-        }
-    }
-}
-
-/// `img.transform(img.size, Image.AFFINE, m, resample, fillcolor=fill)`: output pixel (x, y)
-/// takes the source at `(m0 x' + m1 y' + m2, m3 x' + m4 y' + m5)` with x' = x + 0.5, y' = y + 0.5.
-pub fn affine(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage {
-    avx2_dispatch!(affine_impl(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage)
-}
-
-#[inline(always)]
-fn affine_impl(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage {
-    let (w, h) = (img.width() as i64, img.height() as i64);
-    let src = img.as_raw();
-    let mut out = vec![0u8; src.len()];
-    for (y, out_row) in out.chunks_exact_mut(3 * w.max(1) as usize).enumerate() {
-        let yi = y as f64 + 0.5;
-        for (x, p) in out_row.chunks_exact_mut(3).enumerate() {
-            let xi = x as f64 + 0.5;
-            let sx = m[0] * xi + m[1] * yi + m[2];
-            let sy = m[3] * xi + m[4] * yi + m[5];
-            p.copy_from_slice(&sample(src, w, h, sx, sy, interp).unwrap_or(fill));
-        }
-    }
-    RgbImage::from_raw(img.width(), img.height(), out).expect("same size as the input")
-}
-
-/// Python's `round(x, 15)`, which PIL applies to the rotation matrix so that multiples of 90°
-/// give exact zeros.
-fn round15(x: f64) -> f64 {
-    (x * 1e15).round() / 1e15
-}
-
-/// `img.rotate(degrees, resample, fillcolor=fill)`: counter-clockwise about (w/2, h/2), same
-/// size, including PIL's exact transposition shortcuts for 0/180 (and 90/270 when square).
-pub fn rotate(img: &RgbImage, degrees: f64, interp: Interp, fill: [u8; 3]) -> RgbImage {
-    let angle = degrees.rem_euclid(360.0);
-    let (w, h) = (img.width() as f64, img.height() as f64);
-    match angle {
-        a if a == 0.0 => return img.clone(),
-        a if a == 180.0 => return imageops::rotate180(img),
-        a if a == 90.0 && w == h => return imageops::rotate270(img),
-        a if a == 270.0 && w == h => return imageops::rotate90(img),
-        _ => {}
-    }
-    let rad = -angle.to_radians();
-    let (cx, cy) = (w / 2.0, h / 2.0);
-    let (a, b, d, e) = (
-        round15(rad.cos()),
-        round15(rad.sin()),
-        round15(-rad.sin()),
-        round15(rad.cos()),
-    );
-    let c = a * -cx + b * -cy + cx;
-    let f = d * -cx + e * -cy + cy;
-    affine(img, [a, b, c, d, e, f], interp, fill)
-}
-
-/// timm `shear_x`: source x = x + factor · y.
-pub fn shear_x(img: &RgbImage, factor: f64, interp: Interp, fill: [u8; 3]) -> RgbImage {
-    affine(img, [1.0, factor, 0.0, 0.0, 1.0, 0.0], interp, fill)
-}
-
-/// timm `shear_y`: source y = y + factor · x.
-pub fn shear_y(img: &RgbImage, factor: f64, interp: Interp, fill: [u8; 3]) -> RgbImage {
-    affine(img, [1.0, 0.0, 0.0, factor, 1.0, 0.0], interp, fill)
-}
-
-/// timm `translate_x_abs`: source x = x + pixels (positive moves the content left).
-pub fn translate_x(img: &RgbImage, pixels: f64, interp: Interp, fill: [u8; 3]) -> RgbImage {
-    affine(img, [1.0, 0.0, pixels, 0.0, 1.0, 0.0], interp, fill)
-}
-
-/// timm `translate_y_abs`: source y = y + pixels (positive moves the content up).
-pub fn translate_y(img: &RgbImage, pixels: f64, interp: Interp, fill: [u8; 3]) -> RgbImage {
-    affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], interp, fill)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -390,13 +242,11 @@ pub(crate) mod tests {
     }
     use pil::*;
 
-    const FILL: [u8; 3] = [124, 116, 104];
-
     pub(crate) fn input() -> RgbImage {
         RgbImage::from_raw(7, 6, INPUT.to_vec()).unwrap()
     }
 
-    fn max_diff(got: &RgbImage, want: &[u8]) -> u8 {
+    pub(crate) fn max_diff(got: &RgbImage, want: &[u8]) -> u8 {
         assert_eq!(got.as_raw().len(), want.len());
         got.as_raw()
             .iter()
@@ -469,61 +319,5 @@ pub(crate) mod tests {
             assert_eq!(max_diff(&brightness(&img, f), bri), 0, "brightness {f}");
             assert_eq!(max_diff(&sharpness(&img, f), sha), 0, "sharpness {f}");
         }
-    }
-
-    #[test]
-    fn geometric_ops_match_pillow() {
-        let img = input();
-        let cases: [(RgbImage, &[u8]); 6] = [
-            (
-                rotate(&img, 17.5, Interp::Bicubic, FILL),
-                &ROTATE_17_5_BICUBIC,
-            ),
-            (
-                rotate(&img, -30.0, Interp::Bilinear, FILL),
-                &ROTATE_M30_BILINEAR,
-            ),
-            (
-                shear_x(&img, 0.3, Interp::Bicubic, FILL),
-                &SHEARX_0_3_BICUBIC,
-            ),
-            (
-                shear_y(&img, -0.2, Interp::Bilinear, FILL),
-                &SHEARY_M0_2_BILINEAR,
-            ),
-            (
-                translate_x(&img, 2.6, Interp::Bicubic, FILL),
-                &TRANSLATEX_2_6_BICUBIC,
-            ),
-            (
-                translate_y(&img, -1.4, Interp::Bicubic, FILL),
-                &TRANSLATEY_M1_4_BICUBIC,
-            ),
-        ];
-        for (i, (got, want)) in cases.iter().enumerate() {
-            assert_eq!(max_diff(got, want), 0, "case {i}");
-        }
-    }
-
-    #[test]
-    fn rotate_shortcuts() {
-        let img = input();
-        assert_eq!(rotate(&img, 0.0, Interp::Bicubic, FILL), img);
-        assert_eq!(rotate(&img, 360.0, Interp::Bicubic, FILL), img);
-        assert_eq!(
-            rotate(
-                &rotate(&img, 180.0, Interp::Bicubic, FILL),
-                -180.0,
-                Interp::Bicubic,
-                FILL
-            ),
-            img
-        );
-        let sq = RgbImage::from_fn(4, 4, |x, y| Rgb([x as u8, y as u8, 0]));
-        // PIL's 90° is counter-clockwise: the top-right pixel moves to the top-left.
-        assert_eq!(
-            rotate(&sq, 90.0, Interp::Nearest, FILL).get_pixel(0, 0).0,
-            [3, 0, 0]
-        );
     }
 }

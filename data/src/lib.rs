@@ -31,6 +31,7 @@ pub mod jpeg;
 pub mod resample;
 pub mod transform;
 pub mod augment_ops;
+pub mod geometric;
 pub mod randaugment;
 pub mod lowfreq;
 pub mod loader;

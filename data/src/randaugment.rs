@@ -146,15 +146,15 @@ impl RandAugment {
         let ops: Vec<RaOp> = (0..self.num_layers)
             .map(|_| RAND_OPS[rng.below(RAND_OPS.len())])
             .collect();
-        let mut out = img.clone();
+        let mut out: Option<RgbImage> = None;
         for op in ops {
             if self.prob < 1.0 && rng.uniform() > self.prob {
                 continue;
             }
             let m = self.sample_magnitude(rng);
-            out = self.apply_op(op, &out, m, rng);
+            out = Some(self.apply_op(op, out.as_ref().unwrap_or(img), m, rng));
         }
-        out
+        out.unwrap_or_else(|| img.clone())
     }
 
     /// timm's per-op magnitude: optional noise, then clipped to [0, magnitude_max].

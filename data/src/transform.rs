@@ -117,12 +117,11 @@ pub fn hflip(img: &RgbImage) -> RgbImage {
 }
 
 /// torchvision `RandomHorizontalFlip(p)`: one uniform draw, flip when below `p`.
-pub fn random_hflip(img: RgbImage, p: f64, rng: &mut Rng) -> RgbImage {
+pub fn random_hflip(mut img: RgbImage, p: f64, rng: &mut Rng) -> RgbImage {
     if rng.uniform() < p {
-        hflip(&img)
-    } else {
-        img
+        image::imageops::flip_horizontal_in_place(&mut img);
     }
+    img
 }
 
 /// torchvision `Resize(size)` with an int: the shorter side becomes `size` and the
@@ -173,13 +172,13 @@ pub fn eval_transform(img: &RgbImage, resolution: u32, crop_pct: f64, filter: Fi
 
 /// torchvision `ToTensor`: HWC u8 to CHW f32 in [0, 1].
 pub fn to_chw_f32(img: &RgbImage) -> Vec<f32> {
-    let n = (img.width() * img.height()) as usize;
+    // A table of the 256 quotients (the same correctly rounded `v / 255`), and planes
+    // appended to an unfilled buffer instead of written into a zeroed one.
+    let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
     let raw = img.as_raw();
-    let mut out = vec![0f32; 3 * n];
-    for (i, p) in raw.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * n + i] = p[c] as f32 / 255.0;
-        }
+    let mut out = Vec::with_capacity(raw.len());
+    for c in 0..3 {
+        out.extend(raw.chunks_exact(3).map(|p| scaled[p[c] as usize]));
     }
     out
 }

@@ -9,8 +9,11 @@
 //! match Pillow 13 bit for bit. `Nearest` follows Pillow's affine-scale path instead.
 //! (Pillow before 13 always ran the horizontal pass first; see `vertical_first`.)
 
+mod pass8;
+
 use crate::DataError;
 use image::RgbImage;
+use pass8::{pass_h8, pass_v8};
 
 /// Resampling filters with Pillow's kernels and supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,9 +102,9 @@ fn sinc(x: f64) -> f64 {
 }
 
 /// Per-output-pixel taps: the first input index and the normalised weights.
-struct Taps {
-    start: Vec<usize>,
-    weights: Vec<Vec<f64>>,
+pub(crate) struct Taps {
+    pub(crate) start: Vec<usize>,
+    pub(crate) weights: Vec<Vec<f64>>,
 }
 
 /// Pillow's `precompute_coeffs` for the full-image box.
@@ -112,7 +115,7 @@ fn taps(in_size: usize, out_size: usize, filter: Filter) -> Taps {
 /// Pillow's `precompute_coeffs` for the source interval `[in0, in1)` of an axis
 /// `in_size` long (its `box` argument): taps may reach outside the interval, as far as
 /// the image goes.
-fn taps_box(in0: f64, in1: f64, in_size: usize, out_size: usize, filter: Filter) -> Taps {
+pub(crate) fn taps_box(in0: f64, in1: f64, in_size: usize, out_size: usize, filter: Filter) -> Taps {
     let scale = (in1 - in0) / out_size as f64;
     // Down-scaling widens the kernel so that it also low-passes (anti-aliasing).
     let filterscale = scale.max(1.0);
@@ -137,91 +140,12 @@ fn taps_box(in0: f64, in1: f64, in_size: usize, out_size: usize, filter: Filter)
     Taps { start, weights }
 }
 
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// Pillow's `normalize_coeffs_8bpc`: round half away from zero to 22-bit fixed point
-/// (`INT32`, as Pillow: a sum of 8-bit samples times weights stays far below 2^31).
-fn fixed_point(t: &Taps) -> Vec<Vec<i32>> {
-    let one = (1u64 << PRECISION_BITS) as f64;
-    t.weights
-        .iter()
-        .map(|k| {
-            k.iter()
-                .map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 })
-                .collect()
-        })
-        .collect()
-}
-
-#[inline(always)]
-fn clip8(acc: i32) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
 /// Pillow 13's pass order (python-pillow/Pillow#9549): the vertical pass runs first
 /// when the height shrinks by more than twice as many pixels as the width does
 /// (checked against Pillow 13.0.0 on 400 random sizes). The order matters because
 /// the intermediate image is rounded to 8 bits.
 fn vertical_first(w: usize, h: usize, ow: usize, oh: usize) -> bool {
     oh < h && (h as i64 - oh as i64) > 2 * (w as i64 - ow as i64)
-}
-
-fn pass_h8(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
-    avx2_dispatch!(pass_h8_impl(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8>)
-}
-
-fn pass_v8(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
-    avx2_dispatch!(pass_v8_impl(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8>)
-}
-
-/// One horizontal 8-bit pass over rows `first..first + rows` of an RGB buffer `w` wide.
-#[inline(always)]
-fn pass_h8_impl(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
-    let ow = t.start.len();
-    let k = fixed_point(t);
-    let mut out = vec![0u8; rows * ow * 3];
-    for (y, out_row) in out.chunks_exact_mut(ow * 3).enumerate() {
-        let row = &src[(first + y) * w * 3..(first + y + 1) * w * 3];
-        for ((o, kx), &start) in out_row.chunks_exact_mut(3).zip(&k).zip(&t.start) {
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            let taps = &row[start * 3..(start + kx.len()) * 3];
-            for (p, &kw) in taps.chunks_exact(3).zip(kx) {
-                acc[0] += p[0] as i32 * kw;
-                acc[1] += p[1] as i32 * kw;
-                acc[2] += p[2] as i32 * kw;
-            }
-            o[0] = clip8(acc[0]);
-            o[1] = clip8(acc[1]);
-            o[2] = clip8(acc[2]);
-        }
-    }
-    out
-}
-
-/// One vertical 8-bit pass of an RGB buffer `w` wide whose row 0 is source row
-/// `first` (the horizontal pass may have skipped unused leading rows). Whole rows are
-/// accumulated at once (the same sums as Pillow's per-pixel loop, in the same order).
-#[inline(always)]
-fn pass_v8_impl(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
-    let oh = t.start.len();
-    let k = fixed_point(t);
-    let rw = w * 3;
-    let mut out = vec![0u8; oh * rw];
-    let mut acc = vec![0i32; rw];
-    for ((out_row, ky), &start) in out.chunks_exact_mut(rw).zip(&k).zip(&t.start) {
-        acc.fill(1i32 << (PRECISION_BITS - 1));
-        let s = start - first;
-        for (i, &kw) in ky.iter().enumerate() {
-            let row = &src[(s + i) * rw..(s + i + 1) * rw];
-            for (a, &p) in acc.iter_mut().zip(row) {
-                *a += p as i32 * kw;
-            }
-        }
-        for (o, &a) in out_row.iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
-    }
-    out
 }
 
 /// Resizes like Pillow's `Image.resize((width, height), filter)` on an RGB image.
