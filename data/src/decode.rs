@@ -151,9 +151,7 @@ fn check_jpeg_complete(b: &[u8]) -> Result<(), String> {
     loop {
         // Skip anything up to the next marker prefix (libjpeg tolerates stray bytes),
         // then the fill bytes.
-        while i < b.len() && b[i] != 0xFF {
-            i += 1;
-        }
+        i += memchr::memchr(0xFF, &b[i.min(b.len())..]).unwrap_or(b.len() - i.min(b.len()));
         while i < b.len() && b[i] == 0xFF {
             i += 1;
         }
@@ -177,12 +175,16 @@ fn check_jpeg_complete(b: &[u8]) -> Result<(), String> {
             // Entropy-coded data runs until a marker other than a stuffed 0xFF00 or a
             // restart marker.
             loop {
-                match (b.get(i), b.get(i + 1)) {
-                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => i += 2,
-                    (Some(0xFF), Some(0xFF)) => i += 1,
-                    (Some(0xFF), Some(_)) => break,
-                    (Some(_), _) => i += 1,
-                    (None, _) => return Err(TRUNCATED.into()),
+                // memchr: the scan is most of the file, and 0xFF is rare in it.
+                match memchr::memchr(0xFF, &b[i.min(b.len())..]) {
+                    Some(k) => i += k,
+                    None => return Err(TRUNCATED.into()),
+                }
+                match b.get(i + 1) {
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0xFF) => i += 1,
+                    Some(_) => break,
+                    None => return Err(TRUNCATED.into()),
                 }
             }
         }
@@ -273,6 +275,20 @@ mod tests {
         let missing = dir.join("missing.jpg");
         assert!(matches!(decode_rgb(&missing), Err(DataError::Io { path, .. }) if path == missing));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_proper_prefix_of_a_jpeg_is_incomplete() {
+        let encoded = encode(&DynamicImage::ImageRgb8(sample(64, 48)), ImageFormat::Jpeg);
+        let asset = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/cifar10-mini/train/airplane/0000.jpg")).unwrap();
+        for jpg in [encoded, asset] {
+            assert!(check_jpeg_complete(&jpg).is_ok());
+            for n in 0..jpg.len() {
+                assert!(check_jpeg_complete(&jpg[..n]).is_err(), "prefix of {n} of {} bytes", jpg.len());
+            }
+            // Trailing bytes after the end-of-image marker are allowed, as in libjpeg.
+            assert!(check_jpeg_complete(&[&jpg[..], &[0u8, 0xFF, 7][..]].concat()).is_ok());
+        }
     }
 
     #[test]
