@@ -83,10 +83,10 @@ fn sample(src: &[u8], w: i64, h: i64, sx: f64, sy: f64, interp: Interp) -> Optio
 /// takes the source at `(m0 x' + m1 y' + m2, m3 x' + m4 y' + m5)` with x' = x + 0.5, y' = y + 0.5.
 pub fn affine(img: &RgbImage, m: [f64; 6], interp: Interp, fill: [u8; 3]) -> RgbImage {
     #[cfg(target_arch = "x86_64")]
-    if interp == Interp::Bicubic && std::arch::is_x86_feature_detected!("avx2") {
+    if interp == Interp::Bicubic && avx2::usable(img) {
         let (w, h) = (img.width(), img.height());
         let mut out = vec![0u8; img.as_raw().len()];
-        // SAFETY: the CPU supports AVX2 (checked just above).
+        // SAFETY: `usable` checked that the CPU supports AVX2.
         unsafe { avx2::affine_bicubic(img.as_raw(), w as usize, h as usize, m, fill, &mut out) };
         return RgbImage::from_raw(w, h, out).expect("same size as the input");
     }
@@ -161,94 +161,8 @@ pub fn translate_y(img: &RgbImage, pixels: f64, interp: Interp, fill: [u8; 3]) -
     affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], interp, fill)
 }
 
-/// The bicubic affine transform with the three channels of a pixel in the lanes of one
-/// 4 × f64 vector. Each lane performs `sample`'s scalar operations in the same order
-/// (no fused multiply-add), so the results are bit-identical to it. A zero fraction skips
-/// the interpolation along that axis, since `cubic(v1, v2, v3, v4, 0.0)` is exactly `v2`
-/// (`v2 + 0 · finite`): shear and translate have a zero fraction along one axis at every
-/// pixel, so they interpolate 3 instead of 15 times per pixel.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// Pixel `o` (a byte offset) as [r, g, b, 0] in f64 lanes.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn px(src: &[u8], o: usize) -> __m256d {
-        let bytes = match src.get(o..o + 4) {
-            Some(b) => u32::from_le_bytes([b[0], b[1], b[2], 0]),
-            None => u32::from_le_bytes([src[o], src[o + 1], src[o + 2], 0]),
-        };
-        _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes as i32)))
-    }
-
-    /// `super::cubic` lane-wise, with the same operation order.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn cubic(v1: __m256d, v2: __m256d, v3: __m256d, v4: __m256d, d: __m256d) -> __m256d {
-        let p2 = _mm256_sub_pd(v3, v1);
-        let two = _mm256_set1_pd(2.0);
-        let p3 = _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(two, _mm256_sub_pd(v1, v2)), v3), v4);
-        // -v1 + v2 is v2 - v1 exactly (IEEE addition is commutative).
-        let p4 = _mm256_add_pd(_mm256_sub_pd(_mm256_sub_pd(v2, v1), v3), v4);
-        let t = _mm256_add_pd(p3, _mm256_mul_pd(d, p4));
-        let t = _mm256_add_pd(p2, _mm256_mul_pd(d, t));
-        _mm256_add_pd(v2, _mm256_mul_pd(d, t))
-    }
-
-    /// One source row interpolated horizontally at fraction `dx` (a macro because LLVM
-    /// does not inline it as a function, and `inline(always)` cannot go with `target_feature`).
-    macro_rules! line {
-        ($src:expr, $base:expr, $cols:expr, $dx:expr) => {
-            if $dx == 0.0 {
-                px($src, $base + $cols[1])
-            } else {
-                let (p0, p1) = (px($src, $base + $cols[0]), px($src, $base + $cols[1]));
-                let (p2, p3) = (px($src, $base + $cols[2]), px($src, $base + $cols[3]));
-                cubic(p0, p1, p2, p3, _mm256_set1_pd($dx))
-            }
-        };
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn affine_bicubic(src: &[u8], w: usize, h: usize, m: [f64; 6], fill: [u8; 3], out: &mut [u8]) {
-        let (wi, hi) = (w as i64, h as i64);
-        for (y, out_row) in out.chunks_exact_mut(3 * w.max(1)).enumerate() {
-            let yi = y as f64 + 0.5;
-            for (x, p) in out_row.chunks_exact_mut(3).enumerate() {
-                let xi = x as f64 + 0.5;
-                let sx = m[0] * xi + m[1] * yi + m[2];
-                let sy = m[3] * xi + m[4] * yi + m[5];
-                if !(sx >= 0.0 && sx < w as f64 && sy >= 0.0 && sy < h as f64) {
-                    p.copy_from_slice(&fill);
-                    continue;
-                }
-                let (fx, fy) = (sx - 0.5, sy - 0.5);
-                let (x0, y0) = (super::floor_i64(fx) - 1, super::floor_i64(fy) - 1);
-                let (dx, dy) = (fx - (x0 + 1) as f64, fy - (y0 + 1) as f64);
-                let mut cols = [0usize; 4];
-                let mut rows = [0usize; 4];
-                for j in 0..4 {
-                    cols[j] = 3 * (x0 + j as i64).clamp(0, wi - 1) as usize;
-                    rows[j] = 3 * ((y0 + j as i64).clamp(0, hi - 1) * wi) as usize;
-                }
-                let v = if dy == 0.0 {
-                    line!(src, rows[1], cols, dx)
-                } else {
-                    let (r0, r1) = (line!(src, rows[0], cols, dx), line!(src, rows[1], cols, dx));
-                    let (r2, r3) = (line!(src, rows[2], cols, dx), line!(src, rows[3], cols, dx));
-                    cubic(r0, r1, r2, r3, _mm256_set1_pd(dy))
-                };
-                // PIL's clip: <= 0 -> 0, >= 255 -> 255, else truncate.
-                let v = _mm256_min_pd(_mm256_max_pd(v, _mm256_setzero_pd()), _mm256_set1_pd(255.0));
-                let i = _mm256_cvttpd_epi32(v);
-                let b = _mm_packus_epi16(_mm_packus_epi32(i, i), _mm_setzero_si128());
-                let [r, g, bl, _] = (_mm_cvtsi128_si32(b) as u32).to_le_bytes();
-                p.copy_from_slice(&[r, g, bl]);
-            }
-        }
-    }
-}
+mod avx2;
 
 #[cfg(test)]
 mod tests {
