@@ -189,7 +189,7 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
     use et_data::loader::{Loader, LoaderConfig};
     use et_data::randaugment::RandAugment;
     use et_data::resample::{resize_f32_planar, Filter};
-    use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, RandomResizedCrop};
+    use et_data::transform::{random_hflip, to_chw_normalized, RandomResizedCrop};
     use et_data::Rng;
     use std::sync::Arc;
 
@@ -206,8 +206,7 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
         let img = crop.decode_apply(&s.path, rng, reduced_dct)?;
         let img = random_hflip(img, 0.5, rng);
         let img = ra.apply(&img, rng);
-        let mut chw = to_chw_f32(&img);
-        normalize_chw(&mut chw, 3, &mean, &std);
+        let mut chw = to_chw_normalized(&img, &mean, &std);
         if out < size {
             chw = resize_f32_planar(&chw, 3, size, size, out, out, Filter::Lanczos);
         }

@@ -63,9 +63,7 @@ where
     let tf = Arc::new(move |s: &Sample, _rng: &mut Rng| -> Result<Vec<f32>, DataError> {
         let img = decode::decode_rgb(&s.path)?;
         let img = transform::eval_transform(&img, r, p.crop_pct, p.filter);
-        let mut chw = transform::to_chw_f32(&img);
-        transform::normalize_chw(&mut chw, 3, &p.mean, &p.std);
-        Ok(chw)
+        Ok(transform::to_chw_normalized(&img, &p.mean, &p.std))
     });
     let mut out = EvalOutcome { totals: Totals::default(), model_seconds: 0.0, skipped: Vec::new() };
     for batch in loader.epoch(0, [3, resolution, resolution], tf) {

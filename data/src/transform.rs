@@ -172,14 +172,35 @@ pub fn eval_transform(img: &RgbImage, resolution: u32, crop_pct: f64, filter: Fi
 
 /// torchvision `ToTensor`: HWC u8 to CHW f32 in [0, 1].
 pub fn to_chw_f32(img: &RgbImage) -> Vec<f32> {
-    // A table of the 256 quotients (the same correctly rounded `v / 255`), and planes
-    // appended to an unfilled buffer instead of written into a zeroed one.
     let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
+    planes(img, [&scaled; 3])
+}
+
+/// `ToTensor` then `Normalize(mean, std)` in one pass: per channel, a table of the 256
+/// values `(v / 255 - mean) / std`, computed with the same f32 operations as the two
+/// steps, so the result is bit-identical to `to_chw_f32` followed by `normalize_chw`.
+pub fn to_chw_normalized(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3]) -> Vec<f32> {
+    let table = |c: usize| -> [f32; 256] { std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]) };
+    let (r, g, b) = (table(0), table(1), table(2));
+    planes(img, [&r, &g, &b])
+}
+
+/// The three planes of `img` mapped through a table per channel, written once into an
+/// unfilled buffer (no zeroing pass).
+fn planes(img: &RgbImage, tables: [&[f32; 256]; 3]) -> Vec<f32> {
     let raw = img.as_raw();
-    let mut out = Vec::with_capacity(raw.len());
-    for c in 0..3 {
-        out.extend(raw.chunks_exact(3).map(|p| scaled[p[c] as usize]));
+    let n = raw.len() / 3;
+    let mut out = Vec::with_capacity(3 * n);
+    let spare = &mut out.spare_capacity_mut()[..3 * n];
+    let (r, rest) = spare.split_at_mut(n);
+    let (g, b) = rest.split_at_mut(n);
+    for (i, p) in raw.chunks_exact(3).enumerate() {
+        r[i].write(tables[0][p[0] as usize]);
+        g[i].write(tables[1][p[1] as usize]);
+        b[i].write(tables[2][p[2] as usize]);
     }
+    // SAFETY: the loop wrote all 3 n elements.
+    unsafe { out.set_len(3 * n) };
     out
 }
 
@@ -243,6 +264,18 @@ impl RandomErasing {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fused_normalisation_is_bit_identical_to_the_two_steps() {
+        let img = RgbImage::from_fn(17, 5, |x, y| image::Rgb([(x * 15) as u8, (y * 51) as u8, (x * y * 3) as u8]));
+        let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+        let mut two = to_chw_f32(&img);
+        normalize_chw(&mut two, 3, &mean, &std);
+        let fused = to_chw_normalized(&img, &mean, &std);
+        assert_eq!(fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), two.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(to_chw_f32(&img)[17 * 5 + 3], 0.0, "plane G, pixel (3, 0)");
+        assert_eq!(to_chw_f32(&img)[4 * 17 + 2], 30.0 / 255.0, "plane R, pixel (2, 4)");
+    }
     use super::*;
 
     fn gradient(w: u32, h: u32) -> RgbImage {

@@ -5,7 +5,7 @@
 
 use et_data::lowfreq::lowfreq_crop_square;
 use et_data::randaugment::RandAugment;
-use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, RandomErasing, RandomResizedCrop};
+use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, to_chw_normalized, RandomErasing, RandomResizedCrop};
 use et_data::{DataError, Rng};
 use et_data::RgbImage;
 
@@ -48,12 +48,14 @@ impl TrainTransform {
             Some(ra) => ra.apply(&img, rng),
             None => img,
         };
-        let mut chw = to_chw_f32(&img);
-        if self.resolution < self.base {
-            chw = lowfreq_crop_square(&chw, 3, self.base, self.base, self.resolution)?;
-        }
-        // Normalising after the crop is exact: the crop is linear and keeps the mean (DC).
-        normalize_chw(&mut chw, 3, &self.mean, &self.std);
+        let mut chw = if self.resolution < self.base {
+            // Normalising after the crop is exact: the crop is linear and keeps the mean (DC).
+            let mut chw = lowfreq_crop_square(&to_chw_f32(&img), 3, self.base, self.base, self.resolution)?;
+            normalize_chw(&mut chw, 3, &self.mean, &self.std);
+            chw
+        } else {
+            to_chw_normalized(&img, &self.mean, &self.std)
+        };
         if self.erasing > 0.0 {
             RandomErasing { prob: self.erasing }.apply(&mut chw, 3, self.resolution, self.resolution, rng);
         }
