@@ -46,7 +46,7 @@ pub fn decode_check(dir: &Path, size: u32, dump: Option<&Path>) -> Result<()> {
             let (top, left, hh, ww) = crop.params(ours.width(), ours.height(), &mut Rng::from_keys(&[i as u64, k, 7]));
             let want = et_data::transform::crop(&ours, top as i64, left as i64, hh, ww);
             window_checks += 1;
-            if c.img != want {
+            if c.window() != want {
                 window_mismatch += 1;
             }
         }

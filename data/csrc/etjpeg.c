@@ -91,20 +91,17 @@ int et_jpeg_start(et_jpeg *j, unsigned denom, unsigned *ow, unsigned *oh, char *
   return 0;
 }
 
-/* Decodes output rows up to y1 and stores columns x0..x1 of rows y0..y1, packed, in dst.
- * Rows after y1 are never decoded, which is where a crop saves entropy decoding. */
-int et_jpeg_read(et_jpeg *j, unsigned y0, unsigned y1, unsigned x0, unsigned x1,
-                 unsigned char *dst, char *err, size_t errlen) {
-  JSAMPARRAY row;
-  size_t width = (size_t)(x1 - x0) * 3;
+/* Limits decoding to the columns around x0..x1 of the output: columns outside skip IDCT,
+ * upsampling and colour conversion. The decoded span keeps one iMCU of margin on each
+ * side: at the edge of a cropped span the fancy upsampler replicates edge samples instead
+ * of reading the neighbours, so only pixels at least that far inside equal those of a
+ * full decode. Returns the span's width and the column of x0 inside it. */
+int et_jpeg_crop(et_jpeg *j, unsigned x0, unsigned x1, unsigned *span_w, unsigned *x_in_span,
+                 char *err, size_t errlen) {
   if (setjmp(j->err.jump)) {
     copy_msg(j, err, errlen);
     return -1;
   }
-  /* Columns outside the window skip IDCT, upsampling and colour conversion. The decoded
-   * span keeps one iMCU of margin on each side: at the edge of a cropped span the fancy
-   * upsampler replicates edge samples instead of reading the neighbours, so only pixels
-   * at least that far inside equal those of a full decode. */
   if (j->cinfo.output_scanline == 0 && (x0 > 0 || x1 < j->cinfo.output_width)) {
     unsigned margin = (unsigned)(j->cinfo.max_h_samp_factor * j->cinfo.min_DCT_scaled_size);
     JDIMENSION xoff = x0 > margin ? x0 - margin : 0;
@@ -115,25 +112,39 @@ int et_jpeg_read(et_jpeg *j, unsigned y0, unsigned y1, unsigned x0, unsigned x1,
       j->xoff = xoff;
     }
   }
-  x0 -= j->xoff;
-  /* Rows above the window are entropy-decoded only (no IDCT, upsampling or colour
-   * conversion); libjpeg-turbo decodes the context rows the upsampler needs, so the
-   * rows after them equal a full decode (et-bench decode-check compares). */
+  *span_w = j->cinfo.output_width; /* the span's width once cropped */
+  *x_in_span = x0 - j->xoff;
+  return 0;
+}
+
+/* Decodes output rows y0..y1 straight into dst, row r at dst + r * stride (each row the
+ * span's width of RGB). Rows above y0 are entropy-decoded only (no IDCT, upsampling or
+ * colour conversion); libjpeg-turbo decodes the context rows the upsampler needs, so the
+ * rows after them equal a full decode (et-bench decode-check compares). Rows after y1 are
+ * never decoded, which is where a crop saves entropy decoding. */
+int et_jpeg_read_into(et_jpeg *j, unsigned y0, unsigned y1, unsigned char *dst, size_t stride,
+                      char *err, size_t errlen) {
+  JSAMPROW rows[ET_ROWS];
+  if (setjmp(j->err.jump)) {
+    copy_msg(j, err, errlen);
+    return -1;
+  }
   if (j->cinfo.output_scanline < y0)
     jpeg_skip_scanlines(&j->cinfo, y0 - j->cinfo.output_scanline);
-  /* Several rows per call: with one, libjpeg's 2x2 upsampler decodes into a spare row
-   * and copies it, which cost more than the copy out of this buffer. */
-  row = (*j->cinfo.mem->alloc_sarray)((j_common_ptr)&j->cinfo, JPOOL_IMAGE,
-                                      j->cinfo.output_width * 3, ET_ROWS);
+  if (j->cinfo.output_scanline != y0) {
+    strncpy(err, "decoder could not skip to the window", errlen);
+    return -1;
+  }
+  /* Several rows per call: with one, libjpeg's 2x2 upsampler decodes into a spare row and
+   * copies it. */
   while (j->cinfo.output_scanline < y1) {
-    unsigned y = j->cinfo.output_scanline, want = y1 - y, got, r;
-    got = jpeg_read_scanlines(&j->cinfo, row, want < ET_ROWS ? want : ET_ROWS);
-    if (got == 0) {
+    unsigned y = j->cinfo.output_scanline, want = y1 - y, r;
+    if (want > ET_ROWS) want = ET_ROWS;
+    for (r = 0; r < want; r++) rows[r] = dst + (size_t)(y - y0 + r) * stride;
+    if (jpeg_read_scanlines(&j->cinfo, rows, want) == 0) {
       strncpy(err, "decoder returned no rows", errlen);
       return -1;
     }
-    for (r = 0; r < got; r++)
-      if (y + r >= y0) memcpy(dst + (size_t)(y + r - y0) * width, row[r] + (size_t)x0 * 3, width);
   }
   return 0;
 }

@@ -41,8 +41,9 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
             let j = crate::jpeg::Jpeg::open(bytes)?;
             if j.model != crate::jpeg::Model::Cmyk {
                 let (w, h) = (j.width, j.height);
-                let (w, h, raw) = j.decode_window(1, [0, 0, w, h])?;
-                return RgbImage::from_raw(w, h, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string());
+                let (sw, sh, raw, columns) = j.decode_window(1, [0, 0, w, h])?;
+                let span = RgbImage::from_raw(sw, sh, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
+                return Ok(if columns == (0, sw) { span } else { crate::transform::crop(&span, 0, columns.0 as i64, sh, columns.1) });
             }
         }
     }
@@ -50,14 +51,32 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
     Ok(into_rgb8(img))
 }
 
-/// A crop decoded for resampling: `img` holds the whole pixels covering the crop at
-/// 1/`denom` scale, and `region` is the crop itself in `img`'s coordinates
-/// (`[x0, y0, x1, y1]`, fractional when `denom > 1`).
+/// A crop decoded for resampling: columns `columns.0..columns.0 + columns.1` of `img`
+/// (the decoder may return a few more columns around them, to save a copy) are the whole
+/// pixels covering the crop at 1/`denom` scale — the window — and `region` is the crop
+/// itself in the window's coordinates (`[x0, y0, x1, y1]`, fractional when `denom > 1`).
 #[derive(Clone, Debug)]
 pub struct Cropped {
     pub img: RgbImage,
+    pub columns: (u32, u32),
     pub region: [f64; 4],
     pub denom: u32,
+}
+
+impl Cropped {
+    /// The window as an image of its own.
+    pub fn window(&self) -> RgbImage {
+        if self.columns == (0, self.img.width()) {
+            return self.img.clone();
+        }
+        crate::transform::crop(&self.img, 0, self.columns.0 as i64, self.img.height(), self.columns.1)
+    }
+
+    /// `resize_box(&self.window(), self.region, width, height, filter)` without copying
+    /// the window out.
+    pub fn resize(&self, width: u32, height: u32, filter: crate::resample::Filter) -> RgbImage {
+        crate::resample::resize_window(&self.img, self.columns, self.region, width, height, filter)
+    }
 }
 
 /// The largest DCT scale-down (1, 2, 4 or 8) that keeps a `crop_w x crop_h` crop at
@@ -100,16 +119,16 @@ pub fn decode_crop(bytes: &[u8], reduce_to: Option<u32>, plan: impl FnOnce(u32, 
             let denom = reduce_to.map_or(1, |s| choose_denom(crop.3, crop.2, s));
             let (sw, sh) = (w.div_ceil(denom), h.div_ceil(denom));
             let (window, region) = scaled_window(crop, denom, sw, sh);
-            let (cw, ch, raw) = j.decode_window(denom, window)?;
-            let img = RgbImage::from_raw(cw, ch, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
-            return Ok(Cropped { img, region, denom });
+            let (sw, sh, raw, columns) = j.decode_window(denom, window)?;
+            let img = RgbImage::from_raw(sw, sh, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
+            return Ok(Cropped { img, columns, region, denom });
         }
     }
     let _ = reduce_to;
     let full = decode_bytes(bytes)?;
     let (top, left, height, width) = plan(full.width(), full.height());
     let img = crate::transform::crop(&full, top as i64, left as i64, height, width);
-    Ok(Cropped { img, region: [0.0, 0.0, width as f64, height as f64], denom: 1 })
+    Ok(Cropped { columns: (0, img.width()), img, region: [0.0, 0.0, width as f64, height as f64], denom: 1 })
 }
 
 /// Converts like PIL's `convert('RGB')`: grey is replicated, alpha is dropped (not
@@ -302,6 +321,29 @@ mod tests {
         assert!(check_jpeg_complete(&cut).is_err());
     }
 
+    /// The training crop read straight from the file (windowed decode, resampled in
+    /// place) equals the crop of the full decode, over many random boxes.
+    #[test]
+    fn decode_apply_equals_apply_on_the_full_decode() {
+        let img = RgbImage::from_fn(300, 217, |x, y| {
+            let v = |f: f64| (127.5 + 120.0 * f.sin()) as u8;
+            image::Rgb([v(x as f64 / 5.0), v(y as f64 / 3.0), v((x * y) as f64 / 170.0)])
+        });
+        let dir = tempdir("rrc");
+        let path = dir.join("a.jpg");
+        std::fs::write(&path, encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg)).unwrap();
+        let full = decode_rgb(&path).unwrap();
+        for size in [224, 64] {
+            let crop = crate::transform::RandomResizedCrop::new(size);
+            for k in 0..40 {
+                let want = crop.apply(&full, &mut crate::Rng::from_keys(&[k, size as u64]));
+                let got = crop.decode_apply(&path, &mut crate::Rng::from_keys(&[k, size as u64]), false).unwrap();
+                assert!(got == want, "size {size}, seed {k}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn denominator_keeps_the_crop_at_least_the_output_size() {
         assert_eq!(choose_denom(500, 375, 224), 1);
@@ -341,17 +383,20 @@ mod tests {
             box_
         })
         .unwrap();
-        assert_eq!(c.img, crate::transform::crop(&full, 17, 33, 150, 161));
+        assert_eq!(c.window(), crate::transform::crop(&full, 17, 33, 150, 161));
         assert_eq!((c.denom, c.region), (1, [0.0, 0.0, 161.0, 150.0]));
         // Windows at image edges, iMCU boundaries and odd offsets (libjpeg decodes only
         // the columns around them): every pixel as in the full decode.
         for (top, left, h, w) in [(0, 0, 192, 256), (0, 0, 5, 7), (3, 1, 40, 16), (8, 16, 16, 16), (50, 100, 142, 156), (100, 240, 92, 16), (7, 15, 33, 17), (191, 255, 1, 1)] {
             let c = decode_crop(&jpg, None, |_, _| (top, left, h, w)).unwrap();
-            assert_eq!(c.img, crate::transform::crop(&full, top as i64, left as i64, h, w), "window {top},{left} {h}x{w}");
+            assert_eq!(c.window(), crate::transform::crop(&full, top as i64, left as i64, h, w), "window {top},{left} {h}x{w}");
+            // Resampling the window in place equals resampling it copied out.
+            let copied = crate::resample::resize_box(&c.window(), c.region, 37, 23, crate::resample::Filter::Bicubic);
+            assert_eq!(c.resize(37, 23, crate::resample::Filter::Bicubic), copied, "window {top},{left} {h}x{w}");
         }
         // Output 32 from a 161x150 crop: 1/4 scale where libjpeg is available.
         let c = decode_crop(&jpg, Some(32), |_, _| box_).unwrap();
-        let fast = crate::resample::resize_box(&c.img, c.region, 32, 32, crate::resample::Filter::Bicubic);
+        let fast = c.resize(32, 32, crate::resample::Filter::Bicubic);
         let exact = crate::resample::resize(&crate::transform::crop(&full, 17, 33, 150, 161), 32, 32, crate::resample::Filter::Bicubic);
         let mad = fast.as_raw().iter().zip(exact.as_raw()).map(|(&a, &b)| a.abs_diff(b) as f64).sum::<f64>() / fast.as_raw().len() as f64;
         assert!(mad < 3.0, "mean abs diff {mad} (denominator {})", c.denom);

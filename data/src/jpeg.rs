@@ -13,7 +13,8 @@ struct Handle {
 extern "C" {
     fn et_jpeg_open(buf: *const u8, len: c_ulong, out: *mut *mut Handle, w: *mut c_uint, h: *mut c_uint, model: *mut c_int, err: *mut c_char, errlen: usize) -> c_int;
     fn et_jpeg_start(j: *mut Handle, denom: c_uint, ow: *mut c_uint, oh: *mut c_uint, err: *mut c_char, errlen: usize) -> c_int;
-    fn et_jpeg_read(j: *mut Handle, y0: c_uint, y1: c_uint, x0: c_uint, x1: c_uint, dst: *mut u8, err: *mut c_char, errlen: usize) -> c_int;
+    fn et_jpeg_crop(j: *mut Handle, x0: c_uint, x1: c_uint, span_w: *mut c_uint, x_in_span: *mut c_uint, err: *mut c_char, errlen: usize) -> c_int;
+    fn et_jpeg_read_into(j: *mut Handle, y0: c_uint, y1: c_uint, dst: *mut u8, stride: usize, err: *mut c_char, errlen: usize) -> c_int;
     fn et_jpeg_close(j: *mut Handle);
 }
 
@@ -60,10 +61,13 @@ impl<'a> Jpeg<'a> {
         Ok(Jpeg { handle, width: w, height: h, model, _bytes: std::marker::PhantomData })
     }
 
-    /// Decodes at 1/`denom` scale (1, 2, 4 or 8) and returns the window
-    /// `[x0, x1) x [y0, y1)` of the scaled image as packed RGB, with its size. The window
-    /// is clamped to the scaled image; rows below it are never decoded.
-    pub fn decode_window(self, denom: u32, window: [u32; 4]) -> Result<(u32, u32, Vec<u8>), String> {
+    /// Decodes at 1/`denom` scale (1, 2, 4 or 8) the window `[x0, x1) x [y0, y1)` of the
+    /// scaled image (clamped to it). libjpeg writes the rows straight into the returned
+    /// buffer, which holds the decoded span: the window's rows, each as wide as the
+    /// columns libjpeg decoded around it. Returns the span as `(width, height, RGB)` and
+    /// the window's columns in it, `(first, count)`. Rows below the window are never
+    /// decoded; rows above it are only entropy-decoded.
+    pub fn decode_window(self, denom: u32, window: [u32; 4]) -> Result<(u32, u32, Vec<u8>, (u32, u32)), String> {
         let mut err = [0 as c_char; ERR_LEN];
         let (mut ow, mut oh) = (0, 0);
         // SAFETY: `handle` is a live handle from `open`, used by one thread at a time.
@@ -73,18 +77,27 @@ impl<'a> Jpeg<'a> {
         let [x0, y0, x1, y1] = window;
         let (x1, y1) = (x1.min(ow), y1.min(oh));
         let (x0, y0) = (x0.min(x1), y0.min(y1));
-        let (cw, ch) = (x1 - x0, y1 - y0);
-        let len = cw as usize * ch as usize * 3;
+        let (mut span_w, mut x_in_span) = (0, 0);
+        // SAFETY: as above; the bridge only writes the two out-parameters.
+        if unsafe { et_jpeg_crop(self.handle, x0, x1, &mut span_w, &mut x_in_span, err.as_mut_ptr(), ERR_LEN) } != 0 {
+            return Err(message(&err));
+        }
+        if x_in_span + (x1 - x0) > span_w {
+            return Err(format!("corrupt JPEG (decoder span of {span_w} columns misses the window)"));
+        }
+        let rows = y1 - y0;
+        let stride = span_w as usize * 3;
+        let len = stride * rows as usize;
         let mut out: Vec<u8> = Vec::with_capacity(len);
-        // SAFETY: the bridge writes exactly `ch` rows of `3 * cw` bytes into `out`'s
+        // SAFETY: the bridge writes exactly `rows` rows of `stride` bytes into `out`'s
         // capacity before returning 0; only then is the length set.
         unsafe {
-            if et_jpeg_read(self.handle, y0, y1, x0, x1, out.as_mut_ptr(), err.as_mut_ptr(), ERR_LEN) != 0 {
+            if et_jpeg_read_into(self.handle, y0, y1, out.as_mut_ptr(), stride, err.as_mut_ptr(), ERR_LEN) != 0 {
                 return Err(message(&err));
             }
             out.set_len(len);
         }
-        Ok((cw, ch, out))
+        Ok((span_w, rows, out, (x_in_span, x1 - x0)))
     }
 }
 

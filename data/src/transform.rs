@@ -5,7 +5,7 @@
 //! random numbers in the same order, so a crop differs from the reference only by the
 //! random stream itself.
 
-use crate::resample::{resize, resize_box, Filter};
+use crate::resample::{resize, Filter};
 use crate::{DataError, Rng};
 use image::RgbImage;
 use std::path::Path;
@@ -107,7 +107,7 @@ impl RandomResizedCrop {
         let reduce_to = reduced_dct.then_some(self.size);
         let c = crate::decode::decode_crop(&bytes, reduce_to, |w, h| self.params(w, h, rng))
             .map_err(|reason| DataError::Decode { path: path.to_path_buf(), reason })?;
-        Ok(resize_box(&c.img, c.region, self.size, self.size, self.filter))
+        Ok(c.resize(self.size, self.size, self.filter))
     }
 }
 

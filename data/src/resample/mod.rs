@@ -158,42 +158,79 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbIma
 /// (possibly fractional) `region = [x0, y0, x1, y1]` of `img`. Filter taps near the
 /// region's edge read the pixels beyond it, as far as the image goes.
 pub fn resize_box(img: &RgbImage, region: [f64; 4], width: u32, height: u32, filter: Filter) -> RgbImage {
-    let (w, h) = (img.width() as usize, img.height() as usize);
+    resize_window(img, (0, img.width()), region, width, height, filter)
+}
+
+/// `resize_box` on the image made of columns `columns.0..columns.0 + columns.1` of `img`,
+/// read in place (for a decoder that returns more columns than the crop).
+pub fn resize_window(img: &RgbImage, columns: (u32, u32), region: [f64; 4], width: u32, height: u32, filter: Filter) -> RgbImage {
+    let (x0, w) = (columns.0.min(img.width()) as usize, columns.1 as usize);
+    let w = w.min(img.width() as usize - x0);
+    let h = img.height() as usize;
     let (ow, oh) = (width as usize, height as usize);
     let full_x = region[0] == 0.0 && region[2] == w as f64;
     let full_y = region[1] == 0.0 && region[3] == h as f64;
+    let window = || {
+        if (x0, w) == (0, img.width() as usize) {
+            std::borrow::Cow::Borrowed(img)
+        } else {
+            std::borrow::Cow::Owned(crate::transform::crop(img, 0, x0 as i64, h as u32, w as u32))
+        }
+    };
     if (ow, oh) == (w, h) && full_x && full_y {
-        return img.clone();
+        return window().into_owned();
     }
     if ow == 0 || oh == 0 || w == 0 || h == 0 {
         return RgbImage::new(width, height);
     }
     if filter == Filter::Nearest {
+        let img = window();
         if full_x && full_y {
-            return nearest(img, width, height);
+            return nearest(&img, width, height);
         }
         let (x0, y0) = (region[0].round() as i64, region[1].round() as i64);
         let (cw, ch) = (((region[2] - region[0]).round() as u32).max(1), ((region[3] - region[1]).round() as u32).max(1));
-        return nearest(&crate::transform::crop(img, y0, x0, ch, cw), width, height);
+        return nearest(&crate::transform::crop(&img, y0, x0, ch, cw), width, height);
     }
-    let src = img.as_raw();
+    let src = Plane { raw: img.as_raw(), stride: 3 * img.width() as usize, offset: 3 * x0, width: w };
     let tx = || taps_box(region[0], region[2], w, ow, filter);
     let ty = taps_box(region[1], region[3], h, oh, filter);
     let out = if ow == w && full_x {
-        pass_v8(src, w, 0, &ty)
+        pass_v8(&src, 0, &ty)
     } else if oh == h && full_y {
-        pass_h8(src, w, 0, h, &tx())
+        pass_h8(&src, 0, h, &tx())
     } else if vertical_first((region[2] - region[0]) as usize, (region[3] - region[1]) as usize, ow, oh) {
-        let tmp = pass_v8(src, w, 0, &ty);
-        pass_h8(&tmp, w, 0, oh, &tx())
+        let tmp = pass_v8(&src, 0, &ty);
+        pass_h8(&Plane::packed(&tmp, w), 0, oh, &tx())
     } else {
         // Only the source rows that the vertical pass reads are resampled.
         let first = ty.start[0];
         let last = ty.start[oh - 1] + ty.weights[oh - 1].len();
-        let tmp = pass_h8(src, w, first, last - first, &tx());
-        pass_v8(&tmp, ow, first, &ty)
+        let tmp = pass_h8(&src, first, last - first, &tx());
+        pass_v8(&Plane::packed(&tmp, ow), first, &ty)
     };
     RgbImage::from_raw(width, height, out).unwrap_or_else(|| RgbImage::new(width, height))
+}
+
+/// RGB rows in a buffer that may be wider: row `y` is `3 * width` bytes from
+/// `raw[y * stride + offset]` (stride and offset in bytes).
+pub(crate) struct Plane<'a> {
+    raw: &'a [u8],
+    stride: usize,
+    offset: usize,
+    width: usize,
+}
+
+impl<'a> Plane<'a> {
+    /// Rows of `width` pixels one after another.
+    fn packed(raw: &'a [u8], width: usize) -> Plane<'a> {
+        Plane { raw, stride: 3 * width, offset: 0, width }
+    }
+
+    fn row(&self, y: usize) -> &'a [u8] {
+        let start = y * self.stride + self.offset;
+        &self.raw[start..start + 3 * self.width]
+    }
 }
 
 /// Source index of each output coordinate for `Nearest`, as Pillow's

@@ -3,7 +3,7 @@
 //! Integer sums do not depend on their order, so the vectorised loops below give Pillow's
 //! results exactly.
 
-use super::Taps;
+use super::{Plane, Taps};
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
@@ -26,12 +26,12 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-pub(super) fn pass_h8(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
-    avx2_dispatch!(pass_h8_impl(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8>)
+pub(super) fn pass_h8(src: &Plane, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
+    avx2_dispatch!(pass_h8_impl(src: &Plane, first: usize, rows: usize, t: &Taps) -> Vec<u8>)
 }
 
-pub(super) fn pass_v8(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
-    avx2_dispatch!(pass_v8_impl(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8>)
+pub(super) fn pass_v8(src: &Plane, first: usize, t: &Taps) -> Vec<u8> {
+    avx2_dispatch!(pass_v8_impl(src: &Plane, first: usize, t: &Taps) -> Vec<u8>)
 }
 
 /// Rows resampled together by the horizontal pass.
@@ -41,25 +41,25 @@ const STRIP: usize = 8;
 const LANES: usize = 3 * STRIP;
 type Column = [u8; 32];
 
-/// One horizontal 8-bit pass over rows `first..first + rows` of an RGB buffer `w` wide.
+/// One horizontal 8-bit pass over rows `first..first + rows` of `src`.
 ///
 /// A per-pixel loop spends its time on 3-sample dot products with a different window per
 /// output pixel. Instead, strips of `STRIP` rows are transposed so that each source column
 /// holds the `LANES` samples of all rows of the strip contiguously; every output column is
 /// then a weighted sum of whole source columns, with the same weights for all lanes —
 /// the vertical pass's wide loop.
-fn pass_h8_impl(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
+fn pass_h8_impl(src: &Plane, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
     let ow = t.start.len();
     let k = fixed_point(t);
     let mut out = vec![0u8; rows * ow * 3];
-    let rw = w * 3;
+    let w = src.width;
     let strips = rows / STRIP;
     let mut cols = vec![[0u8; 32]; w];
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
     for strip in 0..strips {
         let y0 = strip * STRIP;
-        transpose(&src[(first + y0) * rw..(first + y0 + STRIP) * rw], w, &mut cols);
+        transpose(std::array::from_fn(|r| src.row(first + y0 + r)), &mut cols);
         let out_rows = &mut out[y0 * ow * 3..(y0 + STRIP) * ow * 3];
         for (ox, (kx, &start)) in k.iter().zip(&t.start).enumerate() {
             let taps = &cols[start..start + kx.len()];
@@ -81,24 +81,23 @@ fn pass_h8_impl(src: &[u8], w: usize, first: usize, rows: usize, t: &Taps) -> Ve
     }
     // The rows after the last whole strip, pixel by pixel.
     for y in strips * STRIP..rows {
-        let row = &src[(first + y) * rw..(first + y + 1) * rw];
-        row_h8(row, &mut out[y * ow * 3..(y + 1) * ow * 3], &k, &t.start);
+        row_h8(src.row(first + y), &mut out[y * ow * 3..(y + 1) * ow * 3], &k, &t.start);
     }
     out
 }
 
-/// Copies `STRIP` rows (`strip`, each `w` RGB pixels) into columns. Pixels go as 4-byte
-/// words where the strip has a byte after them: the extra byte lands in the next row's
-/// slot, written afterwards, or in the column's padding.
+/// Copies `STRIP` rows of RGB pixels into columns. Pixels go as 4-byte words where the
+/// row has a byte after them: the extra byte lands in the next row's slot, written
+/// afterwards, or in the column's padding.
 #[inline(always)]
-fn transpose(strip: &[u8], w: usize, cols: &mut [Column]) {
-    for r in 0..STRIP {
+fn transpose(rows: [&[u8]; STRIP], cols: &mut [Column]) {
+    for (r, row) in rows.iter().enumerate() {
         for (x, col) in cols.iter_mut().enumerate() {
-            let o = (r * w + x) * 3;
+            let o = 3 * x;
             // Byte-wise copies: LLVM turns slice copies this short into memmove calls.
-            let word = match strip.get(o..o + 4) {
+            let word = match row.get(o..o + 4) {
                 Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                None => u32::from_le_bytes([strip[o], strip[o + 1], strip[o + 2], 0]),
+                None => u32::from_le_bytes([row[o], row[o + 1], row[o + 2], 0]),
             };
             let c = &mut col[3 * r..3 * r + 4];
             let b = word.to_le_bytes();
@@ -169,22 +168,21 @@ fn row_h8(row: &[u8], out_row: &mut [u8], k: &[Vec<i32>], starts: &[usize]) {
     }
 }
 
-/// One vertical 8-bit pass of an RGB buffer `w` wide whose row 0 is source row
+/// One vertical 8-bit pass of `src`, whose row 0 is source row
 /// `first` (the horizontal pass may have skipped unused leading rows). Whole rows are
 /// accumulated at once (the same sums as Pillow's per-pixel loop, in the same order).
 #[inline(always)]
-fn pass_v8_impl(src: &[u8], w: usize, first: usize, t: &Taps) -> Vec<u8> {
+fn pass_v8_impl(src: &Plane, first: usize, t: &Taps) -> Vec<u8> {
     let oh = t.start.len();
     let k = fixed_point(t);
-    let rw = w * 3;
+    let rw = src.width * 3;
     let mut out = vec![0u8; oh * rw];
     let mut acc = vec![0i32; rw];
     for ((out_row, ky), &start) in out.chunks_exact_mut(rw).zip(&k).zip(&t.start) {
         acc.fill(1i32 << (PRECISION_BITS - 1));
         let s = start - first;
         for (i, &kw) in ky.iter().enumerate() {
-            let row = &src[(s + i) * rw..(s + i + 1) * rw];
-            for (a, &p) in acc.iter_mut().zip(row) {
+            for (a, &p) in acc.iter_mut().zip(src.row(s + i)) {
                 *a += p as i32 * kw;
             }
         }
@@ -220,7 +218,7 @@ mod tests {
                 })
                 .collect();
             let t = taps_box(0.6, w as f64 - 1.3, w, ow, filter);
-            let got = pass_h8(&src, w, first, rows, &t);
+            let got = pass_h8(&Plane::packed(&src, w), first, rows, &t);
             let k = fixed_point(&t);
             let mut want = vec![0u8; rows * ow * 3];
             for (y, out_row) in want.chunks_exact_mut(ow * 3).enumerate() {
