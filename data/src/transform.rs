@@ -113,13 +113,32 @@ impl RandomResizedCrop {
 
 /// Mirrors left-right.
 pub fn hflip(img: &RgbImage) -> RgbImage {
-    image::imageops::flip_horizontal(img)
+    let mut out = img.clone();
+    hflip_in_place(&mut out);
+    out
+}
+
+/// Mirrors left-right in place, pixels swapped pairwise from both ends of each row.
+pub fn hflip_in_place(img: &mut RgbImage) {
+    let w = img.width() as usize;
+    if w < 2 {
+        return;
+    }
+    for row in img.chunks_exact_mut(3 * w) {
+        let (left, right) = row.split_at_mut(3 * (w / 2));
+        let right = &mut right[3 * (w % 2)..];
+        for (a, b) in left.chunks_exact_mut(3).zip(right.chunks_exact_mut(3).rev()) {
+            for c in 0..3 {
+                std::mem::swap(&mut a[c], &mut b[c]);
+            }
+        }
+    }
 }
 
 /// torchvision `RandomHorizontalFlip(p)`: one uniform draw, flip when below `p`.
 pub fn random_hflip(mut img: RgbImage, p: f64, rng: &mut Rng) -> RgbImage {
     if rng.uniform() < p {
-        image::imageops::flip_horizontal_in_place(&mut img);
+        hflip_in_place(&mut img);
     }
     img
 }
@@ -325,6 +344,10 @@ mod tests {
 
     #[test]
     fn flips() {
+        for w in [1, 2, 5, 6] {
+            let img = RgbImage::from_fn(w, 3, |x, y| image::Rgb([x as u8, y as u8, (x * 7 + y) as u8]));
+            assert_eq!(hflip(&img), image::imageops::flip_horizontal(&img), "width {w}");
+        }
         let img = gradient(5, 3);
         let f = hflip(&img);
         assert_eq!(f.get_pixel(0, 1), img.get_pixel(4, 1));
