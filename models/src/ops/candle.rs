@@ -338,8 +338,12 @@ impl Ops for CandleOps {
 /// softmax(q·kᵀ/√d + bias)·v on (N, heads, L, d) tensors, heads merged: (N, Lq, heads·d).
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, fused_softmax: bool) -> Result<Tensor> {
     let (n, heads, lq, d) = q.dims4()?;
-    if fused_softmax && bias.is_none() {
-        return super::attention::attention(q, k, v)?.transpose(1, 2)?.reshape((n, lq, heads * d));
+    if fused_softmax {
+        let o = match bias {
+            None => super::attention::attention(q, k, v)?,
+            Some(b) => super::attention::attention_biased(q, k, v, b)?,
+        };
+        return o.transpose(1, 2)?.reshape((n, lq, heads * d));
     }
     let lk = k.dim(2)?;
     let mut scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
