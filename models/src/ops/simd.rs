@@ -75,11 +75,16 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // which baseline x86-64 has no instruction for.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
     let er = p * (r * r) + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n as an integer from t's bits (t = 1.5·2^23 + n has a unit ulp, so its mantissa
+    // holds n): the same value as `n as i32`, whose saturating semantics LLVM cannot
+    // vectorise and turns into eight scalar conversions per vector.
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     er * scale
 }
 

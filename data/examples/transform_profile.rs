@@ -1,7 +1,7 @@
 //! Times the per-image operations of the training transform on a 224×224 photo-sized input
 //! (fastest and median of 31 runs; on a shared machine the fastest is the steadier figure),
 //! so that a change to one op can be measured on its own:
-//! `cargo run --release -p et-data --example op_profile [-- [PATH.jpg] [NAME...]]`.
+//! `cargo run --release -p et-data --example transform_profile [-- [PATH.jpg] [NAME...]]`.
 //! Without a path the input is a smooth synthetic image; names (substrings) pick the ops.
 
 use et_data::augment_ops::*;
