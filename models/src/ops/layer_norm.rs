@@ -45,17 +45,23 @@ fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], d: Dims, eps: f64) -> Vec<T>
     let slice = d.c * d.inner;
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(slice).zip(x.par_chunks(slice)).for_each(|(y, x)| {
-        let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
-        stats(x, d, eps, &mut mean, &mut rstd);
-        for c in 0..d.c {
-            let (wc, bc) = (w[c].to_f64(), b[c].to_f64());
-            let r = c * d.inner..(c + 1) * d.inner;
-            for (((o, &v), &m), &s) in y[r.clone()].iter_mut().zip(&x[r]).zip(&mean).zip(&rstd) {
-                *o = T::from_f64((v.to_f64() - m) * s * wc + bc);
-            }
-        }
+        avx2!(<T: WithDType> image_forward(x: &[T] = x, w: &[T] = w, b: &[T] = b, y: &mut [T] = y, d: Dims = d, eps: f64 = eps))
     });
     y
+}
+
+/// The channel norm of one image, (C, inner).
+#[inline(always)]
+fn image_forward<T: WithDType>(x: &[T], w: &[T], b: &[T], y: &mut [T], d: Dims, eps: f64) {
+    let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
+    stats(x, d, eps, &mut mean, &mut rstd);
+    for c in 0..d.c {
+        let (wc, bc) = (w[c].to_f64(), b[c].to_f64());
+        let r = c * d.inner..(c + 1) * d.inner;
+        for (((o, &v), &m), &s) in y[r.clone()].iter_mut().zip(&x[r]).zip(&mean).zip(&rstd) {
+            *o = T::from_f64((v.to_f64() - m) * s * wc + bc);
+        }
+    }
 }
 
 /// Returns dx (same size as x) followed by dw (C) and db (C) in one buffer.
@@ -69,32 +75,7 @@ fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], d: Dims, eps: f64) -> Vec<
         .par_chunks_mut(slice)
         .zip(x.par_chunks(slice).zip(dy.par_chunks(slice)))
         .map(|(dx, (x, dy))| {
-            let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
-            stats(x, d, eps, &mut mean, &mut rstd);
-            let (mut a, mut bsum) = (vec![0.0; d.inner], vec![0.0; d.inner]);
-            let (mut dw, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
-            for c in 0..d.c {
-                let wc = w[c].to_f64();
-                let r = c * d.inner..(c + 1) * d.inner;
-                for i in 0..d.inner {
-                    let (g, xh) = (dy[r.start + i].to_f64(), (x[r.start + i].to_f64() - mean[i]) * rstd[i]);
-                    a[i] += g * wc;
-                    bsum[i] += g * wc * xh;
-                    dw[c] += g * xh;
-                    db[c] += g;
-                }
-            }
-            let inv_c = 1.0 / d.c as f64;
-            for c in 0..d.c {
-                let wc = w[c].to_f64();
-                let r = c * d.inner;
-                for i in 0..d.inner {
-                    let xh = (x[r + i].to_f64() - mean[i]) * rstd[i];
-                    let g = dy[r + i].to_f64() * wc;
-                    dx[r + i] = T::from_f64(rstd[i] * (g - a[i] * inv_c - xh * bsum[i] * inv_c));
-                }
-            }
-            (dw, db)
+            avx2!(<T: WithDType> image_backward(x: &[T] = x, w: &[T] = w, dy: &[T] = dy, dx: &mut [T] = dx, d: Dims = d, eps: f64 = eps) -> (Vec<f64>, Vec<f64>))
         })
         .collect();
     let mut out = dx;
@@ -106,6 +87,39 @@ fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], d: Dims, eps: f64) -> Vec<
     out.extend(dw.into_iter().map(T::from_f64));
     out.extend(db.into_iter().map(T::from_f64));
     out
+}
+
+/// dx of one image, (C, inner), and its (dw, db). The per-channel sums over positions take
+/// 8 partial sums (`lane_sum`): a single running sum is a chain of dependent adds that
+/// cannot vectorise.
+#[inline(always)]
+fn image_backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], dx: &mut [T], d: Dims, eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
+    stats(x, d, eps, &mut mean, &mut rstd);
+    let (mut a, mut bsum) = (vec![0.0; d.inner], vec![0.0; d.inner]);
+    let (mut dw, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
+    for c in 0..d.c {
+        let wc = w[c].to_f64();
+        let (xc, gc) = (&x[c * d.inner..(c + 1) * d.inner], &dy[c * d.inner..(c + 1) * d.inner]);
+        for i in 0..d.inner {
+            let (g, xh) = (gc[i].to_f64(), (xc[i].to_f64() - mean[i]) * rstd[i]);
+            a[i] += g * wc;
+            bsum[i] += g * wc * xh;
+        }
+        dw[c] = lane_sum(d.inner, |i| gc[i].to_f64() * ((xc[i].to_f64() - mean[i]) * rstd[i]));
+        db[c] = lane_sum(d.inner, |i| gc[i].to_f64());
+    }
+    let inv_c = 1.0 / d.c as f64;
+    for c in 0..d.c {
+        let wc = w[c].to_f64();
+        let r = c * d.inner;
+        for i in 0..d.inner {
+            let xh = (x[r + i].to_f64() - mean[i]) * rstd[i];
+            let g = dy[r + i].to_f64() * wc;
+            dx[r + i] = T::from_f64(rstd[i] * (g - a[i] * inv_c - xh * bsum[i] * inv_c));
+        }
+    }
+    (dw, db)
 }
 
 // The last-axis norm (inner = 1, every transformer here) has contiguous rows: the column

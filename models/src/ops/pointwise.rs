@@ -42,6 +42,9 @@ fn gather<'a, T: WithDType>(imgs: &'a [T], c: usize, hw: usize, buf: &'a mut Vec
         return imgs;
     }
     buf.clear();
+    // One allocation: rayon's for_each_init starts each split with an empty buffer, and
+    // growing it by doubling cost a copy of everything gathered so far.
+    buf.reserve(imgs.len());
     for ci in 0..c {
         for img in imgs.chunks_exact(c * hw) {
             buf.extend_from_slice(&img[ci * hw..(ci + 1) * hw]);
