@@ -149,12 +149,13 @@ fn main() -> Result<()> {
                     Precision::F32 => None,
                     p => Some(Model::new(&cfg, ps.var_builder_cast(p.dtype(), &dev))?),
                 };
-                let logits = cast.as_ref().unwrap_or(&net).forward(&CandleOps::train(i as u64), &x)?;
+                let ops = CandleOps::training(i as u64, &dev, x.dtype());
+                let logits = ops.loss_input(&cast.as_ref().unwrap_or(&net).forward(&ops, &x)?)?;
                 let loss = soft_cross_entropy(&logits.to_dtype(DType::F32)?, &targets)?;
                 // GPU work is asynchronous: wait for it so each phase is timed, not queued.
                 dev.synchronize()?;
                 let t_fwd = t.elapsed().as_secs_f64();
-                let grads = loss.backward()?;
+                let grads = ops.backward(&loss)?;
                 dev.synchronize()?;
                 let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
                 let (grads, _) = Grads::accumulate(None, &opt.params, &grads, 1.0)?;

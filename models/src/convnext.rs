@@ -161,7 +161,7 @@ impl ConvNeXt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, seeded};
+    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
     use crate::ops::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
@@ -187,6 +187,7 @@ mod tests {
             let y = model.forward(&CandleOps::train(7), &x)?;
             assert_eq!(y.dims(), &[3, 5]);
             assert_every_parameter_learns(&ps, &y)?;
+            assert_tape_matches_graph(&ps, 7, |o| model.forward(o, &x))?;
         }
         Ok(())
     }

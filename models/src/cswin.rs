@@ -204,7 +204,7 @@ impl CSWin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, seeded};
+    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
     use crate::ops::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
@@ -221,6 +221,7 @@ mod tests {
         let y = model.forward(&CandleOps::train(3), &x)?;
         assert_eq!(y.dims(), &[2, 3]);
         assert_every_parameter_learns(&ps, &y)?;
+        assert_tape_matches_graph(&ps, 3, |o| model.forward(o, &x))?;
         assert!(model.forward(&CandleOps::eval(), &seeded(&[1, 3, 64, 96], 2, &Device::Cpu, DType::F32)?).is_err());
         Ok(())
     }

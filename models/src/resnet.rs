@@ -159,7 +159,7 @@ impl ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, seeded};
+    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
     use crate::ops::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
@@ -185,6 +185,7 @@ mod tests {
             let y = model.forward(&ops, &x)?;
             assert_eq!(y.dims(), &[2, 4]);
             assert_every_parameter_learns(&ps, &y)?;
+            assert_tape_matches_graph(&ps, 5, |o| model.forward(o, &x))?;
             let updates = ops.take_buffer_updates();
             let buffers = ps.all().len() - ps.trainable().len();
             assert_eq!(updates.len(), buffers, "every running statistic is updated once");

@@ -278,7 +278,7 @@ impl SwinTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, seeded};
+    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
     use crate::ops::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
@@ -317,6 +317,7 @@ mod tests {
         let y = model.forward(&CandleOps::train(3), &x)?;
         assert_eq!(y.dims(), &[2, 3]);
         assert_every_parameter_learns(&ps, &y)?;
+        assert_tape_matches_graph(&ps, 3, |o| model.forward(o, &x))?;
         Ok(())
     }
 }

@@ -238,9 +238,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
                     smoothed_targets(&labels, classes, cfg.label_smoothing, &device)?
                 };
                 let x = Tensor::from_vec(images, shape.as_slice(), &device)?.to_dtype(compute_dtype)?;
-                let ops = CandleOps::train(key(0x6470).next_u64());
+                let ops = CandleOps::training(key(0x6470).next_u64(), &device, x.dtype());
                 let cast = s.cast_model(cfg.precision)?;
-                let logits = cast.as_ref().unwrap_or(model).forward(&ops, &x)?;
+                let logits = ops.loss_input(&cast.as_ref().unwrap_or(model).forward(&ops, &x)?)?;
                 // The loss is reduced in f32 whatever the compute precision.
                 let loss = soft_cross_entropy(&logits.to_dtype(candle_core::DType::F32)?, &targets)?;
                 let loss_v = loss.to_scalar::<f32>()? as f64;
@@ -249,7 +249,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
                     let last = last_ckpt.clone().or_else(|| checkpoint::locate(&cfg.out).ok());
                     return Err(TrainError::NonFinite { step: st.step, stage: si, loss: loss_v, last_checkpoint: last });
                 }
-                let (g, missing) = Grads::accumulate(grads.take(), &opt.params, &loss.backward()?, 1.0 / accum[si] as f32)?;
+                let (g, missing) = Grads::accumulate(grads.take(), &opt.params, &ops.backward(&loss)?, 1.0 / accum[si] as f32)?;
                 if !missing.is_empty() {
                     return Err(TrainError::Internal(format!("no gradient reached {}", missing.join(", "))));
                 }

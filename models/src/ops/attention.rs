@@ -197,7 +197,7 @@ impl CustomOp3 for AttentionBwd {
 /// softmax(q·kᵀ/√d)·v for q (N, heads, Lq, d), k and v (N, heads, Lk, d) on the CPU.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let dm = dims(q, k, v)?;
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, AttentionFwd { dm, bias: None })
+    super::tape::apply3([q, k, v], [&q.contiguous()?, &k.contiguous()?, &v.contiguous()?], AttentionFwd { dm, bias: None })
 }
 
 /// softmax(q·kᵀ/√d + bias)·v on the CPU for q (N, heads, Lq, d), k and v (N, heads, Lk, d)
@@ -210,8 +210,8 @@ pub fn attention_biased(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Re
     if bias.dims() != [g, h, dm.lq, dm.lk] || g == 0 || n % g != 0 {
         candle_core::bail!("attention: bias {:?} does not fit q {:?} and k {:?}", bias.dims(), q.dims(), k.dims())
     }
-    let kv = Tensor::cat(&[k, v], 3)?;
-    q.contiguous()?.apply_op3(&kv, &bias.contiguous()?, AttentionFwd { dm, bias: Some(BiasLayout { heads: h, g }) })
+    let kv = super::tape::cat(&[k, v], 3)?;
+    super::tape::apply3([q, &kv, bias], [&q.contiguous()?, &kv, &bias.contiguous()?], AttentionFwd { dm, bias: Some(BiasLayout { heads: h, g }) })
 }
 
 fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {

@@ -205,9 +205,9 @@ fn dims(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Dims> {
 /// batch's per-channel mean and biased variance (detached), for the running statistics.
 pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
     let d = dims(x, w, b)?;
-    let x = x.contiguous()?;
-    let y = x.apply_op3(&w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?, BnFwd { d, eps })?;
-    let stats = x.apply_op1_no_bwd(&BnStats { d })?;
+    let xc = x.contiguous()?;
+    let y = super::tape::apply3([x, w, b], [&xc, &w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?], BnFwd { d, eps })?;
+    let stats = xc.apply_op1_no_bwd(&BnStats { d })?;
     Ok((y, stats.narrow(0, 0, d.c)?, stats.narrow(0, d.c, d.c)?))
 }
 

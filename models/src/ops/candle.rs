@@ -4,9 +4,12 @@ use super::layer_norm::layer_norm;
 use super::max_pool::max_pool2d;
 use super::pointwise::pointwise_conv;
 use super::scale::scale_channels;
+use super::tape::{self, Recording, Tape};
 use super::{portable, ConvGeom, Ops};
-use candle_core::{DType, Result, Tensor, TensorId, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor, TensorId, Var, D};
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 /// Runs models in candle. Every op here has a working gradient (no `*_no_bwd` paths, see
 /// NOTES.md); `train` switches stochastic depth on. f32/f64 tensors on the CPU go through the
@@ -21,16 +24,78 @@ pub struct CandleOps {
     /// New running statistics computed in training mode, keyed by the buffer tensor's id;
     /// the trainer writes them into the buffers after the step (`ParamStore::apply`).
     updates: RefCell<Vec<(TensorId, Tensor)>>,
+    /// Records the backward outside candle's graph ([`CandleOps::taped`]).
+    tape: Option<Rc<Tape>>,
+    /// Under a tape: the recorded output and the leaf variable the loss is computed from.
+    head: RefCell<Option<(Tensor, Tensor)>>,
 }
 
 impl CandleOps {
     pub fn eval() -> Self {
-        CandleOps { train: false, kernels: true, rng: Cell::new(0), updates: RefCell::new(Vec::new()) }
+        CandleOps { train: false, kernels: true, rng: Cell::new(0), updates: RefCell::new(Vec::new()), tape: None, head: RefCell::new(None) }
     }
 
     /// Training mode; `seed` drives drop-path masks (reseed per step for reproducibility).
     pub fn train(seed: u64) -> Self {
-        CandleOps { train: true, kernels: true, rng: Cell::new(seed), updates: RefCell::new(Vec::new()) }
+        CandleOps { train: true, kernels: true, rng: Cell::new(seed), updates: RefCell::new(Vec::new()), tape: None, head: RefCell::new(None) }
+    }
+
+    /// Records gradients on our own tape instead of candle's graph (see `ops/tape.rs`):
+    /// the same gradients without candle's zero-filled buffer and copy per tensor. For the
+    /// CPU kernels only (f32/f64 on the CPU): other inputs are an error. Compute the loss from
+    /// [`CandleOps::loss_input`] of the model's output and take gradients with
+    /// [`CandleOps::backward`].
+    pub fn taped(mut self) -> Self {
+        // Eval mode records nothing: no gradients are taken there.
+        if self.train {
+            self.tape = Some(Rc::new(Tape::default()));
+        }
+        self
+    }
+
+    /// Training mode for a step whose activations are `dtype` on `device`: on a tape where
+    /// the CPU kernels run (f32/f64 on the CPU) unless `ET_CANDLE_AUTOGRAD=1` asks for
+    /// candle's graph (the same gradients, slower: `assert_tape_matches_graph`).
+    pub fn training(seed: u64, device: &candle_core::Device, dtype: DType) -> Self {
+        let graph = std::env::var("ET_CANDLE_AUTOGRAD").is_ok_and(|v| !v.is_empty() && v != "0");
+        let ops = CandleOps::train(seed);
+        if !graph && device.is_cpu() && matches!(dtype, DType::F32 | DType::F64) {
+            ops.taped()
+        } else {
+            ops
+        }
+    }
+
+    /// The model output as the loss should take it: under a tape, a leaf variable whose
+    /// gradient [`CandleOps::backward`] carries back through the tape; otherwise `y` itself.
+    pub fn loss_input(&self, y: &Tensor) -> Result<Tensor> {
+        if self.tape.is_none() {
+            return Ok(y.clone());
+        }
+        let leaf = Var::from_tensor(y)?.into_inner();
+        *self.head.borrow_mut() = Some((y.clone(), leaf.clone()));
+        Ok(leaf)
+    }
+
+    /// Gradients of the scalar `loss` with respect to every parameter.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut store = loss.backward()?;
+        let Some(tape) = &self.tape else { return Ok(store) };
+        let Some((y, leaf)) = self.head.borrow_mut().take() else {
+            candle_core::bail!("a taped backward needs the loss computed from CandleOps::loss_input")
+        };
+        let Some(g) = store.get(&leaf) else { candle_core::bail!("the loss does not depend on the model output") };
+        let g = g.clone();
+        tape.backward(&y, g, &mut store)?;
+        Ok(store)
+    }
+
+    /// Makes this op's tape (if any) the one kernels record on, for one method call.
+    fn rec(&self, x: &Tensor) -> Result<Recording> {
+        if self.tape.is_some() && !self.kernels_for(x) {
+            candle_core::bail!("a taped training step runs the CPU kernels only (f32/f64 on the CPU), not {:?} on {:?}", x.dtype(), x.device())
+        }
+        Ok(Recording::start(self.tape.as_ref()))
     }
 
     /// The same, always on the portable compositions (what CUDA and bf16 run).
@@ -95,6 +160,7 @@ impl Ops for CandleOps {
         let (_, c_in, _, _) = x.dims4()?;
         let (c_out, c_per_group, kh, kw) = w.dims4()?;
         let depthwise = g.groups > 1 && g.groups == c_in && g.groups == c_out && c_per_group == 1 && kh == kw;
+        let _r = self.rec(x)?;
         if depthwise && (self.kernels_for(x) || self.cuda_kernels_for(x)) {
             return depthwise_conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
         }
@@ -109,15 +175,19 @@ impl Ops for CandleOps {
         if kh == kw && g.groups == 1 {
             return super::conv::conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
         }
-        let (x, padding) = trim_for_backward(x, kh, g)?;
-        let y = x.conv2d(w, padding, g.stride, 1, g.groups)?;
-        match b {
-            Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
-            None => Ok(y),
-        }
+        let inputs: Vec<&Tensor> = [x, w].into_iter().chain(b).collect();
+        tape::composite(&inputs, |t| {
+            let (x, padding) = trim_for_backward(&t[0], kh, g)?;
+            let y = x.conv2d(&t[1], padding, g.stride, 1, g.groups)?;
+            match t.get(2) {
+                Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
+                None => Ok(y),
+            }
+        })
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         if self.kernels_for(x) {
             return super::linear::linear(x, w, &bias_or_zeros(b, w.dim(0)?, x)?);
         }
@@ -138,6 +208,7 @@ impl Ops for CandleOps {
     }
 
     fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         if !self.kernels_for(x) {
             return portable::layer_norm(x, w, b, 1, eps);
         }
@@ -145,6 +216,7 @@ impl Ops for CandleOps {
     }
 
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         if !self.kernels_for(x) {
             return portable::layer_norm(x, w, b, x.rank() - 1, eps);
         }
@@ -152,6 +224,7 @@ impl Ops for CandleOps {
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         if !self.kernels_for(x) {
             return x.gelu_erf();
         }
@@ -159,6 +232,7 @@ impl Ops for CandleOps {
     }
 
     fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         if self.kernels_for(x) {
             return super::relu::relu(x);
         }
@@ -166,10 +240,12 @@ impl Ops for CandleOps {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        a + b
+        let _r = self.rec(a)?;
+        tape::op([a, b], |[a, b]| a + b, |g| Ok([Some(g.clone()), Some(g.clone())]))
     }
 
     fn scale_channels(&self, x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         if !self.kernels_for(x) {
             return portable::scale_channels(x, gamma);
         }
@@ -177,28 +253,36 @@ impl Ops for CandleOps {
     }
 
     fn global_avg_pool(&self, x: &Tensor) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         let (n, c, h, w) = x.dims4()?;
-        x.reshape((n, c, h * w))?.mean_keepdim(D::Minus1)?.reshape((n, c, 1, 1))
+        tape::op([x], |[x]| x.reshape((n, c, h * w))?.mean_keepdim(D::Minus1)?.reshape((n, c, 1, 1)), move |g| {
+            Ok([Some((g / (h * w) as f64)?.broadcast_as((n, c, h, w))?)])
+        })
     }
 
     fn flatten(&self, x: &Tensor) -> Result<Tensor> {
-        x.flatten_from(1)
+        let _r = self.rec(x)?;
+        let n = x.dim(0)?;
+        tape::reshape(x, (n, x.elem_count() / n.max(1)))
     }
 
     fn drop_path(&self, x: &Tensor, rate: f64) -> Result<Tensor> {
         if !self.train || rate <= 0.0 {
             return Ok(x.clone());
         }
+        let _r = self.rec(x)?;
         let keep = 1.0 - rate;
         let n = x.dim(0)?;
         let mask: Vec<f32> = (0..n).map(|_| if self.uniform() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
         let mut shape = vec![1usize; x.rank()];
         shape[0] = n;
         let mask = Tensor::from_vec(mask, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
-        x.broadcast_mul(&mask)
+        let m = mask.clone();
+        tape::op([x], |[x]| x.broadcast_mul(&mask), move |g| Ok([Some(g.broadcast_mul(&m)?)]))
     }
 
     fn batch_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         let c = w.elem_count();
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
         // Statistics in f32 for half-precision activations; running buffers keep their dtype.
@@ -239,6 +323,7 @@ impl Ops for CandleOps {
     }
 
     fn max_pool2d(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         if !self.kernels_for(x) {
             return portable::max_pool2d(x, kernel, stride, padding);
         }
@@ -251,29 +336,43 @@ impl Ops for CandleOps {
     }
 
     fn to_tokens(&self, x: &Tensor) -> Result<Tensor> {
-        x.flatten_from(2)?.transpose(1, 2)?.contiguous()
+        let _r = self.rec(x)?;
+        let (n, c, h, w) = x.dims4()?;
+        tape::op([x], |[x]| x.flatten_from(2)?.transpose(1, 2)?.contiguous(), move |g| Ok([Some(g.transpose(1, 2)?.reshape((n, c, h, w))?)]))
     }
 
     fn prepend_token(&self, x: &Tensor, token: &Tensor) -> Result<Tensor> {
-        let (n, _, c) = x.dims3()?;
-        Tensor::cat(&[&token.broadcast_as((n, 1, c))?, x], 1)
+        let _r = self.rec(x)?;
+        let (n, l, c) = x.dims3()?;
+        tape::op([x, token], |[x, t]| Tensor::cat(&[&t.broadcast_as((n, 1, c))?, &x], 1), move |g| {
+            Ok([Some(g.narrow(1, 1, l)?), Some(g.narrow(1, 0, 1)?.sum_keepdim(0)?)])
+        })
     }
 
     fn add_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {
-        x.broadcast_add(p)
+        let _r = self.rec(x)?;
+        let ps = p.shape().clone();
+        tape::op([x, p], |[x, p]| x.broadcast_add(&p), move |g| Ok([Some(g.clone()), Some(tape::sum_to(g, &ps)?)]))
     }
 
     fn attention(&self, qkv: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+        let _r = self.rec(qkv)?;
         let (n, l, _) = qkv.dims3()?;
-        let qkv = qkv.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
-        attend(&q, &k, &v, bias, self.kernels_for(&q))
+        // (N, L, 3·H·d) → (3, N, H, L, d): q, k and v each one contiguous slice.
+        let packed = tape::op([qkv], |[t]| t.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous(), move |g| {
+            Ok([Some(g.permute((1, 3, 0, 2, 4))?.reshape((n, l, 3 * heads * head_dim))?)])
+        })?;
+        let qkv = tape::unbind0(&packed)?;
+        attend(&qkv[0], &qkv[1], &qkv[2], bias, self.kernels_for(&qkv[0]))
     }
 
     fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+        let _r = self.rec(q)?;
         let split = |t: &Tensor| -> Result<Tensor> {
             let (n, l, _) = t.dims3()?;
-            t.reshape((n, l, heads, head_dim))?.transpose(1, 2)?.contiguous()
+            tape::op([t], |[t]| t.reshape((n, l, heads, head_dim))?.transpose(1, 2)?.contiguous(), move |g| {
+                Ok([Some(g.transpose(1, 2)?.reshape((n, l, heads * head_dim))?)])
+            })
         };
         let q = split(q)?;
         let fused = self.kernels_for(&q);
@@ -281,57 +380,98 @@ impl Ops for CandleOps {
     }
 
     fn token(&self, x: &Tensor, index: usize) -> Result<Tensor> {
-        x.narrow(1, index, 1)?.squeeze(1)
+        let _r = self.rec(x)?;
+        let l = x.dim(1)?;
+        if index >= l {
+            candle_core::bail!("token {index} of a sequence of {l}")
+        }
+        tape::op([x], |[x]| x.narrow(1, index, 1)?.squeeze(1), move |g| Ok([Some(g.unsqueeze(1)?.pad_with_zeros(1, index, l - index - 1)?)]))
     }
 
     fn reshape(&self, x: &Tensor, rest: &[usize]) -> Result<Tensor> {
+        let _r = self.rec(x)?;
         let inner: usize = rest.iter().product();
         if inner == 0 || x.elem_count() % inner != 0 {
             candle_core::bail!("cannot reshape {:?} to (-1, {rest:?})", x.dims())
         }
         let mut shape = vec![x.elem_count() / inner];
         shape.extend_from_slice(rest);
-        x.reshape(shape)
+        tape::reshape(x, shape)
     }
 
     fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
-        x.permute(perm)?.contiguous()
+        let _r = self.rec(x)?;
+        let mut inverse = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            if p < inverse.len() {
+                inverse[p] = i;
+            }
+        }
+        tape::op([x], |[x]| x.permute(perm)?.contiguous(), move |g| Ok([Some(g.permute(inverse)?)]))
     }
 
     fn roll(&self, x: &Tensor, shift: isize, dim: usize) -> Result<Tensor> {
-        x.roll(shift as i32, dim)
+        let _r = self.rec(x)?;
+        tape::op([x], |[x]| x.roll(shift as i32, dim), move |g| Ok([Some(g.roll(-shift as i32, dim)?)]))
     }
 
     fn pad_end(&self, x: &Tensor, pads: &[usize]) -> Result<Tensor> {
-        let mut y = x.clone();
-        for (d, &p) in pads.iter().enumerate() {
-            if p > 0 {
-                y = y.pad_with_zeros(d, 0, p)?;
+        let _r = self.rec(x)?;
+        let dims = x.dims().to_vec();
+        let pad = |x: Tensor| -> Result<Tensor> {
+            let mut y = x;
+            for (d, &p) in pads.iter().enumerate() {
+                if p > 0 {
+                    y = y.pad_with_zeros(d, 0, p)?;
+                }
             }
-        }
-        Ok(y)
+            Ok(y)
+        };
+        tape::op([x], |[x]| pad(x), move |g| {
+            let mut t = g.clone();
+            for (d, &n) in dims.iter().enumerate() {
+                if t.dim(d)? != n {
+                    t = t.narrow(d, 0, n)?;
+                }
+            }
+            Ok([Some(t)])
+        })
     }
 
     fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
-        x.narrow(dim, start, len)
+        let _r = self.rec(x)?;
+        let size = x.dim(dim)?;
+        if start + len > size {
+            candle_core::bail!("narrow: {start}..{} of dimension {dim} of {:?}", start + len, x.dims())
+        }
+        tape::op([x], |[x]| x.narrow(dim, start, len), move |g| Ok([Some(g.pad_with_zeros(dim, start, size - start - len)?)]))
     }
 
     fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
-        Tensor::cat(xs, dim)
+        let Some(first) = xs.first() else { candle_core::bail!("concat of no tensors") };
+        let _r = self.rec(first)?;
+        tape::cat(xs, dim)
     }
 
     fn tokens_to_map(&self, x: &Tensor, like: &Tensor) -> Result<Tensor> {
-        let (n, _, c) = x.dims3()?;
+        let _r = self.rec(x)?;
+        let (n, l, c) = x.dims3()?;
         let (_, _, h, w) = like.dims4()?;
-        x.transpose(1, 2)?.reshape((n, c, h, w))
+        tape::op([x], |[x]| x.transpose(1, 2)?.reshape((n, c, h, w)), move |g| Ok([Some(g.reshape((n, c, l))?.transpose(1, 2)?)]))
     }
 
     fn mul_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(p)
+        let _r = self.rec(x)?;
+        let ps = p.shape().clone();
+        tape::op_saving([x, p], |[x, p]| x.broadcast_mul(&p), move |g, s| {
+            Ok([Some(g.broadcast_mul(&s[1])?), Some(tape::sum_to(&g.broadcast_mul(&s[0])?, &ps)?)])
+        })
     }
 
     fn squared_relu(&self, x: &Tensor) -> Result<Tensor> {
-        self.relu(x)?.sqr()
+        let _r = self.rec(x)?;
+        let r = self.relu(x)?;
+        tape::op_saving([&r], |[r]| r.sqr(), |g, s| Ok([Some((g * &s[0])?.affine(2.0, 0.0)?)]))
     }
 }
 
@@ -343,7 +483,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, fused_softm
             None => super::attention::attention(q, k, v)?,
             Some(b) => super::attention::attention_biased(q, k, v, b)?,
         };
-        return o.transpose(1, 2)?.reshape((n, lq, heads * d));
+        return tape::op([&o], |[o]| o.transpose(1, 2)?.reshape((n, lq, heads * d)), move |g| Ok([Some(g.reshape((n, lq, heads, d))?.transpose(1, 2)?)]));
     }
     let lk = k.dim(2)?;
     let mut scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;

@@ -251,7 +251,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> 
         candle_core::bail!("conv2d: weight {:?}, stride {stride}, padding {pad} do not fit input {:?}", w.shape(), x.shape())
     }
     let g = Geom { n, c, h, w: wd, k, stride, pad, o, ho: (h + 2 * pad - k) / stride + 1, wo: (wd + 2 * pad - k) / stride + 1 };
-    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, ConvFwd { g })
+    super::tape::apply3([x, w, b], [&x.contiguous()?, &w.contiguous()?, &b.contiguous()?], ConvFwd { g })
 }
 
 #[cfg(test)]

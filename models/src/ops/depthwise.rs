@@ -407,11 +407,9 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: 
     if stride == 0 {
         candle_core::bail!("depthwise conv: stride must be positive")
     }
-    let x = x.contiguous()?;
-    let w = w.contiguous()?;
-    let b = b.contiguous()?;
-    let g = geom(&x, &w, stride, pad)?;
-    x.apply_op3(&w, &b, DepthwiseFwd { g })
+    let args = [&x.contiguous()?, &w.contiguous()?, &b.contiguous()?];
+    let g = geom(args[0], args[1], stride, pad)?;
+    super::tape::apply3([x, w, b], args, DepthwiseFwd { g })
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ impl CustomOp2 for GeluGrad {
 
 /// GELU with the exact (erf) definition; f32 uses a 1.5e-7-accurate erf.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Gelu)
+    super::tape::apply1(x, &x.contiguous()?, Gelu)
 }
 
 #[cfg(test)]

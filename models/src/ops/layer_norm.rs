@@ -273,7 +273,8 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, axis: usize, eps: f64) -> 
         candle_core::bail!("layer norm: weight {:?} / bias {:?} do not fit axis {axis} of {:?}", w.shape(), b.shape(), x.shape())
     }
     let d = dims(x.shape(), axis);
-    x.contiguous()?.apply_op3(&w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?, LayerNormFwd { d, eps })
+    let args = [&x.contiguous()?, &w.flatten_all()?.contiguous()?, &b.flatten_all()?.contiguous()?];
+    super::tape::apply3([x, w, b], args, LayerNormFwd { d, eps })
 }
 
 #[cfg(test)]

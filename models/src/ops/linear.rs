@@ -140,8 +140,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let m = x.elem_count() / k.max(1);
     let mut out = dims.to_vec();
     *out.last_mut().expect("rank ≥ 1") = o;
-    let x2 = x.contiguous()?.reshape((m, k))?;
-    x2.apply_op3(&w.contiguous()?, &b.flatten_all()?.contiguous()?, LinearFwd { g: Geom { m, k, o } })?.reshape(out)
+    let args = [&x.contiguous()?.reshape((m, k))?, &w.contiguous()?, &b.flatten_all()?.contiguous()?];
+    super::tape::reshape(&super::tape::apply3([x, w, b], args, LinearFwd { g: Geom { m, k, o } })?, out)
 }
 
 #[cfg(test)]

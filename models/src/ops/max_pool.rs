@@ -120,7 +120,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     let (n, c, h, w) = x.dims4()?;
     let (ho, wo) = output_size(h, w, kernel, stride, padding)?;
     let g = Geom { n, c, h, w, k: kernel, stride, pad: padding, ho, wo };
-    x.contiguous()?.apply_op1(MaxPool { g })
+    super::tape::apply1(x, &x.contiguous()?, MaxPool { g })
 }
 
 #[cfg(test)]

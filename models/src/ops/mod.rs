@@ -23,6 +23,7 @@ mod simd;
 pub mod softmax;
 pub mod layer_norm;
 pub mod linear;
+pub mod tape;
 pub mod test_util;
 
 pub use self::candle::CandleOps;

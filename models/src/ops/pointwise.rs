@@ -210,10 +210,10 @@ impl CustomOp2 for PointwiseGradWeight {
 /// 1×1 convolution of NCHW `x` with weight (out, in) (or (out, in, 1, 1)) and bias (out).
 pub fn pointwise_conv(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let c_out = w.dim(0)?;
-    let w = w.reshape((c_out, w.elem_count() / c_out))?.contiguous()?;
+    let w2 = w.reshape((c_out, w.elem_count() / c_out))?.contiguous()?;
     let (_, _, h, wd) = x.dims4()?;
-    let g = geom(x.shape(), w.shape())?;
-    x.contiguous()?.apply_op3(&w, &b.contiguous()?, PointwiseFwd { g, hw: (h, wd) })
+    let g = geom(x.shape(), w2.shape())?;
+    super::tape::apply3([x, w, b], [&x.contiguous()?, &w2, &b.contiguous()?], PointwiseFwd { g, hw: (h, wd) })
 }
 
 #[cfg(test)]

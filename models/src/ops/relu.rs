@@ -64,7 +64,7 @@ impl CustomOp2 for ReluGrad {
 
 /// max(x, 0).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Relu)
+    super::tape::apply1(x, &x.contiguous()?, Relu)
 }
 
 #[cfg(test)]

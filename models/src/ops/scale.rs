@@ -95,7 +95,7 @@ pub fn scale_channels(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     if gamma.elem_count() != c {
         candle_core::bail!("channel scale: γ {:?} does not fit {:?}", gamma.shape(), x.shape())
     }
-    x.contiguous()?.apply_op2(&gamma.contiguous()?, Scale { d: Dims { n, c, hw: h * w } })
+    super::tape::apply2([x, gamma], [&x.contiguous()?, &gamma.contiguous()?], Scale { d: Dims { n, c, hw: h * w } })
 }
 
 #[cfg(test)]

@@ -148,7 +148,7 @@ impl CustomOp2 for SoftmaxGrad {
 /// Softmax of `x` over its last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let cols = x.dim(x.rank() - 1)?;
-    x.contiguous()?.apply_op1(Softmax { cols })
+    super::tape::apply1(x, &x.contiguous()?, Softmax { cols })
 }
 
 #[cfg(test)]

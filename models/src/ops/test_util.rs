@@ -110,3 +110,37 @@ pub fn assert_every_parameter_learns(ps: &crate::params::ParamStore, y: &Tensor)
     }
     Ok(())
 }
+
+/// Runs `forward` in training mode (drop-path seed `seed`) on candle's graph and on a
+/// [`CandleOps::taped`] tape, backpropagates sum(y²) both ways and asserts the same outputs
+/// and, for every trainable parameter, the same gradient (to 1e-5 of its largest element).
+///
+/// [`CandleOps::taped`]: crate::ops::CandleOps::taped
+pub fn assert_tape_matches_graph(ps: &crate::params::ParamStore, seed: u64, forward: impl Fn(&crate::ops::CandleOps) -> Result<Tensor>) -> Result<()> {
+    use crate::ops::CandleOps;
+    let run = |ops: CandleOps| -> Result<(Vec<f32>, candle_core::backprop::GradStore)> {
+        let y = forward(&ops)?;
+        let grads = ops.backward(&ops.loss_input(&y)?.sqr()?.sum_all()?)?;
+        Ok((y.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?, grads))
+    };
+    let (y_graph, graph) = run(CandleOps::train(seed))?;
+    let (y_tape, tape) = run(CandleOps::train(seed).taped())?;
+    if y_graph != y_tape {
+        candle_core::bail!("the taped forward differs: {y_graph:?} vs {y_tape:?}")
+    }
+    for (name, var) in ps.trainable() {
+        let flat = |g: Option<&Tensor>| -> Result<Vec<f32>> {
+            match g {
+                Some(g) => g.flatten_all()?.to_dtype(DType::F32)?.to_vec1(),
+                None => candle_core::bail!("{name} received no gradient"),
+            }
+        };
+        let (a, b) = (flat(graph.get(var.as_tensor()))?, flat(tape.get(var.as_tensor()))?);
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        if worst > 1e-5 * scale || a.len() != b.len() {
+            candle_core::bail!("{name}: taped gradient differs by {worst} (largest element {scale})")
+        }
+    }
+    Ok(())
+}
