@@ -54,7 +54,7 @@ impl StarReLU {
     }
 
     fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
-        o.add_param(&o.mul_param(&o.squared_relu(x)?, &self.scale)?, &self.bias)
+        o.star_relu(x, &self.scale, &self.bias)
     }
 }
 

@@ -462,10 +462,23 @@ impl Ops for CandleOps {
 
     fn mul_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {
         let _r = self.rec(x)?;
+        let last = x.dims().last().copied().unwrap_or(1);
+        let per_last = p.rank() <= x.rank() && p.dims().last() == Some(&last) && p.elem_count() == last;
+        if self.kernels_for(x) && per_last {
+            return super::scale::scale_last(x, p);
+        }
         let ps = p.shape().clone();
         tape::op_saving([x, p], |[x, p]| x.broadcast_mul(&p), move |g, s| {
             Ok([Some(g.broadcast_mul(&s[1])?), Some(tape::sum_to(&g.broadcast_mul(&s[0])?, &ps)?)])
         })
+    }
+
+    fn star_relu(&self, x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let _r = self.rec(x)?;
+        if self.kernels_for(x) {
+            return super::star_relu::star_relu(x, scale, bias);
+        }
+        self.add_param(&self.mul_param(&self.squared_relu(x)?, scale)?, bias)
     }
 
     fn squared_relu(&self, x: &Tensor) -> Result<Tensor> {

@@ -21,6 +21,7 @@ pub mod pointwise;
 pub mod scale;
 mod simd;
 pub mod softmax;
+pub mod star_relu;
 pub mod layer_norm;
 pub mod linear;
 pub mod tape;
@@ -110,4 +111,8 @@ pub trait Ops {
     fn mul_param(&self, x: &Self::T, p: &Tensor) -> Result<Self::T>;
     /// relu(x)² (Primer's squared ReLU; StarReLU is s·relu(x)² + b).
     fn squared_relu(&self, x: &Self::T) -> Result<Self::T>;
+    /// StarReLU, s·relu(x)² + b with scalar parameters s and b (one element each).
+    fn star_relu(&self, x: &Self::T, scale: &Tensor, bias: &Tensor) -> Result<Self::T> {
+        self.add_param(&self.mul_param(&self.squared_relu(x)?, scale)?, bias)
+    }
 }

@@ -1,7 +1,7 @@
 //! Per-channel scaling of NCHW tensors (ConvNeXt's layer scale γ), forward and backward in
 //! one pass each: candle's broadcast multiply costs a strided reduction for dγ.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, ordered_sum, Kernel};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -26,9 +26,12 @@ impl Kernel for Scale {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, gamma, d) = (i[0], i[1], self.d);
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw)).enumerate().with_min_len((4096 / d.hw.max(1)).max(1)).for_each(|(p, (y, x))| {
-            let g = gamma[p % d.c];
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * g);
+        // One item (all channels of one image, or one token) per task unit.
+        let item = (d.c * d.hw).max(1);
+        y.par_chunks_mut(item).zip(x.par_chunks(item)).with_min_len((4096 / item).max(1)).for_each(|(y, x)| {
+            for ((y, x), &g) in y.chunks_mut(d.hw.max(1)).zip(x.chunks(d.hw.max(1))).zip(gamma) {
+                y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * g);
+            }
         });
         y
     }
@@ -40,6 +43,25 @@ impl Kernel for ScaleGrad {
         let (x, gamma, dy, d) = (i[0], i[1], i[2], self.d);
         let mut out = vec![T::zero(); x.len() + d.c];
         let (dx, _) = out.split_at_mut(x.len());
+        if d.hw == 1 {
+            // Scaling over the last dimension (tokens): rows of C; dγ sums rows in fixed blocks.
+            let rows = (4096 / d.c.max(1)).max(1);
+            dx.par_chunks_mut(rows * d.c).zip(dy.par_chunks(rows * d.c)).for_each(|(dx, dy)| {
+                for (dx, dy) in dx.chunks_mut(d.c).zip(dy.chunks(d.c)) {
+                    dx.iter_mut().zip(dy).zip(gamma).for_each(|((dx, &dy), &g)| *dx = dy * g);
+                }
+            });
+            let dg = ordered_sum(d.n.div_ceil(rows), d.c, || (), |acc: &mut [T], _, blocks| {
+                for b in blocks {
+                    let span = b * rows * d.c..((b + 1) * rows).min(d.n) * d.c;
+                    for (x, dy) in x[span.clone()].chunks(d.c).zip(dy[span].chunks(d.c)) {
+                        acc.iter_mut().zip(x).zip(dy).for_each(|((a, &x), &dy)| *a += dy * x);
+                    }
+                }
+            });
+            out[x.len()..].copy_from_slice(&dg);
+            return out;
+        }
         // dx per plane; dγ per plane as a side result, summed per channel below.
         let partial: Vec<T> = dx
             .par_chunks_mut(d.hw)
@@ -98,6 +120,17 @@ pub fn scale_channels(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     super::tape::apply2([x, gamma], [&x.contiguous()?, &gamma.contiguous()?], Scale { d: Dims { n, c, hw: h * w } })
 }
 
+/// `x · γ` over the last dimension of `x` (tokens: LayerScale, MetaFormer's res scale);
+/// γ has as many elements as that dimension.
+pub fn scale_last(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+    let c = x.dim(x.rank().saturating_sub(1))?;
+    if gamma.elem_count() != c || c == 0 {
+        candle_core::bail!("scale: γ {:?} does not fit the last dimension of {:?}", gamma.shape(), x.shape())
+    }
+    let args = [&x.contiguous()?, &gamma.flatten_all()?.contiguous()?];
+    super::tape::apply2([x, gamma], args, Scale { d: Dims { n: x.elem_count() / c, c, hw: 1 } })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +147,18 @@ mod tests {
         let x = Var::from_tensor(&seeded(&[2, 3, 2, 3], 3, &dev, DType::F64)?)?;
         let g = Var::from_tensor(&seeded(&[3], 4, &dev, DType::F64)?)?;
         check_grads(&[&x, &g], |v| scale_channels(v[0], v[1]))
+    }
+
+    #[test]
+    fn last_dimension_matches_broadcast_multiply_and_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        // 2·700 rows of 7: more than one block of rows, so the ordered dγ sum is exercised.
+        let x = seeded(&[2, 700, 7], 1, &dev, DType::F32)?;
+        let g = seeded(&[7], 2, &dev, DType::F32)?;
+        assert_eq!((scale_last(&x, &g)? - x.broadcast_mul(&g)?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        let x = Var::from_tensor(&seeded(&[2, 3, 4], 3, &dev, DType::F64)?)?;
+        let g = Var::from_tensor(&seeded(&[4], 4, &dev, DType::F64)?)?;
+        check_grads(&[&x, &g], |v| scale_last(v[0], v[1]))?;
+        check_grads(&[&x, &g], |v| scale_last(&v[0].transpose(0, 1)?, v[1]))
     }
 }
