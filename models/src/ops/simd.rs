@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn ops_agree_bit_for_bit_with_and_without_avx2() -> candle_core::Result<()> {
         use crate::ops::test_util::seeded;
-        use crate::ops::{attention, depthwise, gelu, layer_norm, softmax};
+        use crate::ops::{attention, depthwise, gelu, layer_norm, softmax, star_relu};
         use candle_core::{DType, Device, Tensor, Var};
         let dev = Device::Cpu;
         let x = Var::from_tensor(&(seeded(&[2, 3, 13, 11], 1, &dev, DType::F32)? * 3.0)?)?;
@@ -135,14 +135,16 @@ mod tests {
         let cw = Var::from_tensor(&seeded(&[3], 8, &dev, DType::F32)?)?;
         let cb = Var::from_tensor(&seeded(&[3], 9, &dev, DType::F32)?)?;
         let ab = Var::from_tensor(&seeded(&[2, 3, 13, 13], 10, &dev, DType::F32)?)?;
-        let vars = [&x, &w, &w3, &b, &lw, &lb, &cw, &cb, &ab];
+        let ss = Var::from_tensor(&Tensor::new(&[0.9f32], &dev)?)?;
+        let sb = Var::from_tensor(&Tensor::new(&[-0.1f32], &dev)?)?;
+        let vars = [&x, &w, &w3, &b, &lw, &lb, &cw, &cb, &ab, &ss, &sb];
         let run = || -> candle_core::Result<Vec<Vec<u32>>> {
             let y = depthwise::depthwise_conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 3)?;
             let y = (y + depthwise::depthwise_conv2d(x.as_tensor(), w3.as_tensor(), b.as_tensor(), 2, 1)?.repeat((1, 1, 2, 2))?.narrow(2, 0, 13)?.narrow(3, 0, 11)?)?;
             let y = gelu::gelu(&y)?;
             let y = layer_norm::layer_norm(&y, lw.as_tensor(), lb.as_tensor(), 3, 1e-6)?;
             let y = layer_norm::layer_norm(&y, cw.as_tensor(), cb.as_tensor(), 1, 1e-6)?;
-            let y = softmax::softmax_last_dim(&y)?;
+            let y = softmax::softmax_last_dim(&star_relu::star_relu(&y, ss.as_tensor(), sb.as_tensor())?)?;
             let y = (y + attention::attention(x.as_tensor(), &x.as_tensor().sqr()?, &x.as_tensor().cos()?)?)?;
             let y = (y + attention::attention_biased(x.as_tensor(), &x.as_tensor().sin()?, &x.as_tensor().cos()?, ab.as_tensor())?)?;
             let loss = (y * seeded(&[2, 3, 13, 11], 7, &dev, DType::F32)?)?.sum_all()?;

@@ -3,7 +3,8 @@
 //! square, a broadcast multiply and add, and a backward with two full reductions for ds
 //! and db that candle runs on one thread: 12 % of a CAFormer-S18 step.
 
-use super::kernel::{dispatch, ordered_sum, Kernel};
+use super::kernel::{dispatch, Kernel};
+use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -18,13 +19,16 @@ impl Kernel for StarRelu {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, s, b) = (i[0], i[1][0], i[2][0]);
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                let r = if x > T::zero() { x } else { T::zero() };
-                *y = s * (r * r) + b;
-            }
-        });
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| avx2!(<T: WithDType> forward_chunk(x: &[T] = x, y: &mut [T] = y, s: T = s, b: T = b)));
         y
+    }
+}
+
+#[inline(always)]
+fn forward_chunk<T: WithDType>(x: &[T], y: &mut [T], s: T, b: T) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        let r = if x > T::zero() { x } else { T::zero() };
+        *y = s * (r * r) + b;
     }
 }
 
@@ -35,28 +39,44 @@ impl Kernel for StarReluGrad {
         let n = x.len();
         let mut out = vec![T::zero(); n + 2];
         let two_s = s + s;
-        out[..n].par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = if x > T::zero() { g * two_s * x } else { T::zero() };
-            }
-        });
-        // ds = Σ dy·relu(x)², db = Σ dy, in chunks summed in a fixed order (deterministic).
-        let sums = ordered_sum(n.div_ceil(CHUNK), 2, || (), |acc: &mut [T], _, chunks| {
-            for c in chunks {
-                let range = c * CHUNK..((c + 1) * CHUNK).min(n);
-                let (mut ds, mut db) = (T::zero(), T::zero());
-                for (&x, &g) in x[range.clone()].iter().zip(&dy[range]) {
-                    let r = if x > T::zero() { x } else { T::zero() };
-                    ds += g * (r * r);
-                    db += g;
-                }
-                acc[0] += ds;
-                acc[1] += db;
-            }
-        });
-        out[n..].copy_from_slice(&sums);
+        // dx per chunk, with the chunk's partial ds and db; chunks are summed in order, so
+        // the result does not depend on the thread count.
+        let partial: Vec<[T; 2]> = out[..n]
+            .par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+            .map(|(dx, (x, dy))| avx2!(<T: WithDType> grad_chunk(x: &[T] = x, dy: &[T] = dy, dx: &mut [T] = dx, two_s: T = two_s) -> [T; 2]))
+            .collect();
+        for p in partial {
+            out[n] += p[0];
+            out[n + 1] += p[1];
+        }
         out
     }
+}
+
+/// dx = dy·2s·relu(x) and [Σ dy·relu(x)², Σ dy] over one chunk, in 8 lanes of partial sums
+/// (one running sum is a chain of dependent adds).
+#[inline(always)]
+fn grad_chunk<T: WithDType>(x: &[T], dy: &[T], dx: &mut [T], two_s: T) -> [T; 2] {
+    const L: usize = 8;
+    let (mut ds, mut db) = ([T::zero(); L], [T::zero(); L]);
+    let step = |x: T, g: T, dx: &mut T, ds: &mut T, db: &mut T| {
+        let r = if x > T::zero() { x } else { T::zero() };
+        *dx = if x > T::zero() { g * two_s * x } else { T::zero() };
+        *ds += g * (r * r);
+        *db += g;
+    };
+    let whole = x.len() / L * L;
+    for ((x, g), d) in x[..whole].chunks_exact(L).zip(dy[..whole].chunks_exact(L)).zip(dx[..whole].chunks_exact_mut(L)) {
+        for l in 0..L {
+            step(x[l], g[l], &mut d[l], &mut ds[l], &mut db[l]);
+        }
+    }
+    for (j, ((&x, &g), d)) in x[whole..].iter().zip(&dy[whole..]).zip(&mut dx[whole..]).enumerate() {
+        step(x, g, d, &mut ds[j], &mut db[j]);
+    }
+    let sum = |v: [T; L]| v.into_iter().fold(T::zero(), |a, b| a + b);
+    [sum(ds), sum(db)]
 }
 
 impl CustomOp3 for StarRelu {
