@@ -338,7 +338,10 @@ impl Ops for CandleOps {
     fn to_tokens(&self, x: &Tensor) -> Result<Tensor> {
         let _r = self.rec(x)?;
         let (n, c, h, w) = x.dims4()?;
-        tape::op([x], |[x]| x.flatten_from(2)?.transpose(1, 2)?.contiguous(), move |g| Ok([Some(g.transpose(1, 2)?.reshape((n, c, h, w))?)]))
+        if self.kernels_for(x) {
+            return super::transpose::transpose_last2(&tape::reshape(x, (n, c, h * w))?);
+        }
+        x.flatten_from(2)?.transpose(1, 2)?.contiguous()
     }
 
     fn prepend_token(&self, x: &Tensor, token: &Tensor) -> Result<Tensor> {
@@ -457,7 +460,13 @@ impl Ops for CandleOps {
         let _r = self.rec(x)?;
         let (n, l, c) = x.dims3()?;
         let (_, _, h, w) = like.dims4()?;
-        tape::op([x], |[x]| x.transpose(1, 2)?.reshape((n, c, h, w)), move |g| Ok([Some(g.reshape((n, c, l))?.transpose(1, 2)?)]))
+        if l != h * w {
+            candle_core::bail!("tokens_to_map: {l} tokens do not fill a {h}x{w} map")
+        }
+        if self.kernels_for(x) {
+            return tape::reshape(&super::transpose::transpose_last2(x)?, (n, c, h, w));
+        }
+        x.transpose(1, 2)?.reshape((n, c, h, w))
     }
 
     fn mul_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {

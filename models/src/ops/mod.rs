@@ -22,6 +22,7 @@ pub mod scale;
 mod simd;
 pub mod softmax;
 pub mod star_relu;
+pub mod transpose;
 pub mod layer_norm;
 pub mod linear;
 pub mod tape;
