@@ -49,5 +49,15 @@ fn main() -> candle_core::Result<()> {
         let name = format!("pointwise {c}->{} {h}x{h} ({gflop:.2} GF)", 4 * c);
         time(&name, &|| o.conv2d(&x, &w1, Some(&b1), ConvGeom { stride: 1, padding: 0, groups: 1 }), &[&x, &w1])?;
     }
+    // DeiT-tiny's block at batch 16: the MLP's first linear layer and the attention core
+    // (3 heads of 64 over 197 tokens), with their GFLOP per forward.
+    let t = Var::from_tensor(&Tensor::randn(0f32, 1., (16, 197, 192), &d)?)?;
+    let wl = Var::from_tensor(&(Tensor::randn(0f32, 1., (768, 192), &d)? * 0.05)?)?;
+    let bl = Var::from_tensor(&Tensor::zeros(768, DType::F32, &d)?)?;
+    let gflop = 2.0 * (16 * 197 * 192 * 768) as f64 * 1e-9;
+    time(&format!("linear 192->768 ({gflop:.2} GF)"), &|| o.linear(&t, &wl, Some(&bl)), &[&t, &wl])?;
+    let qkv = Var::from_tensor(&Tensor::randn(0f32, 1., (16, 197, 576), &d)?)?;
+    let gflop = 2.0 * 2.0 * (16 * 3 * 197 * 197 * 64) as f64 * 1e-9;
+    time(&format!("attention 3x64 ({gflop:.2} GF)"), &|| o.attention(&qkv, 3, 64, None), &[&qkv])?;
     Ok(())
 }

@@ -6,18 +6,18 @@
 //! backward with transposed copies, and a zero-initialised gradient accumulation for every
 //! one of those steps.
 
-use super::kernel::{dispatch, gemm, Kernel, Mat};
+use super::kernel::{dispatch, gemm, gemm_scaled, gemm_strided, Kernel, Mat};
 use super::softmax::{softmax_grad_row, softmax_rows_in_place};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
-struct Dims {
+pub(super) struct Dims {
     /// sequences × heads
-    bh: usize,
-    lq: usize,
-    lk: usize,
-    d: usize,
+    pub bh: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub d: usize,
 }
 
 impl Dims {
@@ -26,58 +26,69 @@ impl Dims {
     }
 }
 
-/// P = softmax(q·kᵀ·scale + bias) of one block; k rows are `k_rs` apart.
-fn probabilities<T: WithDType>(q: &[T], k: &[T], k_rs: usize, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>) {
-    p.clear();
+/// Row strides (in elements) of one block's operands: q, k and v, the output o and its
+/// gradient; the gradients dq, dk and dv are contiguous (L, d) blocks.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Strides {
+    pub q: usize,
+    pub kv: usize,
+    pub o: usize,
+}
+
+impl Strides {
+    /// Contiguous (L, d) blocks, k and v rows `kv` apart.
+    fn blocks(d: usize, kv: usize) -> Strides {
+        Strides { q: d, kv, o: d }
+    }
+}
+
+/// P = softmax(q·kᵀ·scale + bias) of one block.
+fn probabilities<T: WithDType>(q: &[T], k: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>) {
+    // Scratch reused across blocks: the GEMM overwrites it, so it is only sized, not zeroed.
     p.resize(dm.lq * dm.lk, T::zero());
-    gemm(dm.lq, dm.lk, dm.d, p, Mat { data: q, rs: dm.d as isize, cs: 1 }, Mat { data: k, rs: 1, cs: k_rs as isize }, false);
-    let scale = dm.scale::<T>();
-    p.iter_mut().for_each(|v| *v *= scale);
+    gemm_scaled(dm.lq, dm.lk, dm.d, p, Mat { data: q, rs: st.q as isize, cs: 1 }, Mat { data: k, rs: 1, cs: st.kv as isize }, false, dm.scale::<T>());
     if let Some(b) = bias {
         p.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
     }
     softmax_rows_in_place(p, dm.lk);
 }
 
-/// o = P·v of one block, P from `probabilities`; k and v rows are `kv_rs` apart.
+/// o = P·v of one block, P from `probabilities`.
 #[allow(clippy::too_many_arguments)]
-fn forward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], kv_rs: usize, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>, o: &mut [T]) {
-    probabilities(q, k, kv_rs, bias, dm, p);
-    gemm(dm.lq, dm.d, dm.lk, o, Mat { data: p, rs: dm.lk as isize, cs: 1 }, Mat { data: v, rs: kv_rs as isize, cs: 1 }, false);
+pub(super) fn forward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>, o: &mut [T]) {
+    probabilities(q, k, st, bias, dm, p);
+    gemm_strided(dm.lq, dm.d, dm.lk, o, st.o, Mat { data: p, rs: dm.lk as isize, cs: 1 }, Mat { data: v, rs: st.kv as isize, cs: 1 }, false, T::one());
 }
 
 /// The gradients of one block: dq, dk, dv (contiguous), and in `dp` the score gradient
-/// dS = P ⊙ (dP − Σ dP·P) before the scale, which is the bias gradient. k and v rows are
-/// `kv_rs` apart.
+/// dS = P ⊙ (dP − Σ dP·P) before the scale, which is the bias gradient.
 #[allow(clippy::too_many_arguments)]
-fn backward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], kv_rs: usize, dout: &[T], bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>, dp: &mut Vec<T>, dq: &mut [T], dk: &mut [T], dv: &mut [T]) {
-    probabilities(q, k, kv_rs, bias, dm, p);
-    let dom = Mat { data: dout, rs: dm.d as isize, cs: 1 };
+pub(super) fn backward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], dout: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>, dp: &mut Vec<T>, dq: &mut [T], dk: &mut [T], dv: &mut [T]) {
+    probabilities(q, k, st, bias, dm, p);
+    let dom = Mat { data: dout, rs: st.o as isize, cs: 1 };
     // dv = pᵀ·do, dp = do·vᵀ
     gemm(dm.lk, dm.d, dm.lq, dv, Mat { data: p, rs: 1, cs: dm.lk as isize }, dom, false);
-    dp.clear();
     dp.resize(dm.lq * dm.lk, T::zero());
-    gemm(dm.lq, dm.lk, dm.d, dp, dom, Mat { data: v, rs: 1, cs: kv_rs as isize }, false);
+    gemm(dm.lq, dm.lk, dm.d, dp, dom, Mat { data: v, rs: 1, cs: st.kv as isize }, false);
     for (dsr, pr) in dp.chunks_exact_mut(dm.lk).zip(p.chunks_exact(dm.lk)) {
         softmax_grad_row(pr, dsr);
     }
-    // dq = dS·k·scale, dk = dSᵀ·q·scale: the scale goes into a copy of dS (p, no longer
-    // needed), so that dp keeps the unscaled bias gradient.
+    // dq = dS·k·scale, dk = dSᵀ·q·scale, the scale applied by the GEMMs so that dp keeps
+    // the unscaled bias gradient.
     let scale = dm.scale::<T>();
-    p.iter_mut().zip(dp.iter()).for_each(|(s, &d)| *s = d * scale);
-    gemm(dm.lq, dm.d, dm.lk, dq, Mat { data: p, rs: dm.lk as isize, cs: 1 }, Mat { data: k, rs: kv_rs as isize, cs: 1 }, false);
-    gemm(dm.lk, dm.d, dm.lq, dk, Mat { data: p, rs: 1, cs: dm.lk as isize }, Mat { data: q, rs: dm.d as isize, cs: 1 }, false);
+    gemm_scaled(dm.lq, dm.d, dm.lk, dq, Mat { data: dp, rs: dm.lk as isize, cs: 1 }, Mat { data: k, rs: st.kv as isize, cs: 1 }, false, scale);
+    gemm_scaled(dm.lk, dm.d, dm.lq, dk, Mat { data: dp, rs: 1, cs: dm.lk as isize }, Mat { data: q, rs: st.q as isize, cs: 1 }, false, scale);
 }
 
 /// Which bias block each (sequence, head) adds: sequence s uses block s mod g.
 #[derive(Clone, Copy, Debug)]
-struct BiasLayout {
-    heads: usize,
-    g: usize,
+pub(super) struct BiasLayout {
+    pub heads: usize,
+    pub g: usize,
 }
 
 impl BiasLayout {
-    fn block<'a, T>(&self, bias: &'a [T], bh: usize, dm: Dims) -> &'a [T] {
+    pub(super) fn block<'a, T>(&self, bias: &'a [T], bh: usize, dm: Dims) -> &'a [T] {
         let b = ((bh / self.heads) % self.g) * self.heads + bh % self.heads;
         &bias[b * dm.lq * dm.lk..][..dm.lq * dm.lk]
     }
@@ -111,7 +122,7 @@ impl Kernel for AttentionFwd {
         let mut o = vec![T::zero(); dm.bh * nq];
         o.par_chunks_mut(nq).enumerate().for_each_init(Vec::new, |p, (h, o)| {
             let bias = self.bias.map(|l| l.block(i[2], h, dm));
-            forward_block(&i[0][h * nq..][..nq], &k[h * dm.lk * rs..][..span], &v[h * dm.lk * rs..][..span], rs, bias, dm, p, o);
+            forward_block(&i[0][h * nq..][..nq], &k[h * dm.lk * rs..][..span], &v[h * dm.lk * rs..][..span], Strides::blocks(dm.d, rs), bias, dm, p, o);
         });
         o
     }
@@ -132,7 +143,7 @@ impl Kernel for AttentionBwd {
         let block = |h: usize, (p, dp): &mut (Vec<T>, Vec<T>), dq: &mut [T], dk: &mut [T], dv: &mut [T]| {
             let (qh, kvh, doh) = (&q[h * nq..][..nq], &kv[h * 2 * nk..][..2 * nk], &dout[h * nq..][..nq]);
             let bias = layout.map(|l| l.block(i[3], h, dm));
-            backward_block(qh, kvh, &kvh[dm.d..], 2 * dm.d, doh, bias, dm, p, dp, dq, dk, dv);
+            backward_block(qh, kvh, &kvh[dm.d..], doh, Strides::blocks(dm.d, 2 * dm.d), bias, dm, p, dp, dq, dk, dv);
         };
         let grads = dq.par_chunks_mut(nq).zip(dk.par_chunks_mut(nk)).zip(dv.par_chunks_mut(nk)).enumerate();
         let scratch = || (Vec::new(), Vec::new());

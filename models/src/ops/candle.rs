@@ -360,6 +360,9 @@ impl Ops for CandleOps {
 
     fn attention(&self, qkv: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {
         let _r = self.rec(qkv)?;
+        if self.kernels_for(qkv) {
+            return super::attention_packed::attention_packed(qkv, heads, head_dim, bias);
+        }
         let (n, l, _) = qkv.dims3()?;
         // (N, L, 3·H·d) → (3, N, H, L, d): q, k and v each one contiguous slice.
         let packed = tape::op([qkv], |[t]| t.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous(), move |g| {

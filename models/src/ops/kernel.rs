@@ -55,6 +55,18 @@ pub(crate) struct Mat<'a, T> {
 /// dst (m×n, row-major) = [dst +] lhs (m×k) · rhs (k×n), single-threaded (callers
 /// parallelise over images).
 pub(crate) fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lhs: Mat<T>, rhs: Mat<T>, accumulate: bool) {
+    gemm_scaled(m, n, k, dst, lhs, rhs, accumulate, T::one())
+}
+
+/// dst = [dst +] scale · lhs · rhs: the scale applied to each finished dot product.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_scaled<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, scale: T) {
+    gemm_strided(m, n, k, dst, n, lhs, rhs, accumulate, scale)
+}
+
+/// [`gemm_scaled`] into rows of `dst` that are `dst_rs` ≥ n apart.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], dst_rs: usize, lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, scale: T) {
     let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
         if rows == 0 || cols == 0 {
             0
@@ -62,7 +74,7 @@ pub(crate) fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lh
             ((rows - 1) as isize * rs + (cols - 1) as isize * cs) as usize + 1
         }
     };
-    assert!(dst.len() >= m * n);
+    assert!(dst_rs >= n && dst.len() >= span(m, n, dst_rs as isize, 1));
     assert!(lhs.data.len() >= span(m, k, lhs.rs, lhs.cs));
     assert!(rhs.data.len() >= span(k, n, rhs.rs, rhs.cs));
     // SAFETY: the asserts above bound every index gemm reads or writes; strides are positive.
@@ -73,7 +85,7 @@ pub(crate) fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lh
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs,
@@ -82,7 +94,7 @@ pub(crate) fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lh
             rhs.cs,
             rhs.rs,
             T::one(),
-            T::one(),
+            scale,
             false,
             false,
             false,

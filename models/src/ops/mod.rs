@@ -6,6 +6,7 @@
 
 mod candle;
 pub mod attention;
+pub mod attention_packed;
 pub mod batch_norm;
 pub mod conv;
 pub mod depthwise;
