@@ -3,7 +3,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use super::kernel::written;
 use super::simd::{avx2, exp_f32};
+use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 const CHUNK: usize = 4096;
@@ -31,16 +33,16 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 // Plain `for` loops: a `for_each` closure may be left out of line, i.e. compiled without
 // the AVX2 of the caller.
 #[inline(always)]
-fn gelu_chunk(x: &[f32], y: &mut [f32]) {
+fn gelu_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = gelu_fast(x);
+        y.write(gelu_fast(x));
     }
 }
 
 #[inline(always)]
-fn dgelu_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
+fn dgelu_chunk(x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
     for (d, (&x, &g)) in dx.iter_mut().zip(x.iter().zip(g)) {
-        *d = g * dgelu_fast(x);
+        d.write(g * dgelu_fast(x));
     }
 }
 
@@ -49,9 +51,9 @@ fn forward(s: &CpuStorage, l: &Layout) -> Result<CpuStorage> {
     Ok(match s.dtype() {
         DType::F32 => {
             let x = &s.as_slice::<f32>()?[a..b];
-            let mut y = vec![0f32; x.len()];
-            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| avx2!(gelu_chunk(x: &[f32] = x, y: &mut [f32] = y)));
-            CpuStorage::F32(y)
+            CpuStorage::F32(written(x.len(), |y| {
+                y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| avx2!(gelu_chunk(x: &[f32] = x, y: &mut [MaybeUninit<f32>] = y)));
+            }))
         }
         DType::F64 => {
             let x = &s.as_slice::<f64>()?[a..b];
@@ -111,11 +113,11 @@ impl CustomOp2 for GeluGrad {
         let out = match s1.dtype() {
             DType::F32 => {
                 let (x, g) = (&s1.as_slice::<f32>()?[a1..b1], &s2.as_slice::<f32>()?[a2..b2]);
-                let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(CHUNK)
-                    .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                    .for_each(|(d, (x, g))| avx2!(dgelu_chunk(x: &[f32] = x, g: &[f32] = g, dx: &mut [f32] = d)));
-                CpuStorage::F32(dx)
+                CpuStorage::F32(written(x.len(), |dx| {
+                    dx.par_chunks_mut(CHUNK)
+                        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                        .for_each(|(d, (x, g))| avx2!(dgelu_chunk(x: &[f32] = x, g: &[f32] = g, dx: &mut [MaybeUninit<f32>] = d)));
+                }))
             }
             DType::F64 => {
                 let (x, g) = (&s1.as_slice::<f64>()?[a1..b1], &s2.as_slice::<f64>()?[a2..b2]);

@@ -3,7 +3,7 @@
 //! reduction over all rows and each matmul backward allocates transposed copies; this is
 //! the main op of every transformer block (qkv, projection, MLP).
 
-use super::kernel::{dispatch, gemm, ordered_sum, Kernel, Mat};
+use super::kernel::{dispatch, gemm, gemm_uninit, ordered_sum, written, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -36,18 +36,22 @@ impl Kernel for LinearFwd {
     const NAME: &'static str = "linear";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, b, g) = (i[0], i[1], i[2], self.g);
-        let mut y = vec![T::zero(); g.m * g.o];
         let rows = block_rows(g.m);
-        y.par_chunks_mut(rows * g.o).zip(x.par_chunks(rows * g.k)).for_each(|(y, x)| {
-            let r = x.len() / g.k;
-            for row in y.chunks_mut(g.o) {
-                row.copy_from_slice(b);
-            }
-            let xm = Mat { data: x, rs: g.k as isize, cs: 1 };
-            let wt = Mat { data: w, rs: 1, cs: g.k as isize };
-            gemm(r, g.o, g.k, y, xm, wt, true);
-        });
-        y
+        written(g.m * g.o, |y| {
+            y.par_chunks_mut(rows * g.o).zip(x.par_chunks(rows * g.k)).for_each(|(y, x)| {
+                let r = x.len() / g.k;
+                for row in y.chunks_mut(g.o) {
+                    row.iter_mut().zip(b).for_each(|(y, &b)| {
+                        y.write(b);
+                    });
+                }
+                // SAFETY: every element was just set to its bias.
+                let y = unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut T, y.len()) };
+                let xm = Mat { data: x, rs: g.k as isize, cs: 1 };
+                let wt = Mat { data: w, rs: 1, cs: g.k as isize };
+                gemm(r, g.o, g.k, y, xm, wt, true);
+            });
+        })
     }
 }
 
@@ -55,15 +59,15 @@ impl Kernel for LinearGradInput {
     const NAME: &'static str = "linear grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, w, g) = (i[0], i[1], self.g);
-        let mut dx = vec![T::zero(); g.m * g.k];
         let rows = block_rows(g.m);
-        dx.par_chunks_mut(rows * g.k).zip(dy.par_chunks(rows * g.o)).for_each(|(dx, dy)| {
-            let r = dy.len() / g.o;
-            let dym = Mat { data: dy, rs: g.o as isize, cs: 1 };
-            let wm = Mat { data: w, rs: g.k as isize, cs: 1 };
-            gemm(r, g.k, g.o, dx, dym, wm, false);
-        });
-        dx
+        written(g.m * g.k, |dx| {
+            dx.par_chunks_mut(rows * g.k).zip(dy.par_chunks(rows * g.o)).for_each(|(dx, dy)| {
+                let r = dy.len() / g.o;
+                let dym = Mat { data: dy, rs: g.o as isize, cs: 1 };
+                let wm = Mat { data: w, rs: g.k as isize, cs: 1 };
+                gemm_uninit(r, g.k, g.o, dx, dym, wm);
+            });
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! mask, converts it and multiplies: three passes and three buffers per ReLU, which ResNet
 //! has after every BatchNorm.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, written, Kernel};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -16,11 +16,13 @@ impl Kernel for Relu {
     const NAME: &'static str = "relu";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let x = i[0];
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = if x > T::zero() { x } else { T::zero() });
-        });
-        y
+        written(x.len(), |y| {
+            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+                y.iter_mut().zip(x).for_each(|(y, &x)| {
+                    y.write(if x > T::zero() { x } else { T::zero() });
+                });
+            });
+        })
     }
 }
 
@@ -28,13 +30,13 @@ impl Kernel for ReluGrad {
     const NAME: &'static str = "relu grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (y, dy) = (i[0], i[1]);
-        let mut dx = vec![T::zero(); y.len()];
-        dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
-            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = if y > T::zero() { g } else { T::zero() };
-            }
-        });
-        dx
+        written(y.len(), |dx| {
+            dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
+                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                    dx.write(if y > T::zero() { g } else { T::zero() });
+                }
+            });
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 //! square, a broadcast multiply and add, and a backward with two full reductions for ds
 //! and db that candle runs on one thread: 12 % of a CAFormer-S18 step.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, written, Kernel};
+use std::mem::MaybeUninit;
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -18,17 +19,17 @@ impl Kernel for StarRelu {
     const NAME: &'static str = "star relu";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, s, b) = (i[0], i[1][0], i[2][0]);
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| avx2!(<T: WithDType> forward_chunk(x: &[T] = x, y: &mut [T] = y, s: T = s, b: T = b)));
-        y
+        written(x.len(), |y| {
+            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| avx2!(<T: WithDType> forward_chunk(x: &[T] = x, y: &mut [MaybeUninit<T>] = y, s: T = s, b: T = b)));
+        })
     }
 }
 
 #[inline(always)]
-fn forward_chunk<T: WithDType>(x: &[T], y: &mut [T], s: T, b: T) {
+fn forward_chunk<T: WithDType>(x: &[T], y: &mut [MaybeUninit<T>], s: T, b: T) {
     for (y, &x) in y.iter_mut().zip(x) {
         let r = if x > T::zero() { x } else { T::zero() };
-        *y = s * (r * r) + b;
+        y.write(s * (r * r) + b);
     }
 }
 

@@ -4,7 +4,7 @@
 //! (20 % of a PVT-v2 step); here each task writes a band of output rows, reading the input
 //! a cache line at a time.
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, written, Kernel};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -24,11 +24,10 @@ impl Kernel for Transpose {
     const NAME: &'static str = "transpose";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, Transpose { b: _, r, c }) = (i[0], *self);
-        let mut y = vec![T::zero(); x.len()];
         if r == 0 || c == 0 {
-            return y;
+            return Vec::new();
         }
-        y.par_chunks_mut(r * c).zip(x.par_chunks(r * c)).for_each(|(y, x)| {
+        written(x.len(), |y| y.par_chunks_mut(r * c).zip(x.par_chunks(r * c)).for_each(|(y, x)| {
             y.par_chunks_mut(BAND * r).enumerate().for_each(|(band, y)| {
                 let j0 = band * BAND;
                 let rows = y.len() / r;
@@ -36,13 +35,12 @@ impl Kernel for Transpose {
                     let i1 = (i0 + TILE).min(r);
                     for (k, yrow) in y.chunks_exact_mut(r).enumerate().take(rows) {
                         for (t, yv) in yrow[i0..i1].iter_mut().enumerate() {
-                            *yv = x[(i0 + t) * c + j0 + k];
+                            yv.write(x[(i0 + t) * c + j0 + k]);
                         }
                     }
                 }
             });
-        });
-        y
+        }))
     }
 }
 
