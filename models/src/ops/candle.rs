@@ -363,13 +363,11 @@ impl Ops for CandleOps {
         if self.kernels_for(qkv) {
             return super::attention_packed::attention_packed(qkv, heads, head_dim, bias);
         }
+        // The portable path (CUDA, bf16) runs on candle's graph, never on a tape.
         let (n, l, _) = qkv.dims3()?;
-        // (N, L, 3·H·d) → (3, N, H, L, d): q, k and v each one contiguous slice.
-        let packed = tape::op([qkv], |[t]| t.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous(), move |g| {
-            Ok([Some(g.permute((1, 3, 0, 2, 4))?.reshape((n, l, 3 * heads * head_dim))?)])
-        })?;
-        let qkv = tape::unbind0(&packed)?;
-        attend(&qkv[0], &qkv[1], &qkv[2], bias, self.kernels_for(&qkv[0]))
+        let qkv = qkv.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+        attend(&q, &k, &v, bias, false)
     }
 
     fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {

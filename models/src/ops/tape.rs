@@ -167,26 +167,6 @@ pub(crate) fn reshape<S: Into<Shape>>(x: &Tensor, shape: S) -> Result<Tensor> {
     op([x], |[x]| x.reshape(shape), move |g| Ok([Some(g.reshape(s)?)]))
 }
 
-/// Splits dimension 0 into its slices (e.g. q, k, v of a packed projection): one node with
-/// one output per slice, so the backward stacks the slices' gradients in one pass.
-pub(crate) fn unbind0(x: &Tensor) -> Result<Vec<Tensor>> {
-    let n = x.dim(0)?;
-    let Some(tape) = active() else { return (0..n).map(|i| x.get(i)).collect() };
-    let xd = x.detach();
-    let ys = (0..n).map(|i| xd.get(i)).collect::<Result<Vec<_>>>()?;
-    let part_shape = ys[0].shape().clone();
-    let (dtype, dev) = (x.dtype(), x.device().clone());
-    let refs: Vec<&Tensor> = ys.iter().collect();
-    tape.record(&[x], &refs, Box::new(move |gs| {
-        let parts = gs.iter().map(|g| match g {
-            Some(g) => Ok(g.clone()),
-            None => Tensor::zeros(&part_shape, dtype, &dev),
-        });
-        Ok(vec![Some(Tensor::stack(&parts.collect::<Result<Vec<_>>>()?, 0)?)])
-    }));
-    Ok(ys)
-}
-
 /// Concatenation along `dim`; the backward slices the gradient back.
 pub(crate) fn cat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
     let Some(tape) = active() else { return Tensor::cat(xs, dim) };
