@@ -71,7 +71,7 @@ impl Attention {
     fn forward<O: Ops>(&self, o: &O, x: &O::T, like: &O::T) -> Result<O::T> {
         let q = self.q.forward(o, x)?;
         let kv = match &self.sr {
-            Some((conv, norm)) => self.kv.forward(o, &norm.forward(o, &o.to_tokens(&conv.forward(o, &o.tokens_to_map(x, like)?)?)?)?)?,
+            Some((conv, norm)) => self.kv.forward(o, &norm.forward(o, &conv.forward_tokens(o, x, like)?)?)?,
             None => self.kv.forward(o, x)?,
         };
         let (c, heads) = (self.dim, self.heads);
@@ -118,7 +118,7 @@ impl Block {
         let x = o.add(x, &o.drop_path(&y, self.drop_path)?)?;
         // Mix-FFN: a 3×3 depthwise conv between the two linears supplies position information.
         let y = self.fc1.forward(o, &self.norm2.forward(o, &x)?)?;
-        let y = o.to_tokens(&self.dwconv.forward(o, &o.tokens_to_map(&y, like)?)?)?;
+        let y = self.dwconv.forward_tokens(o, &y, like)?;
         let y = self.fc2.forward(o, &o.gelu(&y)?)?;
         o.add(&x, &o.drop_path(&y, self.drop_path)?)
     }

@@ -1,4 +1,5 @@
 use super::depthwise::depthwise_conv2d;
+use super::depthwise_nhwc::depthwise_conv2d_tokens;
 use super::gelu::gelu;
 use super::layer_norm::layer_norm;
 use super::max_pool::max_pool2d;
@@ -468,6 +469,16 @@ impl Ops for CandleOps {
             return tape::reshape(&super::transpose::transpose_last2(x)?, (n, c, h, w));
         }
         x.transpose(1, 2)?.reshape((n, c, h, w))
+    }
+
+    fn depthwise_tokens(&self, x: &Tensor, like: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: usize) -> Result<Tensor> {
+        let _r = self.rec(x)?;
+        if !self.kernels_for(x) {
+            return super::depthwise_tokens_via_map(self, x, like, w, b, padding);
+        }
+        let (_, _, h, wd) = like.dims4()?;
+        let c = x.dim(2)?;
+        depthwise_conv2d_tokens(x, (h, wd), w, &bias_or_zeros(b, c, x)?, padding)
     }
 
     fn mul_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {

@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn ops_agree_bit_for_bit_with_and_without_avx2() -> candle_core::Result<()> {
         use crate::ops::test_util::seeded;
-        use crate::ops::{attention, depthwise, gelu, layer_norm, softmax, star_relu};
+        use crate::ops::{attention, depthwise, depthwise_nhwc, gelu, layer_norm, softmax, star_relu};
         use candle_core::{DType, Device, Tensor, Var};
         let dev = Device::Cpu;
         let x = Var::from_tensor(&(seeded(&[2, 3, 13, 11], 1, &dev, DType::F32)? * 3.0)?)?;
@@ -137,7 +137,11 @@ mod tests {
         let ab = Var::from_tensor(&seeded(&[2, 3, 13, 13], 10, &dev, DType::F32)?)?;
         let ss = Var::from_tensor(&Tensor::new(&[0.9f32], &dev)?)?;
         let sb = Var::from_tensor(&Tensor::new(&[-0.1f32], &dev)?)?;
-        let vars = [&x, &w, &w3, &b, &lw, &lb, &cw, &cb, &ab, &ss, &sb];
+        // Channels-last: a full register block of channels and a partial one.
+        let xt = Var::from_tensor(&seeded(&[2, 35, 40], 11, &dev, DType::F32)?)?;
+        let wt = Var::from_tensor(&seeded(&[40, 1, 3, 3], 12, &dev, DType::F32)?)?;
+        let bt = Var::from_tensor(&seeded(&[40], 13, &dev, DType::F32)?)?;
+        let vars = [&x, &w, &w3, &b, &lw, &lb, &cw, &cb, &ab, &ss, &sb, &xt, &wt, &bt];
         let run = || -> candle_core::Result<Vec<Vec<u32>>> {
             let y = depthwise::depthwise_conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 3)?;
             let y = (y + depthwise::depthwise_conv2d(x.as_tensor(), w3.as_tensor(), b.as_tensor(), 2, 1)?.repeat((1, 1, 2, 2))?.narrow(2, 0, 13)?.narrow(3, 0, 11)?)?;
@@ -147,7 +151,8 @@ mod tests {
             let y = softmax::softmax_last_dim(&star_relu::star_relu(&y, ss.as_tensor(), sb.as_tensor())?)?;
             let y = (y + attention::attention(x.as_tensor(), &x.as_tensor().sqr()?, &x.as_tensor().cos()?)?)?;
             let y = (y + attention::attention_biased(x.as_tensor(), &x.as_tensor().sin()?, &x.as_tensor().cos()?, ab.as_tensor())?)?;
-            let loss = (y * seeded(&[2, 3, 13, 11], 7, &dev, DType::F32)?)?.sum_all()?;
+            let yt = depthwise_nhwc::depthwise_conv2d_tokens(xt.as_tensor(), (5, 7), wt.as_tensor(), bt.as_tensor(), 1)?;
+            let loss = ((y * seeded(&[2, 3, 13, 11], 7, &dev, DType::F32)?)?.sum_all()? + (yt * seeded(&[2, 35, 40], 14, &dev, DType::F32)?)?.sum_all()?)?;
             let grads = loss.backward()?;
             let mut out = vec![loss.flatten_all()?];
             for v in vars {
