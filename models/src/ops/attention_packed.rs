@@ -41,7 +41,7 @@ impl Packed {
 
 /// (qkv, bias or an empty tensor) → o.
 struct PackedFwd(Packed);
-/// (qkv, do, bias or an empty tensor) → [dqkv, and with a bias dS per (sequence, head)].
+/// (qkv, do, bias or an empty tensor) → [dqkv, and with a bias its gradient (G, heads, L, L)].
 struct PackedBwd(Packed);
 
 impl Kernel for PackedFwd {
@@ -67,11 +67,12 @@ impl Kernel for PackedBwd {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (pk, qkv, dout) = (self.0, i[0], i[1]);
         let ((hd, row), st, dm, d) = (pk.widths(), pk.strides(), pk.dims(), pk.d);
-        let ns = if pk.bias.is_some() { pk.heads * pk.l * pk.l } else { 0 };
-        let mut out = vec![T::zero(); pk.n * (pk.l * row + ns)];
-        let (dqkv, ds) = out.split_at_mut(pk.n * pk.l * row);
-        let scratch = || (Vec::new(), Vec::new(), vec![T::zero(); 3 * pk.l * d]);
-        let seq = |s: usize, (p, dp, g): &mut (Vec<T>, Vec<T>, Vec<T>), dx: &mut [T], mut ds: Option<&mut [T]>| {
+        let ls = pk.l * pk.l;
+        // The bias gradient, (G, heads, L, L): block j sums dS of the sequences s ≡ j mod G.
+        let nb = pk.bias.map_or(0, |b| b.g * pk.heads * ls);
+        let mut out = vec![T::zero(); pk.n * pk.l * row + nb];
+        let (dqkv, dbias) = out.split_at_mut(pk.n * pk.l * row);
+        let seq = |s: usize, (p, dp, g): &mut (Vec<T>, Vec<T>, Vec<T>), dx: &mut [T], db: &mut [T]| {
             let x = &qkv[s * pk.l * row..][..pk.l * row];
             let dy = &dout[s * pk.l * hd..][..pk.l * hd];
             for h in 0..pk.heads {
@@ -85,16 +86,30 @@ impl Kernel for PackedBwd {
                         xr[part * hd + h * d..][..d].copy_from_slice(&src[t * d..][..d]);
                     }
                 }
-                if let Some(ds) = ds.as_deref_mut() {
-                    ds[h * pk.l * pk.l..][..pk.l * pk.l].copy_from_slice(dp);
+                if let Some(b) = pk.bias {
+                    let blk = &mut db[((s % b.g) * pk.heads + h) * ls..][..ls];
+                    blk.iter_mut().zip(dp.iter()).for_each(|(a, &v)| *a += v);
                 }
             }
         };
-        let grads = dqkv.par_chunks_mut(pk.l * row).enumerate();
-        if ns == 0 {
-            grads.for_each_init(scratch, |sc, (s, dx)| seq(s, sc, dx, None));
-        } else {
-            grads.zip(ds.par_chunks_mut(ns)).for_each_init(scratch, |sc, ((s, dx), ds)| seq(s, sc, dx, Some(ds)));
+        // One contiguous run of sequences per thread, each summing its bias gradient in
+        // sequence order into its own buffer; the buffers are added in run order, so the
+        // sum depends on the thread count only (as `kernel::ordered_sum`).
+        let per = pk.n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let partial: Vec<Vec<T>> = dqkv
+            .par_chunks_mut(per * pk.l * row)
+            .enumerate()
+            .map(|(r, dx)| {
+                let mut sc = (Vec::new(), Vec::new(), vec![T::zero(); 3 * pk.l * d]);
+                let mut db = vec![T::zero(); nb];
+                for (j, dx) in dx.chunks_mut(pk.l * row).enumerate() {
+                    seq(r * per + j, &mut sc, dx, &mut db);
+                }
+                db
+            })
+            .collect();
+        for part in partial {
+            dbias.iter_mut().zip(part).for_each(|(a, v)| *a += v);
         }
         out
     }
@@ -116,9 +131,7 @@ impl CustomOp2 for PackedFwd {
         let nx = qkv.elem_count();
         let dqkv = all.narrow(0, 0, nx)?.reshape(qkv.shape())?;
         let Some(l) = pk.bias else { return Ok((Some(dqkv), None)) };
-        // Sequences s and s + g share a bias block: its gradient is their sum.
-        let ds = all.narrow(0, nx, pk.n * pk.heads * pk.l * pk.l)?;
-        let dbias = ds.reshape((pk.n / l.g, l.g, pk.heads, pk.l, pk.l))?.sum(0)?;
+        let dbias = all.narrow(0, nx, l.g * pk.heads * pk.l * pk.l)?.reshape((l.g, pk.heads, pk.l, pk.l))?;
         Ok((Some(dqkv), Some(dbias)))
     }
 }
@@ -130,8 +143,8 @@ impl CustomOp3 for PackedBwd {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let pk = self.0;
-        let scores = if pk.bias.is_some() { pk.n * pk.heads * pk.l * pk.l } else { 0 };
-        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from(l1.shape().elem_count() + scores)))
+        let dbias = pk.bias.map_or(0, |b| b.g * pk.heads * pk.l * pk.l);
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from(l1.shape().elem_count() + dbias)))
     }
 }
 
@@ -187,7 +200,8 @@ mod tests {
             let b = g.map(|g| seeded(&[g, heads, l, l], 2, &dev, DType::F32)).transpose()?;
             let diff = (attention_packed(&qkv, heads, d, b.as_ref())? - reference(&qkv, heads, d, b.as_ref())?)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-5, "{diff}");
-            let (n, l, heads, d) = (2, 4, 2, 3);
+            // Four sequences: with G = 2 each bias block sums two, across per-thread runs.
+            let (n, l, heads, d) = (4, 4, 2, 3);
             let x = Var::from_tensor(&(seeded(&[n, l, 3 * heads * d], 3, &dev, DType::F64)? * 1.5)?)?;
             match g {
                 None => check_grads(&[&x], |t| attention_packed(t[0], heads, d, None))?,

@@ -81,18 +81,31 @@ pub(crate) fn gemm_scaled<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut 
 /// without reading it (`read_dst` false).
 pub(crate) fn gemm_uninit<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [MaybeUninit<T>], lhs: Mat<T>, rhs: Mat<T>) {
     // MaybeUninit<T> has T's layout; with `read_dst` false the GEMM only writes.
-    gemm_raw(m, n, k, (dst.as_mut_ptr() as *mut T, dst.len()), n, lhs, rhs, false, T::one())
+    gemm_raw(m, n, k, (dst.as_mut_ptr() as *mut T, dst.len()), n, lhs, rhs, false, T::one(), false)
+}
+
+/// [`gemm`] spread over the rayon pool by the GEMM itself: for products whose weight
+/// operand is large next to the rows, which per-row-block GEMMs would each pack again.
+/// Threads split the output, never the depth, so each element's sum is in the same order
+/// whatever the thread count.
+pub(crate) fn gemm_parallel<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], lhs: Mat<T>, rhs: Mat<T>, accumulate: bool) {
+    gemm_raw(m, n, k, (dst.as_mut_ptr(), dst.len()), n, lhs, rhs, accumulate, T::one(), true)
+}
+
+/// [`gemm_uninit`] spread over the rayon pool, as [`gemm_parallel`].
+pub(crate) fn gemm_uninit_parallel<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [MaybeUninit<T>], lhs: Mat<T>, rhs: Mat<T>) {
+    gemm_raw(m, n, k, (dst.as_mut_ptr() as *mut T, dst.len()), n, lhs, rhs, false, T::one(), true)
 }
 
 /// [`gemm_scaled`] into rows of `dst` that are `dst_rs` ≥ n apart.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_strided<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], dst_rs: usize, lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, scale: T) {
-    gemm_raw(m, n, k, (dst.as_mut_ptr(), dst.len()), dst_rs, lhs, rhs, accumulate, scale)
+    gemm_raw(m, n, k, (dst.as_mut_ptr(), dst.len()), dst_rs, lhs, rhs, accumulate, scale, false)
 }
 
 /// The GEMM on a destination given as (start, length): read only when `accumulate`.
 #[allow(clippy::too_many_arguments)]
-fn gemm_raw<T: WithDType>(m: usize, n: usize, k: usize, (dst, dst_len): (*mut T, usize), dst_rs: usize, lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, scale: T) {
+fn gemm_raw<T: WithDType>(m: usize, n: usize, k: usize, (dst, dst_len): (*mut T, usize), dst_rs: usize, lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, scale: T, parallel: bool) {
     let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
         if rows == 0 || cols == 0 {
             0
@@ -124,7 +137,7 @@ fn gemm_raw<T: WithDType>(m: usize, n: usize, k: usize, (dst, dst_len): (*mut T,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None },
         )
     }
 }
