@@ -4,7 +4,7 @@
 //! and ViT's patchify stems (kernel = stride) and every strided or padded stem/downsampling
 //! conv take this path.
 
-use super::kernel::{dispatch, gemm, ordered_sum, Kernel, Mat};
+use super::kernel::{dispatch, gather, gemm, group_size, ordered_sum, scatter, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -20,6 +20,8 @@ struct Geom {
     o: usize,
     ho: usize,
     wo: usize,
+    /// Images per GEMM ([`group_size`]).
+    gs: usize,
 }
 
 impl Geom {
@@ -47,15 +49,26 @@ impl Geom {
         (oy * self.stride + ky).checked_sub(self.pad).filter(|&r| r < self.h)
     }
 
-    /// Patch matrix (c·k·k rows × ho·wo columns) of one image; padding reads as zero.
+    /// Patch matrix (c·k·k rows × imgs·ho·wo columns) of consecutive images, each image's
+    /// columns after the previous one's; padding reads as zero.
     fn im2col<T: WithDType>(&self, x: &[T], cols: &mut Vec<T>) {
-        let (k, l, s) = (self.k, self.l(), self.stride);
+        let (img, l) = (self.c * self.h * self.w, self.l());
+        let imgs = x.len() / img;
         cols.clear();
-        cols.resize(self.ckk() * l, T::zero());
+        cols.resize(self.ckk() * imgs * l, T::zero());
+        for (i, x) in x.chunks_exact(img).enumerate() {
+            self.im2col_at(x, cols, imgs * l, i * l);
+        }
+    }
+
+    /// One image's patches into columns `off..off + ho·wo` of a zeroed patch matrix whose
+    /// rows are `rs` apart.
+    fn im2col_at<T: WithDType>(&self, x: &[T], cols: &mut [T], rs: usize, off: usize) {
+        let (k, l, s) = (self.k, self.l(), self.stride);
         for c in 0..self.c {
             for ky in 0..k {
                 for kx in 0..k {
-                    let row = &mut cols[((c * k + ky) * k + kx) * l..][..l];
+                    let row = &mut cols[((c * k + ky) * k + kx) * rs + off..][..l];
                     let r = self.cols_in_range(kx);
                     for oy in 0..self.ho {
                         let Some(iy) = self.in_row(oy, ky) else { continue };
@@ -75,8 +88,9 @@ impl Geom {
         }
     }
 
-    /// Adds the patch-matrix gradient back onto the image gradient (overlaps accumulate).
-    fn col2im<T: WithDType>(&self, dcols: &[T], dx: &mut [T]) {
+    /// Adds one image's patch-matrix gradient (columns `off..off + ho·wo` of rows `rs`
+    /// apart) back onto its image gradient (overlaps accumulate).
+    fn col2im<T: WithDType>(&self, dcols: &[T], rs: usize, off: usize, dx: &mut [T]) {
         let (k, l, s) = (self.k, self.l(), self.stride);
         // Patchify (kernel = stride, no padding, exact tiling): every pixel is written once.
         let tiles = s == k && self.pad == 0 && self.ho * k == self.h && self.wo * k == self.w;
@@ -84,7 +98,7 @@ impl Geom {
             for c in 0..self.c {
                 for ky in 0..k {
                     for kx in 0..k {
-                        let row = &dcols[((c * k + ky) * k + kx) * l..][..l];
+                        let row = &dcols[((c * k + ky) * k + kx) * rs + off..][..l];
                         for oy in 0..self.ho {
                             let dst = &mut dx[(c * self.h + oy * k + ky) * self.w..][..self.w];
                             for (ox, &v) in row[oy * self.wo..][..self.wo].iter().enumerate() {
@@ -100,7 +114,7 @@ impl Geom {
         for c in 0..self.c {
             for ky in 0..k {
                 for kx in 0..k {
-                    let row = &dcols[((c * k + ky) * k + kx) * l..][..l];
+                    let row = &dcols[((c * k + ky) * k + kx) * rs + off..][..l];
                     let r = self.cols_in_range(kx);
                     for oy in 0..self.ho {
                         let Some(iy) = self.in_row(oy, ky) else { continue };
@@ -139,17 +153,30 @@ impl Kernel for ConvFwd {
     const NAME: &'static str = "conv2d";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, b, g) = (i[0], i[1], i[2], self.g);
-        let l = g.l();
+        let (l, gs) = (g.l(), g.gs);
         let mut y = vec![T::zero(); g.n * g.o * l];
-        y.par_chunks_mut(g.o * l).zip(x.par_chunks(g.c * g.h * g.w)).for_each_init(Vec::new, |cols, (y, x)| {
-            g.im2col(x, cols);
-            for (o, row) in y.chunks_mut(l).enumerate() {
-                row.fill(b[o]);
-            }
-            let wm = Mat { data: w, rs: g.ckk() as isize, cs: 1 };
-            let pm = Mat { data: cols, rs: l as isize, cs: 1 };
-            gemm(g.o, l, g.ckk(), y, wm, pm, true);
-        });
+        let wm = Mat { data: w, rs: g.ckk() as isize, cs: 1 };
+        y.par_chunks_mut(gs * g.o * l).zip(x.par_chunks(gs * g.c * g.h * g.w)).for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(cols, ybuf), (y, x)| {
+                g.im2col(x, cols);
+                let n = cols.len() / g.ckk().max(1);
+                // One image writes its output directly; a group into a (o, gs·l) matrix.
+                let ym: &mut [T] = if n == l {
+                    y
+                } else {
+                    ybuf.resize(g.o * n, T::zero());
+                    ybuf
+                };
+                for (o, row) in ym.chunks_mut(n).enumerate() {
+                    row.fill(b[o]);
+                }
+                gemm(g.o, n, g.ckk(), ym, wm, Mat { data: cols, rs: n as isize, cs: 1 }, true);
+                if n != l {
+                    scatter(ybuf, g.o, l, y);
+                }
+            },
+        );
         y
     }
 }
@@ -158,16 +185,22 @@ impl Kernel for ConvGradInput {
     const NAME: &'static str = "conv2d grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, w, g) = (i[0], i[1], self.g);
-        let l = g.l();
-        let mut dx = vec![T::zero(); g.n * g.c * g.h * g.w];
-        dx.par_chunks_mut(g.c * g.h * g.w).zip(dy.par_chunks(g.o * l)).for_each_init(Vec::new, |dcols: &mut Vec<T>, (dx, dy)| {
-            dcols.clear();
-            dcols.resize(g.ckk() * l, T::zero());
-            let wt = Mat { data: w, rs: 1, cs: g.ckk() as isize };
-            let dym = Mat { data: dy, rs: l as isize, cs: 1 };
-            gemm(g.ckk(), l, g.o, dcols, wt, dym, false);
-            g.col2im(dcols, dx);
-        });
+        let (l, img) = (g.l(), g.c * g.h * g.w);
+        let mut dx = vec![T::zero(); g.n * img];
+        let wt = Mat { data: w, rs: 1, cs: g.ckk() as isize };
+        dx.par_chunks_mut(g.gs * img).zip(dy.par_chunks(g.gs * g.o * l)).for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(dcols, dybuf): &mut (Vec<T>, Vec<T>), (dx, dy)| {
+                let dym = gather(dy, g.o, l, dybuf);
+                let n = dym.len() / g.o.max(1);
+                dcols.clear();
+                dcols.resize(g.ckk() * n, T::zero());
+                gemm(g.ckk(), n, g.o, dcols, wt, Mat { data: dym, rs: n as isize, cs: 1 }, false);
+                for (i, dx) in dx.chunks_exact_mut(img).enumerate() {
+                    g.col2im(dcols, n, i * l, dx);
+                }
+            },
+        );
         dx
     }
 }
@@ -176,18 +209,19 @@ impl Kernel for ConvGradWeight {
     const NAME: &'static str = "conv2d grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, x, g) = (i[0], i[1], self.g);
-        let l = g.l();
+        let (l, gs) = (g.l(), g.gs);
         let size = g.o * g.ckk() + g.o;
         let (img_out, img_in) = (g.o * l, g.c * g.h * g.w);
-        ordered_sum(dy.len() / img_out.max(1), size, Vec::new, |acc: &mut [T], cols: &mut Vec<T>, imgs| {
+        ordered_sum(g.n.div_ceil(gs), size, || (Vec::new(), Vec::new()), |acc: &mut [T], (cols, dybuf): &mut (Vec<T>, Vec<T>), groups| {
             let (dw, db) = acc.split_at_mut(g.o * g.ckk());
-            for img in imgs {
-                let dy = &dy[img * img_out..(img + 1) * img_out];
-                g.im2col(&x[img * img_in..(img + 1) * img_in], cols);
-                let dym = Mat { data: dy, rs: l as isize, cs: 1 };
-                let pt = Mat { data: cols, rs: 1, cs: l as isize };
-                gemm(g.o, g.ckk(), l, dw, dym, pt, true);
-                for (o, row) in dy.chunks(l).enumerate() {
+            for grp in groups {
+                let imgs = grp * gs..((grp + 1) * gs).min(g.n);
+                let dym = gather(&dy[imgs.start * img_out..imgs.end * img_out], g.o, l, dybuf);
+                g.im2col(&x[imgs.start * img_in..imgs.end * img_in], cols);
+                let n = dym.len() / g.o.max(1);
+                let pt = Mat { data: cols, rs: 1, cs: n as isize };
+                gemm(g.o, g.ckk(), n, dw, Mat { data: dym, rs: n as isize, cs: 1 }, pt, true);
+                for (o, row) in dym.chunks(n).enumerate() {
                     let mut s = T::zero();
                     for &v in row {
                         s += v;
@@ -245,12 +279,19 @@ impl CustomOp2 for ConvGradWeight {
 /// Convolution of NCHW `x` with weight (O, C, k, k), bias (O), stride and symmetric padding
 /// (PyTorch's floor output size).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    conv2d_grouped(x, w, b, stride, pad, None)
+}
+
+/// [`conv2d`] with the images per GEMM forced (tests run groups on any machine).
+fn conv2d_grouped(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize, gs: Option<usize>) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (o, wc, k, k2) = w.dims4()?;
     if wc != c || k != k2 || k == 0 || stride == 0 || h + 2 * pad < k || wd + 2 * pad < k {
         candle_core::bail!("conv2d: weight {:?}, stride {stride}, padding {pad} do not fit input {:?}", w.shape(), x.shape())
     }
-    let g = Geom { n, c, h, w: wd, k, stride, pad, o, ho: (h + 2 * pad - k) / stride + 1, wo: (wd + 2 * pad - k) / stride + 1 };
+    let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (wd + 2 * pad - k) / stride + 1);
+    let gs = gs.unwrap_or_else(|| group_size(n, ho * wo)).clamp(1, n.max(1));
+    let g = Geom { n, c, h, w: wd, k, stride, pad, o, ho, wo, gs };
     super::tape::apply3([x, w, b], [&x.contiguous()?, &w.contiguous()?, &b.contiguous()?], ConvFwd { g })
 }
 
@@ -284,10 +325,12 @@ mod tests {
             let wt = seeded(&[5, 3, k, k], 2, &dev, DType::F32)?;
             let b = seeded(&[5], 3, &dev, DType::F32)?;
             let refr = x.conv2d(&wt, p, s, 1, 1)?.broadcast_add(&b.reshape((1, 5, 1, 1))?)?;
-            let ours = conv2d(&x, &wt, &b, s, p)?;
-            assert_eq!(ours.dims(), refr.dims(), "{h}x{w} k{k} s{s} p{p}");
-            let d = (ours - refr)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            assert!(d < 1e-5, "{h}x{w} k{k} s{s} p{p}: {d}");
+            for gs in [1, 2] {
+                let ours = conv2d_grouped(&x, &wt, &b, s, p, Some(gs))?;
+                assert_eq!(ours.dims(), refr.dims(), "{h}x{w} k{k} s{s} p{p}");
+                let d = (ours - &refr)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(d < 1e-5, "{h}x{w} k{k} s{s} p{p} groups of {gs}: {d}");
+            }
         }
         Ok(())
     }
@@ -295,11 +338,14 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
-        for (h, w, k, s, p) in CASES {
-            let x = Var::from_tensor(&seeded(&[2, 2, h, w], 4, &dev, DType::F64)?)?;
-            let wt = Var::from_tensor(&seeded(&[3, 2, k, k], 5, &dev, DType::F64)?)?;
-            let b = Var::from_tensor(&seeded(&[3], 6, &dev, DType::F64)?)?;
-            check_grads(&[&x, &wt, &b], |v| conv2d(v[0], v[1], v[2], s, p)).map_err(|e| candle_core::Error::Msg(format!("{h}x{w} k{k} s{s} p{p}: {e}")))?;
+        // One image per GEMM, and groups of two over three images (a partial last group).
+        for gs in [1, 2] {
+            for (h, w, k, s, p) in CASES {
+                let x = Var::from_tensor(&seeded(&[3, 2, h, w], 4, &dev, DType::F64)?)?;
+                let wt = Var::from_tensor(&seeded(&[3, 2, k, k], 5, &dev, DType::F64)?)?;
+                let b = Var::from_tensor(&seeded(&[3], 6, &dev, DType::F64)?)?;
+                check_grads(&[&x, &wt, &b], |v| conv2d_grouped(v[0], v[1], v[2], s, p, Some(gs))).map_err(|e| candle_core::Error::Msg(format!("{h}x{w} k{k} s{s} p{p} groups of {gs}: {e}")))?;
+            }
         }
         Ok(())
     }

@@ -166,3 +166,47 @@ pub(crate) fn ordered_sum<T: WithDType, S>(n: usize, size: usize, scratch: impl 
     }
     total
 }
+
+// Convolutions on small maps run one GEMM per group of images instead of per image.
+
+/// Columns a GEMM should have at least: the last stages' maps are 4×4 and 2×2, and a
+/// 4-column GEMM per image runs the micro-kernel mostly on padding (the 2×2 stage's 1×1
+/// convs took 2.5x the time of the 16×16 stage's at equal FLOPs), and packs the weight
+/// again for every few columns.
+const MIN_COLS: usize = 256;
+
+/// Images per GEMM for n images of hw pixels: enough for [`MIN_COLS`] columns, but at
+/// least one group per thread.
+pub(crate) fn group_size(n: usize, hw: usize) -> usize {
+    let want = MIN_COLS.div_ceil(hw.max(1));
+    want.min(n.div_ceil(rayon::current_num_threads())).max(1)
+}
+
+/// The (C, gs·hw) matrix of a group of gs (C, hw) images: the images themselves when
+/// gs = 1, else copied into `buf`.
+pub(crate) fn gather<'a, T: WithDType>(imgs: &'a [T], c: usize, hw: usize, buf: &'a mut Vec<T>) -> &'a [T] {
+    let gs = imgs.len() / (c * hw).max(1);
+    if gs == 1 {
+        return imgs;
+    }
+    buf.clear();
+    // One allocation: rayon's for_each_init starts each split with an empty buffer, and
+    // growing it by doubling cost a copy of everything gathered so far.
+    buf.reserve(imgs.len());
+    for ci in 0..c {
+        for img in imgs.chunks_exact(c * hw) {
+            buf.extend_from_slice(&img[ci * hw..(ci + 1) * hw]);
+        }
+    }
+    buf
+}
+
+/// Writes a (C, gs·hw) matrix back as gs (C, hw) images.
+pub(crate) fn scatter<T: WithDType>(m: &[T], c: usize, hw: usize, imgs: &mut [T]) {
+    let cols = m.len() / c.max(1);
+    for (i, img) in imgs.chunks_exact_mut(c * hw).enumerate() {
+        for ci in 0..c {
+            img[ci * hw..(ci + 1) * hw].copy_from_slice(&m[ci * cols + i * hw..ci * cols + (i + 1) * hw]);
+        }
+    }
+}

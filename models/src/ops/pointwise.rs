@@ -2,7 +2,7 @@
 //! backward that is two more GEMMs per image. Through candle (`broadcast_matmul` on a
 //! broadcast weight) the backward was ~7x the forward; here it is ~2x.
 
-use super::kernel::{dispatch, gemm, ordered_sum, Kernel, Mat};
+use super::kernel::{dispatch, gather, gemm, group_size, ordered_sum, scatter, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -23,50 +23,10 @@ fn geom(x: &Shape, w: &Shape) -> Result<Geom> {
     Ok(Geom { n, c_in, c_out, hw: h * wd })
 }
 
-/// Columns a GEMM should have at least: the last stages' maps are 4×4 and 2×2, and a
-/// 4-column GEMM per image runs the micro-kernel mostly on padding (the 2×2 stage's 1×1
-/// convs took 2.5x the time of the 16×16 stage's at equal FLOPs).
-const MIN_COLS: usize = 256;
-
-/// Images per GEMM: enough for [`MIN_COLS`] columns, but at least one group per thread.
-fn group_size(g: &Geom) -> usize {
-    let want = MIN_COLS.div_ceil(g.hw.max(1));
-    want.min(g.n.div_ceil(rayon::current_num_threads())).max(1)
-}
-
-/// The (C, gs·hw) matrix of a group of gs (C, hw) images: the images themselves when
-/// gs = 1, else copied into `buf`.
-fn gather<'a, T: WithDType>(imgs: &'a [T], c: usize, hw: usize, buf: &'a mut Vec<T>) -> &'a [T] {
-    let gs = imgs.len() / (c * hw).max(1);
-    if gs == 1 {
-        return imgs;
-    }
-    buf.clear();
-    // One allocation: rayon's for_each_init starts each split with an empty buffer, and
-    // growing it by doubling cost a copy of everything gathered so far.
-    buf.reserve(imgs.len());
-    for ci in 0..c {
-        for img in imgs.chunks_exact(c * hw) {
-            buf.extend_from_slice(&img[ci * hw..(ci + 1) * hw]);
-        }
-    }
-    buf
-}
-
-/// Writes a (C, gs·hw) matrix back as gs (C, hw) images.
-fn scatter<T: WithDType>(m: &[T], c: usize, hw: usize, imgs: &mut [T]) {
-    let cols = m.len() / c.max(1);
-    for (i, img) in imgs.chunks_exact_mut(c * hw).enumerate() {
-        for ci in 0..c {
-            img[ci * hw..(ci + 1) * hw].copy_from_slice(&m[ci * cols + i * hw..ci * cols + (i + 1) * hw]);
-        }
-    }
-}
-
 /// Runs `f(input matrix, output matrix, columns)` on groups of images and writes the
 /// outputs back; the output starts as zeros, or as `init` per row.
 fn per_group<T: WithDType>(x: &[T], c_in: usize, c_out: usize, g: Geom, init: Option<&[T]>, f: impl Fn(&[T], &mut [T], usize) + Sync) -> Vec<T> {
-    let gs = group_size(&g);
+    let gs = group_size(g.n, g.hw);
     let mut y = vec![T::zero(); g.n * c_out * g.hw];
     y.par_chunks_mut(gs * c_out * g.hw).zip(x.par_chunks(gs * c_in * g.hw)).for_each_init(
         || (Vec::new(), Vec::new()),
@@ -114,7 +74,7 @@ fn grad_input<T: WithDType>(dy: &[T], w: &[T], g: Geom) -> Vec<T> {
 /// [dW (c_out × c_in) = Σ dY · Xᵀ, db = Σ dY] in one buffer.
 fn grad_weight<T: WithDType>(dy: &[T], x: &[T], g: Geom) -> Vec<T> {
     let size = g.c_out * g.c_in + g.c_out;
-    let gs = group_size(&g);
+    let gs = group_size(g.n, g.hw);
     let (out_len, in_len) = (g.c_out * g.hw, g.c_in * g.hw);
     ordered_sum(g.n.div_ceil(gs), size, || (Vec::new(), Vec::new()), |acc: &mut [T], (dybuf, xbuf): &mut (Vec<T>, Vec<T>), groups| {
         let (dw, db) = acc.split_at_mut(g.c_out * g.c_in);
