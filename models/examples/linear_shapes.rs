@@ -1,0 +1,37 @@
+//! Forward and backward of our linear layer (on the gradient tape, as et-train runs it) on
+//! the token counts and widths of Swin-T's four stages at batch 8 (rows x in -> out), 2
+//! threads, best of 5; `bench/torch_linear_shapes.py` times PyTorch's on the same list.
+//!
+//!     cargo run --release -p et-models --example linear_shapes
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use candle_core::{Device, Tensor, Var};
+use et_models::ops::Ops;
+use et_models::CandleOps;
+use std::time::Instant;
+
+fn main() -> candle_core::Result<()> {
+    let d = Device::Cpu;
+    et_models::cpu::configure(Some(2)).ok();
+    let shapes = [(25088, 96, 384), (25088, 384, 96), (25088, 96, 288), (6272, 192, 768), (6272, 768, 192), (1568, 384, 1536), (1568, 1536, 384), (1568, 384, 1152), (392, 768, 3072), (392, 3072, 768)];
+    for (m, k, n) in shapes {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (m, k), &d)?)?;
+        let w = Var::from_tensor(&(Tensor::randn(0f32, 1., (n, k), &d)? * 0.05)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(n, candle_core::DType::F32, &d)?)?;
+        let mut best = (f64::MAX, f64::MAX);
+        for _ in 0..5 {
+            let o = CandleOps::train(0).taped();
+            let t = Instant::now();
+            let y = o.linear(&x, &w, Some(&b))?;
+            let tf = t.elapsed().as_secs_f64();
+            let loss = o.loss_input(&y)?.sum_all()?;
+            let t = Instant::now();
+            let g = o.backward(&loss)?;
+            let tb = t.elapsed().as_secs_f64();
+            assert!(g.get(w.as_tensor()).is_some());
+            best = (best.0.min(tf), best.1.min(tb));
+        }
+        println!("{m}x{k}->{n} fwd {:7.2} ms bwd {:7.2} ms", best.0 * 1e3, best.1 * 1e3);
+    }
+    Ok(())
+}
