@@ -69,7 +69,7 @@ def main():
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if dev.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-    print(f"img/s: {a.batch / statistics.median(times):.1f}")
+    print(f"img/s: {a.batch / statistics.median(times):.2f}")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ fn main() -> Result<()> {
             }
             let rss = peak_rss_mib().map_or("unknown".to_string(), |m| format!("{m:.0} MiB"));
             println!("peak RSS: {rss}");
-            println!("img/s: {:.1}", batch as f64 / median(times));
+            println!("img/s: {:.2}", batch as f64 / median(times));
         }
         Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct)?,
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,

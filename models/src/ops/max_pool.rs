@@ -3,15 +3,31 @@
 //! refuses kernel ≠ stride in backward (NOTES.md). The gradient goes to the first maximum
 //! of each window, as in PyTorch.
 
-use super::kernel::{dispatch, Kernel, WindowGeom as Geom};
+use super::kernel::{dispatch, written, Kernel, WindowGeom as Geom};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::sync::{Arc, OnceLock};
 
 impl Geom {
     /// Flat index (within the plane) of the first maximum of window (oy, ox); padding never wins.
+    #[inline(always)]
     fn argmax<T: WithDType>(&self, plane: &[T], oy: usize, ox: usize) -> usize {
-        let y0 = (oy * self.stride) as isize - self.pad as isize;
-        let x0 = (ox * self.stride) as isize - self.pad as isize;
+        let (ys, xs) = (oy * self.stride, ox * self.stride);
+        if ys >= self.pad && xs >= self.pad && ys + self.k <= self.h + self.pad && xs + self.k <= self.w + self.pad {
+            // Inside the image: no bounds to test, the same first-maximum scan.
+            let base = (ys - self.pad) * self.w + xs - self.pad;
+            let (mut bi, mut bv) = (base, plane[base]);
+            for row in (0..self.k).map(|dy| base + dy * self.w) {
+                for (i, &v) in plane[row..row + self.k].iter().enumerate() {
+                    if v > bv {
+                        (bi, bv) = (row + i, v);
+                    }
+                }
+            }
+            return bi;
+        }
+        let y0 = ys as isize - self.pad as isize;
+        let x0 = xs as isize - self.pad as isize;
         let mut best: Option<(usize, T)> = None;
         for dy in 0..self.k as isize {
             let y = y0 + dy;
@@ -35,13 +51,19 @@ impl Geom {
     }
 }
 
+/// Where each output's maximum is (its index within the input plane), found by the forward
+/// pass and read by the backward, which otherwise searched every window again.
+type Argmax = Arc<OnceLock<Vec<u32>>>;
+
 struct MaxPool {
     g: Geom,
+    argmax: Argmax,
 }
 
 /// (x, grad_out) -> grad_x.
 struct MaxPoolGrad {
     g: Geom,
+    argmax: Argmax,
 }
 
 impl Kernel for MaxPool {
@@ -49,14 +71,20 @@ impl Kernel for MaxPool {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let g = self.g;
         let (pin, pout) = (g.h * g.w, g.ho * g.wo);
-        let mut y = vec![T::zero(); g.n * g.c * pout];
-        y.par_chunks_mut(pout).zip(i[0].par_chunks(pin)).for_each(|(y, x)| {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    y[oy * g.wo + ox] = x[g.argmax(x, oy, ox)];
+        let mut idx = vec![0u32; g.n * g.c * pout];
+        let y = written(g.n * g.c * pout, |y| {
+            y.par_chunks_mut(pout).zip(idx.par_chunks_mut(pout)).zip(i[0].par_chunks(pin)).for_each(|((y, idx), x)| {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let a = g.argmax(x, oy, ox);
+                        idx[oy * g.wo + ox] = a as u32;
+                        y[oy * g.wo + ox].write(x[a]);
+                    }
                 }
-            }
+            })
         });
+        // Each op runs forward once; a second run would only find the same indices again.
+        let _ = self.argmax.set(idx);
         y
     }
 }
@@ -66,12 +94,13 @@ impl Kernel for MaxPoolGrad {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let g = self.g;
         let (pin, pout) = (g.h * g.w, g.ho * g.wo);
+        let idx = self.argmax.get_or_init(|| {
+            i[0].par_chunks(pin).flat_map_iter(|x| (0..pout).map(move |o| g.argmax(x, o / g.wo, o % g.wo) as u32)).collect()
+        });
         let mut dx = vec![T::zero(); g.n * g.c * pin];
-        dx.par_chunks_mut(pin).zip(i[0].par_chunks(pin).zip(i[1].par_chunks(pout))).for_each(|(dx, (x, dy))| {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    dx[g.argmax(x, oy, ox)] += dy[oy * g.wo + ox];
-                }
+        dx.par_chunks_mut(pin).zip(idx.par_chunks(pout).zip(i[1].par_chunks(pout))).for_each(|(dx, (idx, dy))| {
+            for (&a, &d) in idx.iter().zip(dy) {
+                dx[a as usize] += d;
             }
         });
         dx
@@ -89,7 +118,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolGrad { g: self.g })?))
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolGrad { g: self.g, argmax: self.argmax.clone() })?))
     }
 }
 
@@ -120,7 +149,10 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     let (n, c, h, w) = x.dims4()?;
     let (ho, wo) = output_size(h, w, kernel, stride, padding)?;
     let g = Geom { n, c, h, w, k: kernel, stride, pad: padding, ho, wo };
-    super::tape::apply1(x, &x.contiguous()?, MaxPool { g })
+    if (h * w) as u64 > u32::MAX as u64 {
+        candle_core::bail!("max pool: a {h}x{w} plane is too large")
+    }
+    super::tape::apply1(x, &x.contiguous()?, MaxPool { g, argmax: Argmax::default() })
 }
 
 #[cfg(test)]
@@ -158,6 +190,23 @@ mod tests {
         let mut want = vec![0f32; 16];
         for i in [5, 7, 13, 15] {
             want[i] = 1.0;
+        }
+        assert_eq!(gx, want);
+        Ok(())
+    }
+
+    #[test]
+    fn ties_send_the_gradient_to_the_first_maximum() -> Result<()> {
+        // PyTorch's rule; a border window (padding) and interior ones, overlapping.
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 5, 5), DType::F32, &Device::Cpu)?)?;
+        let g = max_pool2d(x.as_tensor(), 3, 2, 1)?.sum_all()?.backward()?;
+        let gx: Vec<f32> = g.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1()?;
+        // Windows start at rows / columns −1, 1, 3: first in-image element 0, 1, 3.
+        let mut want = vec![0f32; 25];
+        for r in [0, 1, 3] {
+            for c in [0, 1, 3] {
+                want[r * 5 + c] = 1.0;
+            }
         }
         assert_eq!(gx, want);
         Ok(())
