@@ -1,5 +1,6 @@
 //! Dense 2-D convolution (groups 1, dilation 1, any stride and padding) as im2col + one GEMM
-//! per image, with a backward of two GEMMs plus a col2im scatter. candle's conv2d backward
+//! per image (per group of images on small maps, `kernel::group_size`), with a backward of
+//! two GEMMs plus a col2im scatter. candle's conv2d backward
 //! goes through conv-transpose (several times its forward); ResNet's 3×3 convs, ConvNeXt's
 //! and ViT's patchify stems (kernel = stride) and every strided or padded stem/downsampling
 //! conv take this path.
