@@ -33,15 +33,10 @@ impl Conv2d {
         o.conv2d(x, &self.weight, self.bias.as_ref(), self.geom)
     }
 
-    /// The convolution of tokens (N, H·W, C) laid out as the NCHW map `like`, as tokens: a
-    /// depthwise stride-1 convolution without leaving the token layout where the back-end
-    /// can ([`Ops::depthwise_tokens`]).
+    /// The convolution of tokens (N, H·W, C) laid out as the NCHW map `like`, as tokens
+    /// ([`Ops::conv2d_tokens`]).
     pub fn forward_tokens<O: Ops>(&self, o: &O, x: &O::T, like: &O::T) -> Result<O::T> {
-        let (c_out, per_group, _, _) = self.weight.dims4()?;
-        if self.geom.stride == 1 && self.geom.groups == c_out && per_group == 1 {
-            return o.depthwise_tokens(x, like, &self.weight, self.bias.as_ref(), self.geom.padding);
-        }
-        o.to_tokens(&self.forward(o, &o.tokens_to_map(x, like)?)?)
+        o.conv2d_tokens(x, like, &self.weight, self.bias.as_ref(), self.geom)
     }
 }
 

@@ -131,6 +131,13 @@ impl CandleOps {
     }
 }
 
+/// Whether weight `w` (out, in/groups, k, k) on `c_in` channels is a depthwise convolution
+/// (one square filter per channel), which the depthwise kernels run.
+fn is_depthwise(c_in: usize, w: &Tensor, g: ConvGeom) -> Result<bool> {
+    let (c_out, c_per_group, kh, kw) = w.dims4()?;
+    Ok(g.groups > 1 && g.groups == c_in && g.groups == c_out && c_per_group == 1 && kh == kw)
+}
+
 fn bias_or_zeros(b: Option<&Tensor>, c: usize, x: &Tensor) -> Result<Tensor> {
     match b {
         Some(b) => Ok(b.clone()),
@@ -159,10 +166,9 @@ impl Ops for CandleOps {
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
         let (_, c_in, _, _) = x.dims4()?;
-        let (c_out, c_per_group, kh, kw) = w.dims4()?;
-        let depthwise = g.groups > 1 && g.groups == c_in && g.groups == c_out && c_per_group == 1 && kh == kw;
+        let (c_out, _, kh, kw) = w.dims4()?;
         let _r = self.rec(x)?;
-        if depthwise && (self.kernels_for(x) || self.cuda_kernels_for(x)) {
+        if is_depthwise(c_in, w, g)? && (self.kernels_for(x) || self.cuda_kernels_for(x)) {
             return depthwise_conv2d(x, w, &bias_or_zeros(b, c_out, x)?, g.stride, g.padding);
         }
         if !self.kernels_for(x) {
@@ -471,14 +477,14 @@ impl Ops for CandleOps {
         x.transpose(1, 2)?.reshape((n, c, h, w))
     }
 
-    fn depthwise_tokens(&self, x: &Tensor, like: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: usize) -> Result<Tensor> {
+    fn conv2d_tokens(&self, x: &Tensor, like: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
         let _r = self.rec(x)?;
-        if !self.kernels_for(x) {
-            return super::depthwise_tokens_via_map(self, x, like, w, b, padding);
+        let c = x.dim(2)?;
+        if !(self.kernels_for(x) && g.stride == 1 && is_depthwise(c, w, g)?) {
+            return super::conv2d_tokens_via_map(self, x, like, w, b, g);
         }
         let (_, _, h, wd) = like.dims4()?;
-        let c = x.dim(2)?;
-        depthwise_conv2d_tokens(x, (h, wd), w, &bias_or_zeros(b, c, x)?, padding)
+        depthwise_conv2d_tokens(x, (h, wd), w, &bias_or_zeros(b, c, x)?, g.padding)
     }
 
     fn mul_param(&self, x: &Tensor, p: &Tensor) -> Result<Tensor> {

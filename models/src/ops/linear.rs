@@ -18,10 +18,14 @@ struct Geom {
     whole: bool,
 }
 
+/// Rows per block if the rows were cut into four blocks per thread.
+fn even_rows(m: usize) -> usize {
+    m.div_ceil(rayon::current_num_threads().max(1) * 4)
+}
+
 /// Rows per task: blocks large enough for GEMM efficiency, enough blocks to spread over threads.
 fn block_rows(m: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    m.div_ceil(threads * 4).clamp(64, 1024)
+    even_rows(m).clamp(64, 1024)
 }
 
 /// Whether blocks would be short: each block's GEMM packs the whole weight again (and the
@@ -30,7 +34,7 @@ fn block_rows(m: usize) -> usize {
 /// 0.5–0.8x PyTorch's speed per layer that way, and at 0.9–1.2x as one GEMM; long
 /// blocks are faster than the one GEMM (1.1–1.4x on its first stage, 25 088 rows).
 fn whole_gemm(m: usize) -> bool {
-    m.div_ceil(rayon::current_num_threads().max(1) * 4) < 256
+    even_rows(m) < 256
 }
 
 /// Each row of `y` (rows of `b.len()`) set to the bias.

@@ -118,16 +118,15 @@ pub trait Ops {
     fn star_relu(&self, x: &Self::T, scale: &Tensor, bias: &Tensor) -> Result<Self::T> {
         self.add_param(&self.mul_param(&self.squared_relu(x)?, scale)?, bias)
     }
-    /// Depthwise convolution, stride 1, of tokens (N, H·W, C) laid out as the NCHW map
-    /// `like`, back to tokens; `w` is (C, 1, k, k). This is [`depthwise_tokens_via_map`]; a
-    /// back-end may instead stay in the token layout.
-    fn depthwise_tokens(&self, x: &Self::T, like: &Self::T, w: &Tensor, b: Option<&Tensor>, padding: usize) -> Result<Self::T> {
-        depthwise_tokens_via_map(self, x, like, w, b, padding)
+    /// Convolution of tokens (N, H·W, C) laid out as the NCHW map `like`, back to tokens.
+    /// This is [`conv2d_tokens_via_map`]; a back-end may instead stay in the token layout
+    /// (the CPU kernels do for depthwise stride-1 convolutions).
+    fn conv2d_tokens(&self, x: &Self::T, like: &Self::T, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Self::T> {
+        conv2d_tokens_via_map(self, x, like, w, b, g)
     }
 }
 
-/// The definition of [`Ops::depthwise_tokens`]: to the map, `conv2d(groups = C)`, back.
-pub fn depthwise_tokens_via_map<O: Ops + ?Sized>(o: &O, x: &O::T, like: &O::T, w: &Tensor, b: Option<&Tensor>, padding: usize) -> Result<O::T> {
-    let g = ConvGeom { stride: 1, padding, groups: w.dim(0)? };
+/// The definition of [`Ops::conv2d_tokens`]: to the map, [`Ops::conv2d`], back to tokens.
+pub fn conv2d_tokens_via_map<O: Ops + ?Sized>(o: &O, x: &O::T, like: &O::T, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<O::T> {
     o.to_tokens(&o.conv2d(&o.tokens_to_map(x, like)?, w, b, g)?)
 }
