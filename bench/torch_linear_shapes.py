@@ -3,8 +3,11 @@ and backward of `nn.Linear` on the token counts and widths of Swin-T's four stag
 (rows x in -> out), 2 threads, best of 5. Compares the GEMM strategy of our linear layer with
 PyTorch's per layer shape.
 
-    python bench/torch_linear_shapes.py
+    python bench/torch_linear_shapes.py [--deit]
+
+`--deit` takes DeiT-tiny's four shapes at batch 16 instead (3152 tokens: qkv, proj, fc1, fc2).
 """
+import sys
 import time
 
 import torch
@@ -16,6 +19,9 @@ SHAPES = [
     (1568, 384, 1536), (1568, 1536, 384), (1568, 384, 1152),
     (392, 768, 3072), (392, 3072, 768),
 ]
+DEIT = [(3152, 192, 576), (3152, 192, 192), (3152, 192, 768), (3152, 768, 192)]
+if "--deit" in sys.argv[1:]:
+    SHAPES = DEIT
 
 torch.set_num_threads(2)
 for m, k, n in SHAPES:

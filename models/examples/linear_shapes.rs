@@ -1,8 +1,9 @@
 //! Forward and backward of our linear layer (on the gradient tape, as et-train runs it) on
 //! the token counts and widths of Swin-T's four stages at batch 8 (rows x in -> out), 2
 //! threads, best of 5; `bench/torch_linear_shapes.py` times PyTorch's on the same list.
+//! `--deit` takes DeiT-tiny's four shapes at batch 16 instead (3152 tokens: qkv, proj, fc1, fc2).
 //!
-//!     cargo run --release -p et-models --example linear_shapes
+//!     cargo run --release -p et-models --example linear_shapes [-- --deit]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::{Device, Tensor, Var};
@@ -13,8 +14,10 @@ use std::time::Instant;
 fn main() -> candle_core::Result<()> {
     let d = Device::Cpu;
     et_models::cpu::configure(Some(2)).ok();
-    let shapes = [(25088, 96, 384), (25088, 384, 96), (25088, 96, 288), (6272, 192, 768), (6272, 768, 192), (1568, 384, 1536), (1568, 1536, 384), (1568, 384, 1152), (392, 768, 3072), (392, 3072, 768)];
-    for (m, k, n) in shapes {
+    let swin = [(25088, 96, 384), (25088, 384, 96), (25088, 96, 288), (6272, 192, 768), (6272, 768, 192), (1568, 384, 1536), (1568, 1536, 384), (1568, 384, 1152), (392, 768, 3072), (392, 3072, 768)];
+    let deit = [(3152, 192, 576), (3152, 192, 192), (3152, 192, 768), (3152, 768, 192)];
+    let shapes: &[(usize, usize, usize)] = if std::env::args().any(|a| a == "--deit") { &deit } else { &swin };
+    for &(m, k, n) in shapes {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (m, k), &d)?)?;
         let w = Var::from_tensor(&(Tensor::randn(0f32, 1., (n, k), &d)? * 0.05)?)?;
         let b = Var::from_tensor(&Tensor::zeros(n, candle_core::DType::F32, &d)?)?;

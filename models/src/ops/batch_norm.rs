@@ -156,8 +156,7 @@ impl Kernel for BnGradInput {
         let (dy, x, s, d) = (i[0], i[1], i[2], self.d);
         let c = d.c;
         let m = d.count();
-        let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(d.hw).zip(dy.par_chunks(d.hw).zip(x.par_chunks(d.hw))).enumerate().with_min_len(d.min_planes()).for_each(|(p, (dx, (dy, x)))| {
+        written(x.len(), |dx| dx.par_chunks_mut(d.hw).zip(dy.par_chunks(d.hw).zip(x.par_chunks(d.hw))).enumerate().with_min_len(d.min_planes()).for_each(|(p, (dx, (dy, x)))| {
             let ch = p % c;
             let (w, mu, inv, sdy, sdyx) = (s[ch].to_f64(), s[c + ch].to_f64(), s[2 * c + ch].to_f64(), s[3 * c + ch].to_f64(), s[4 * c + ch].to_f64());
             // dx = w/σ · (dy − Σdy/M − x̂ · Σdy·x̂/M), x̂ = (x − μ)/σ, as dy·k + x·q + r.
@@ -166,10 +165,9 @@ impl Kernel for BnGradInput {
             let r = -k * sdy / m - q * mu;
             let (k, q, r) = (T::from_f64(k), T::from_f64(q), T::from_f64(r));
             for ((dx, &g), &x) in dx.iter_mut().zip(dy).zip(x) {
-                *dx = g * k + x * q + r;
+                dx.write(g * k + x * q + r);
             }
-        });
-        dx
+        }))
     }
 }
 

@@ -5,9 +5,10 @@
 //! and ViT's patchify stems (kernel = stride) and every strided or padded stem/downsampling
 //! conv take this path.
 
-use super::kernel::{dispatch, gather, gemm, group_size, ordered_sum, scatter, Kernel, Mat};
+use super::kernel::{dispatch, fill_rows, gather, gemm, gemm_uninit, group_size, ordered_sum, rewrite, scatter, sum, written, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -55,32 +56,45 @@ impl Geom {
     fn im2col<T: WithDType>(&self, x: &[T], cols: &mut Vec<T>) {
         let (img, l) = (self.c * self.h * self.w, self.l());
         let imgs = x.len() / img;
-        cols.clear();
-        cols.resize(self.ckk() * imgs * l, T::zero());
-        for (i, x) in x.chunks_exact(img).enumerate() {
-            self.im2col_at(x, cols, imgs * l, i * l);
-        }
+        rewrite(cols, self.ckk() * imgs * l, |cols| {
+            for (i, x) in x.chunks_exact(img).enumerate() {
+                self.im2col_at(x, cols, imgs * l, i * l);
+            }
+        });
     }
 
-    /// One image's patches into columns `off..off + ho·wo` of a zeroed patch matrix whose
-    /// rows are `rs` apart.
-    fn im2col_at<T: WithDType>(&self, x: &[T], cols: &mut [T], rs: usize, off: usize) {
+    /// One image's patches into columns `off..off + ho·wo` of a patch matrix whose rows are
+    /// `rs` apart, every element written once (padding as zero: zeroing the whole matrix
+    /// first was a second pass over it).
+    fn im2col_at<T: WithDType>(&self, x: &[T], cols: &mut [MaybeUninit<T>], rs: usize, off: usize) {
         let (k, l, s) = (self.k, self.l(), self.stride);
+        let zero = |d: &mut [MaybeUninit<T>]| {
+            d.iter_mut().for_each(|d| {
+                d.write(T::zero());
+            })
+        };
         for c in 0..self.c {
             for ky in 0..k {
                 for kx in 0..k {
                     let row = &mut cols[((c * k + ky) * k + kx) * rs + off..][..l];
                     let r = self.cols_in_range(kx);
                     for oy in 0..self.ho {
-                        let Some(iy) = self.in_row(oy, ky) else { continue };
-                        let src = &x[(c * self.h + iy) * self.w..][..self.w];
                         let dst = &mut row[oy * self.wo..][..self.wo];
+                        let Some(iy) = self.in_row(oy, ky) else {
+                            zero(dst);
+                            continue;
+                        };
+                        zero(&mut dst[..r.start]);
+                        zero(&mut dst[r.end..]);
+                        let src = &x[(c * self.h + iy) * self.w..][..self.w];
                         let first = r.start * s + kx - self.pad;
                         if s == 1 {
-                            dst[r.clone()].copy_from_slice(&src[first..first + r.len()]);
+                            dst[r.clone()].iter_mut().zip(&src[first..first + r.len()]).for_each(|(d, &v)| {
+                                d.write(v);
+                            });
                         } else {
                             for (i, ox) in r.clone().enumerate() {
-                                dst[ox] = src[first + i * s];
+                                dst[ox].write(src[first + i * s]);
                             }
                         }
                     }
@@ -89,9 +103,9 @@ impl Geom {
         }
     }
 
-    /// Adds one image's patch-matrix gradient (columns `off..off + ho·wo` of rows `rs`
-    /// apart) back onto its image gradient (overlaps accumulate).
-    fn col2im<T: WithDType>(&self, dcols: &[T], rs: usize, off: usize, dx: &mut [T]) {
+    /// One image's gradient from its patch-matrix gradient (columns `off..off + ho·wo` of
+    /// rows `rs` apart): overlapping patches add up.
+    fn col2im<T: WithDType>(&self, dcols: &[T], rs: usize, off: usize, dx: &mut [MaybeUninit<T>]) {
         let (k, l, s) = (self.k, self.l(), self.stride);
         // Patchify (kernel = stride, no padding, exact tiling): every pixel is written once.
         let tiles = s == k && self.pad == 0 && self.ho * k == self.h && self.wo * k == self.w;
@@ -103,7 +117,7 @@ impl Geom {
                         for oy in 0..self.ho {
                             let dst = &mut dx[(c * self.h + oy * k + ky) * self.w..][..self.w];
                             for (ox, &v) in row[oy * self.wo..][..self.wo].iter().enumerate() {
-                                dst[ox * k + kx] = v;
+                                dst[ox * k + kx].write(v);
                             }
                         }
                     }
@@ -111,7 +125,11 @@ impl Geom {
             }
             return;
         }
-        dx.fill(T::zero());
+        dx.iter_mut().for_each(|d| {
+            d.write(T::zero());
+        });
+        // SAFETY: every element was just written.
+        let dx = unsafe { &mut *(dx as *mut [MaybeUninit<T>] as *mut [T]) };
         for c in 0..self.c {
             for ky in 0..k {
                 for kx in 0..k {
@@ -155,30 +173,27 @@ impl Kernel for ConvFwd {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, b, g) = (i[0], i[1], i[2], self.g);
         let (l, gs) = (g.l(), g.gs);
-        let mut y = vec![T::zero(); g.n * g.o * l];
         let wm = Mat { data: w, rs: g.ckk() as isize, cs: 1 };
-        y.par_chunks_mut(gs * g.o * l).zip(x.par_chunks(gs * g.c * g.h * g.w)).for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(cols, ybuf), (y, x)| {
-                g.im2col(x, cols);
-                let n = cols.len() / g.ckk().max(1);
-                // One image writes its output directly; a group into a (o, gs·l) matrix.
-                let ym: &mut [T] = if n == l {
-                    y
-                } else {
-                    ybuf.resize(g.o * n, T::zero());
-                    ybuf
-                };
-                for (o, row) in ym.chunks_mut(n).enumerate() {
-                    row.fill(b[o]);
-                }
-                gemm(g.o, n, g.ckk(), ym, wm, Mat { data: cols, rs: n as isize, cs: 1 }, true);
-                if n != l {
-                    scatter(ybuf, g.o, l, y);
-                }
-            },
-        );
-        y
+        written(g.n * g.o * l, |y| {
+            y.par_chunks_mut(gs * g.o * l).zip(x.par_chunks(gs * g.c * g.h * g.w)).for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(cols, ybuf): &mut (Vec<T>, Vec<T>), (y, x)| {
+                    g.im2col(x, cols);
+                    let n = cols.len() / g.ckk().max(1);
+                    let patches = Mat { data: &cols[..], rs: n as isize, cs: 1 };
+                    // One image writes its output directly; a group into a (o, gs·l) matrix.
+                    if n == l {
+                        gemm(g.o, n, g.ckk(), fill_rows(y, b, n), wm, patches, true);
+                    } else {
+                        rewrite(ybuf, g.o * n, |m| {
+                            fill_rows(m, b, n);
+                        });
+                        gemm(g.o, n, g.ckk(), ybuf, wm, patches, true);
+                        scatter(ybuf, g.o, l, y);
+                    }
+                },
+            );
+        })
     }
 }
 
@@ -187,22 +202,20 @@ impl Kernel for ConvGradInput {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, w, g) = (i[0], i[1], self.g);
         let (l, img) = (g.l(), g.c * g.h * g.w);
-        let mut dx = vec![T::zero(); g.n * img];
         let wt = Mat { data: w, rs: 1, cs: g.ckk() as isize };
-        dx.par_chunks_mut(g.gs * img).zip(dy.par_chunks(g.gs * g.o * l)).for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(dcols, dybuf): &mut (Vec<T>, Vec<T>), (dx, dy)| {
-                let dym = gather(dy, g.o, l, dybuf);
-                let n = dym.len() / g.o.max(1);
-                dcols.clear();
-                dcols.resize(g.ckk() * n, T::zero());
-                gemm(g.ckk(), n, g.o, dcols, wt, Mat { data: dym, rs: n as isize, cs: 1 }, false);
-                for (i, dx) in dx.chunks_exact_mut(img).enumerate() {
-                    g.col2im(dcols, n, i * l, dx);
-                }
-            },
-        );
-        dx
+        written(g.n * img, |dx| {
+            dx.par_chunks_mut(g.gs * img).zip(dy.par_chunks(g.gs * g.o * l)).for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(dcols, dybuf): &mut (Vec<T>, Vec<T>), (dx, dy)| {
+                    let dym = gather(dy, g.o, l, dybuf);
+                    let n = dym.len() / g.o.max(1);
+                    rewrite(dcols, g.ckk() * n, |d| gemm_uninit(g.ckk(), n, g.o, d, wt, Mat { data: dym, rs: n as isize, cs: 1 }));
+                    for (i, dx) in dx.chunks_exact_mut(img).enumerate() {
+                        g.col2im(dcols, n, i * l, dx);
+                    }
+                },
+            );
+        })
     }
 }
 
@@ -223,11 +236,7 @@ impl Kernel for ConvGradWeight {
                 let pt = Mat { data: cols, rs: 1, cs: n as isize };
                 gemm(g.o, g.ckk(), n, dw, Mat { data: dym, rs: n as isize, cs: 1 }, pt, true);
                 for (o, row) in dym.chunks(n).enumerate() {
-                    let mut s = T::zero();
-                    for &v in row {
-                        s += v;
-                    }
-                    db[o] += s;
+                    db[o] += sum(row);
                 }
             }
         })

@@ -6,7 +6,7 @@
 //! loops are branch-free row updates (vectorised for stride 1); small planes are grouped into
 //! larger rayon tasks.
 
-use super::kernel::{dispatch, Kernel, WindowGeom as Geom};
+use super::kernel::{dispatch, sum, Kernel, WindowGeom as Geom};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -267,7 +267,7 @@ fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
             let p = img * g.c + ch;
             pad_plane(&x[p * plane_in..(p + 1) * plane_in], &g, &mut xpad);
             let gop = &go[p * plane_out..(p + 1) * plane_out];
-            gwk[k * k] += gop.iter().fold(T::zero(), |s, &v| s + v);
+            gwk[k * k] += sum(gop);
             let taps = &mut gwk[..k * k];
             if g.stride == 1 {
                 spread_rows(gop, &mut e, &g);

@@ -3,7 +3,7 @@
 //! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
 //! composed one costs ~10 strided passes each way (NOTES.md).
 
-use super::kernel::{dispatch, Kernel};
+use super::kernel::{dispatch, lane_sum, Kernel};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -125,20 +125,6 @@ fn image_backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], dx: &mut [T], d: Dim
 // The last-axis norm (inner = 1, every transformer here) has contiguous rows: the column
 // formulation above would loop over 1-element columns and allocate per row. Rows are
 // normalised in the data type with 8 partial sums per reduction so the loops vectorise.
-
-/// Σ f(i) over a row with 8 partial sums.
-#[inline(always)]
-fn lane_sum<T: WithDType>(n: usize, f: impl Fn(usize) -> T) -> T {
-    let mut lanes = [T::zero(); 8];
-    let split = n / 8 * 8;
-    for i in (0..split).step_by(8) {
-        for j in 0..8 {
-            lanes[j] += f(i + j);
-        }
-    }
-    let tail = (split..n).fold(T::zero(), |s, i| s + f(i));
-    lanes.iter().fold(tail, |s, &v| s + v)
-}
 
 /// (mean, 1/σ) of one row, two passes.
 #[inline(always)]

@@ -3,6 +3,7 @@
 //! reduction over all rows and each matmul backward allocates transposed copies; this is
 //! the main op of every transformer block (qkv, projection, MLP).
 
+use super::transpose::transposed;
 use super::kernel::{dispatch, gemm, gemm_parallel, gemm_uninit, gemm_uninit_parallel, ordered_sum, written, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -65,7 +66,6 @@ impl Kernel for LinearFwd {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, b, g) = (i[0], i[1], i[2], self.g);
         let rows = block_rows(g.m);
-        let wt = Mat { data: w, rs: 1, cs: g.k as isize };
         written(g.m * g.o, |y| {
             if g.whole {
                 y.par_chunks_mut(rows * g.o).for_each(|y| {
@@ -73,9 +73,15 @@ impl Kernel for LinearFwd {
                 });
                 // SAFETY: every element was set to the bias just above.
                 let y = unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [T]) };
+                let wt = Mat { data: w, rs: 1, cs: g.k as isize };
                 gemm_parallel(g.m, g.o, g.k, y, Mat { data: x, rs: g.k as isize, cs: 1 }, wt, true);
                 return;
             }
+            // Each block's GEMM packs the weight into panels along o; read from W (o×k)
+            // that is a one-element-at-a-time gather k apart for every block (2.4 % of a
+            // DeiT step), from Wᵀ a run of contiguous copies. One transpose serves all blocks.
+            let w_t = transposed(w, g.o, g.k);
+            let wt = Mat { data: &w_t[..], rs: g.o as isize, cs: 1 };
             y.par_chunks_mut(rows * g.o).zip(x.par_chunks(rows * g.k)).for_each(|(y, x)| {
                 let r = x.len() / g.k;
                 let y = fill_bias(y, b);

@@ -2,9 +2,10 @@
 //! backward that is two more GEMMs per image. Through candle (`broadcast_matmul` on a
 //! broadcast weight) the backward was ~7x the forward; here it is ~2x.
 
-use super::kernel::{dispatch, gather, gemm, group_size, ordered_sum, scatter, Kernel, Mat};
+use super::kernel::{dispatch, fill_rows, gather, gemm, gemm_uninit, group_size, ordered_sum, rewrite, scatter, sum, written, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -24,50 +25,39 @@ fn geom(x: &Shape, w: &Shape) -> Result<Geom> {
 }
 
 /// Runs `f(input matrix, output matrix, columns)` on groups of images and writes the
-/// outputs back; the output starts as zeros, or as `init` per row.
-fn per_group<T: WithDType>(x: &[T], c_in: usize, c_out: usize, g: Geom, init: Option<&[T]>, f: impl Fn(&[T], &mut [T], usize) + Sync) -> Vec<T> {
+/// outputs back; `f` must write its whole output matrix.
+fn per_group<T: WithDType>(x: &[T], c_in: usize, c_out: usize, g: Geom, f: impl Fn(&[T], &mut [MaybeUninit<T>], usize) + Sync) -> Vec<T> {
     let gs = group_size(g.n, g.hw);
-    let mut y = vec![T::zero(); g.n * c_out * g.hw];
-    y.par_chunks_mut(gs * c_out * g.hw).zip(x.par_chunks(gs * c_in * g.hw)).for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(xbuf, ybuf), (y, x)| {
-            let xm = gather(x, c_in, g.hw, xbuf);
-            let cols = xm.len() / c_in.max(1);
-            let direct = cols == g.hw;
-            let ym: &mut [T] = if direct {
-                y
-            } else {
-                ybuf.clear();
-                ybuf.resize(c_out * cols, T::zero());
-                ybuf
-            };
-            if let Some(rows) = init {
-                for (row, &v) in ym.chunks_mut(cols).zip(rows) {
-                    row.fill(v);
+    written(g.n * c_out * g.hw, |y| {
+        y.par_chunks_mut(gs * c_out * g.hw).zip(x.par_chunks(gs * c_in * g.hw)).for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(xbuf, ybuf): &mut (Vec<T>, Vec<T>), (y, x)| {
+                let xm = gather(x, c_in, g.hw, xbuf);
+                let cols = xm.len() / c_in.max(1);
+                if cols == g.hw {
+                    f(xm, y, cols);
+                } else {
+                    rewrite(ybuf, c_out * cols, |m| f(xm, m, cols));
+                    scatter(ybuf, c_out, g.hw, y);
                 }
-            }
-            f(xm, ym, cols);
-            if !direct {
-                scatter(ybuf, c_out, g.hw, y);
-            }
-        },
-    );
-    y
+            },
+        );
+    })
 }
 
 /// Y = W·X + b, on groups of images.
 fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], g: Geom) -> Vec<T> {
-    per_group(x, g.c_in, g.c_out, g, Some(b), |xm, ym, cols| {
+    per_group(x, g.c_in, g.c_out, g, |xm, ym, cols| {
         let wm = Mat { data: w, rs: g.c_in as isize, cs: 1 };
-        gemm(g.c_out, cols, g.c_in, ym, wm, Mat { data: xm, rs: cols as isize, cs: 1 }, true);
+        gemm(g.c_out, cols, g.c_in, fill_rows(ym, b, cols), wm, Mat { data: xm, rs: cols as isize, cs: 1 }, true);
     })
 }
 
 /// dX = Wᵀ · dY.
 fn grad_input<T: WithDType>(dy: &[T], w: &[T], g: Geom) -> Vec<T> {
-    per_group(dy, g.c_out, g.c_in, g, None, |dym, dxm, cols| {
+    per_group(dy, g.c_out, g.c_in, g, |dym, dxm, cols| {
         let wt = Mat { data: w, rs: 1, cs: g.c_in as isize };
-        gemm(g.c_in, cols, g.c_out, dxm, wt, Mat { data: dym, rs: cols as isize, cs: 1 }, false);
+        gemm_uninit(g.c_in, cols, g.c_out, dxm, wt, Mat { data: dym, rs: cols as isize, cs: 1 });
     })
 }
 
@@ -85,7 +75,7 @@ fn grad_weight<T: WithDType>(dy: &[T], x: &[T], g: Geom) -> Vec<T> {
             let cols = xm.len() / g.c_in.max(1);
             gemm(g.c_out, g.c_in, cols, dw, Mat { data: dym, rs: cols as isize, cs: 1 }, Mat { data: xm, rs: 1, cs: cols as isize }, true);
             for (o, row) in dym.chunks(cols).enumerate() {
-                db[o] += row.iter().fold(T::zero(), |s, &v| s + v);
+                db[o] += sum(row);
             }
         }
     })

@@ -59,6 +59,11 @@ impl CustomOp1 for Transpose {
     }
 }
 
+/// The (C, R) transpose of a row-major R×C matrix.
+pub(crate) fn transposed<T: WithDType>(x: &[T], r: usize, c: usize) -> Vec<T> {
+    Transpose { b: 1, r, c }.run(&[x])
+}
+
 /// (B, R, C) → (B, C, R), contiguous, on the CPU.
 pub fn transpose_last2(x: &Tensor) -> Result<Tensor> {
     let (b, r, c) = x.dims3()?;
