@@ -119,4 +119,9 @@ impl BatchNorm2d {
     pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
         o.batch_norm(x, &self.weight, &self.bias, &self.running_mean, &self.running_var, self.eps, self.momentum)
     }
+
+    /// relu(forward(x)), which the CPU kernels fuse.
+    pub fn forward_relu<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        o.batch_norm_relu(x, &self.weight, &self.bias, &self.running_mean, &self.running_var, self.eps, self.momentum)
+    }
 }

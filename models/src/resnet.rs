@@ -92,10 +92,8 @@ impl Block {
     fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
         let mut y = x.clone();
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward(o, &conv.forward(o, &y)?)?;
-            if i + 1 < self.convs.len() {
-                y = o.relu(&y)?;
-            }
+            let c = conv.forward(o, &y)?;
+            y = if i + 1 < self.convs.len() { bn.forward_relu(o, &c)? } else { bn.forward(o, &c)? };
         }
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward(o, &conv.forward(o, x)?)?,
@@ -144,7 +142,7 @@ impl ResNet {
     }
 
     pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
-        let mut x = o.relu(&self.bn1.forward(o, &self.conv1.forward(o, x)?)?)?;
+        let mut x = self.bn1.forward_relu(o, &self.conv1.forward(o, x)?)?;
         if self.config.small_stem_stride.is_none() {
             x = o.max_pool2d(&x, 3, 2, 1)?;
         }

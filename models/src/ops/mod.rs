@@ -70,6 +70,11 @@ pub trait Ops {
     /// momentum rule, unbiased variance) through the implementation, never in place.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm(&self, x: &Self::T, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Self::T>;
+    /// [`Ops::batch_norm`] then [`Ops::relu`]; a back-end may fuse the two.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_relu(&self, x: &Self::T, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Self::T> {
+        self.relu(&self.batch_norm(x, w, b, running_mean, running_var, eps, momentum)?)
+    }
     /// Max pooling with a square window, stride and symmetric padding.
     fn max_pool2d(&self, x: &Self::T, kernel: usize, stride: usize, padding: usize) -> Result<Self::T>;
     /// (H, W) of the model's NCHW input. Graph recorders know it only for the graph input
