@@ -2,9 +2,8 @@
 //! and backward. As a composition of candle ops it took ~20 passes over the activation per
 //! layer (strided reductions over N, H, W, broadcasts, fresh buffers): most of a ResNet step.
 //! Statistics accumulate in f64. A ReLU after the norm (ResNet's conv → BN → ReLU) can be
-//! fused in: the forward writes max(y, 0) in the same pass, and the backward gates the
-//! incoming gradient by that output inside its own passes, so neither the ReLU's pass
-//! over the activation nor the pre-ReLU tensor exists.
+//! fused in: the forward writes max(y, 0) in the same pass, so the ReLU's forward pass and
+//! the pre-ReLU tensor do not exist.
 
 use super::kernel::{dispatch, written, Kernel};
 use super::simd::avx2;
@@ -51,34 +50,22 @@ fn plane_sums<T: WithDType>(p: &[T]) -> (f64, f64) {
     })
 }
 
-/// (Σdy, Σdy·x̂) of a plane, x̂ = (x − μ)·inv, as [`plane_sums`]; with the fused ReLU's
-/// output `y`, dy counts only where y > 0.
+/// (Σdy, Σdy·x̂) of a plane, x̂ = (x − μ)·inv, as [`plane_sums`].
 #[inline(always)]
-fn plane_grad_sums<T: WithDType>(dy: &[T], x: &[T], y: Option<&[T]>, mu: f64, inv: f64) -> (f64, f64) {
-    match y {
-        // The gate ignores its second slice there; dy stands in for it.
-        None => grad_sums(dy, x, dy, mu, inv, |g, _| g.to_f64()),
-        Some(y) => grad_sums(dy, x, y, mu, inv, |g, y| if y > T::zero() { g.to_f64() } else { 0.0 }),
-    }
-}
-
-/// Σ gate(dy, y) and Σ gate(dy, y)·x̂ over 8 lanes, on whole chunks (indexing with bounds
-/// tests kept the loop from vectorising: 6 % slower ResNet-50 steps).
-#[inline(always)]
-fn grad_sums<T: WithDType>(dy: &[T], x: &[T], y: &[T], mu: f64, inv: f64, gate: impl Fn(T, T) -> f64) -> (f64, f64) {
+fn plane_grad_sums<T: WithDType>(dy: &[T], x: &[T], mu: f64, inv: f64) -> (f64, f64) {
     let (mut s, mut t) = ([0f64; 8], [0f64; 8]);
-    let (gb, xb, yb) = (dy.chunks_exact(8), x.chunks_exact(8), y.chunks_exact(8));
-    let (gt, xt, yt) = (gb.remainder(), xb.remainder(), yb.remainder());
-    for ((g, x), y) in gb.zip(xb).zip(yb) {
+    let (gb, xb) = (dy.chunks_exact(8), x.chunks_exact(8));
+    let (gt, xt) = (gb.remainder(), xb.remainder());
+    for (g, x) in gb.zip(xb) {
         for j in 0..8 {
-            let g = gate(g[j], y[j]);
+            let g = g[j].to_f64();
             s[j] += g;
             t[j] += g * (x[j].to_f64() - mu) * inv;
         }
     }
     let fold = |a: [f64; 8]| a.iter().fold(0.0, |t, &v| t + v);
-    gt.iter().zip(xt).zip(yt).fold((fold(s), fold(t)), |(s, t), ((&g, &x), &y)| {
-        let g = gate(g, y);
+    gt.iter().zip(xt).fold((fold(s), fold(t)), |(s, t), (&g, &x)| {
+        let g = g.to_f64();
         (s + g, t + g * (x.to_f64() - mu) * inv)
     })
 }
@@ -117,23 +104,10 @@ struct BnGradStats {
     d: Dims,
     eps: f64,
     stats: Stats,
-    relu_out: Option<Tensor>,
 }
 /// (dy, x, [w, μ, 1/σ, Σdy, Σdy·x̂]) -> dx.
 struct BnGradInput {
     d: Dims,
-    relu_out: Option<Tensor>,
-}
-
-/// `inputs`, then the fused ReLU's output if there is one: the op's own output, which a
-/// custom op's backward can only hold as a tensor (ops take at most three inputs).
-fn with_relu_out<R>(inputs: &[(&CpuStorage, &Layout)], relu_out: &Option<Tensor>, f: impl FnOnce(&[(&CpuStorage, &Layout)]) -> Result<R>) -> Result<R> {
-    let Some(y) = relu_out else { return f(inputs) };
-    let (storage, layout) = y.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*storage else { candle_core::bail!("batch norm: the ReLU output is not on the CPU") };
-    let mut all = inputs.to_vec();
-    all.push((s, layout));
-    f(&all)
 }
 
 impl Kernel for BnFwd {
@@ -167,7 +141,6 @@ impl Kernel for BnGradStats {
     const NAME: &'static str = "batch norm grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, x, d) = (i[0], i[1], self.d);
-        let y = i.get(2).copied();
         let (mean, var) = self.stats.get_or_init(|| channel_stats(x, d));
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let sums: Vec<(f64, f64)> = dy
@@ -177,8 +150,7 @@ impl Kernel for BnGradStats {
             .with_min_len(d.min_planes())
             .map(|(p, (dy, x))| {
                 let (mu, inv) = (mean[p % d.c], inv[p % d.c]);
-                let y = y.map(|y| &y[p * d.hw..(p + 1) * d.hw]);
-                avx2!(<T: WithDType> plane_grad_sums(dy: &[T] = dy, x: &[T] = x, y: Option<&[T]> = y, mu: f64 = mu, inv: f64 = inv) -> (f64, f64))
+                avx2!(<T: WithDType> plane_grad_sums(dy: &[T] = dy, x: &[T] = x, mu: f64 = mu, inv: f64 = inv) -> (f64, f64))
             })
             .collect();
         let (mut sdy, mut sdyx) = (vec![0.0; d.c], vec![0.0; d.c]);
@@ -194,7 +166,6 @@ impl Kernel for BnGradInput {
     const NAME: &'static str = "batch norm grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, x, s, d) = (i[0], i[1], i[2], self.d);
-        let y = i.get(3).copied();
         let c = d.c;
         let m = d.count();
         written(x.len(), |dx| dx.par_chunks_mut(d.hw).zip(dy.par_chunks(d.hw).zip(x.par_chunks(d.hw))).enumerate().with_min_len(d.min_planes()).for_each(|(p, (dx, (dy, x)))| {
@@ -205,19 +176,8 @@ impl Kernel for BnGradInput {
             let q = -k * inv * sdyx / m;
             let r = -k * sdy / m - q * mu;
             let (k, q, r) = (T::from_f64(k), T::from_f64(q), T::from_f64(r));
-            match y {
-                None => {
-                    for ((dx, &g), &x) in dx.iter_mut().zip(dy).zip(x) {
-                        dx.write(g * k + x * q + r);
-                    }
-                }
-                Some(y) => {
-                    let y = &y[p * d.hw..(p + 1) * d.hw];
-                    for (((dx, &g), &x), &y) in dx.iter_mut().zip(dy).zip(x).zip(y) {
-                        let g = if y > T::zero() { g } else { T::zero() };
-                        dx.write(g * k + x * q + r);
-                    }
-                }
+            for ((dx, &g), &x) in dx.iter_mut().zip(dy).zip(x) {
+                dx.write(g * k + x * q + r);
             }
         }))
     }
@@ -234,11 +194,12 @@ impl CustomOp3 for BnFwd {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (d, c) = (self.d, self.d.c);
-        let grad = grad.contiguous()?;
-        let relu_out = if self.relu { Some(res.contiguous()?) } else { None };
-        let stats = grad.apply_op2_no_bwd(x, &BnGradStats { d, eps: self.eps, stats: self.stats.clone(), relu_out: relu_out.clone() })?;
+        // The fused ReLU's gradient first, from its output: gating inside the passes below
+        // compiled to scalar branches, slower than this one vectorised pass.
+        let grad = if self.relu { super::relu::relu_grad(res, grad)? } else { grad.contiguous()? };
+        let stats = grad.apply_op2_no_bwd(x, &BnGradStats { d, eps: self.eps, stats: self.stats.clone() })?;
         let packed = Tensor::cat(&[&w.detach().flatten_all()?, &stats.narrow(0, 0, 4 * c)?], 0)?;
-        let dx = grad.apply_op3_no_bwd(x, &packed, &BnGradInput { d, relu_out })?;
+        let dx = grad.apply_op3_no_bwd(x, &packed, &BnGradInput { d })?;
         let dw = stats.narrow(0, 3 * c, c)?.reshape(w.shape())?;
         let db = stats.narrow(0, 2 * c, c)?.reshape(w.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
@@ -251,7 +212,7 @@ impl CustomOp2 for BnGradStats {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((with_relu_out(&[(s1, l1), (s2, l2)], &self.relu_out, |i| dispatch(self, i))?, Shape::from(4 * self.d.c)))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(4 * self.d.c)))
     }
 }
 
@@ -261,7 +222,7 @@ impl CustomOp3 for BnGradInput {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((with_relu_out(&[(s1, l1), (s2, l2), (s3, l3)], &self.relu_out, |i| dispatch(self, i))?, l1.shape().clone()))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
     }
 }
 
@@ -279,7 +240,7 @@ pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<
     batch_norm_train_with(x, w, b, eps, false)
 }
 
-/// [`batch_norm_train`] followed by a ReLU, in the same passes.
+/// [`batch_norm_train`] followed by a ReLU, in the same forward pass.
 pub fn batch_norm_relu_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
     batch_norm_train_with(x, w, b, eps, true)
 }

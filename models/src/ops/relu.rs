@@ -50,7 +50,7 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &ReluGrad)?))
+        Ok(Some(relu_grad(res, grad)?))
     }
 }
 
@@ -65,6 +65,11 @@ impl CustomOp2 for ReluGrad {
 }
 
 /// max(x, 0).
+/// The gradient through a ReLU whose output was `y`: `dy` where y > 0.
+pub(crate) fn relu_grad(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)
+}
+
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     super::tape::apply1(x, &x.contiguous()?, Relu)
 }
