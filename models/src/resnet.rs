@@ -99,7 +99,7 @@ impl Block {
             Some((conv, bn)) => bn.forward(o, &conv.forward(o, x)?)?,
             None => x.clone(),
         };
-        o.relu(&o.add(&o.drop_path(&y, self.drop_path)?, &shortcut)?)
+        o.add_relu(&o.drop_path(&y, self.drop_path)?, &shortcut)
     }
 }
 

@@ -301,6 +301,14 @@ impl Ops for CandleOps {
         tape::op([a, b], |[a, b]| a + b, |g| Ok([Some(g.clone()), Some(g.clone())]))
     }
 
+    fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.kernels_for(a) && a.shape() == b.shape() && a.dtype() == b.dtype() {
+            let _r = self.rec(a)?;
+            return super::relu::add_relu(a, b);
+        }
+        self.relu(&self.add(a, b)?)
+    }
+
     fn scale_channels(&self, x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
         let _r = self.rec(x)?;
         if !self.kernels_for(x) {

@@ -57,6 +57,11 @@ pub trait Ops {
     fn gelu(&self, x: &Self::T) -> Result<Self::T>;
     fn relu(&self, x: &Self::T) -> Result<Self::T>;
     fn add(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// relu(a + b) for `a` and `b` of one shape (a residual connection and its ReLU); a
+    /// back-end may fuse the two.
+    fn add_relu(&self, a: &Self::T, b: &Self::T) -> Result<Self::T> {
+        self.relu(&self.add(a, b)?)
+    }
     /// Multiplies NCHW `x` by a per-channel parameter of shape (C).
     fn scale_channels(&self, x: &Self::T, gamma: &Tensor) -> Result<Self::T>;
     /// Global average pooling of NCHW to (N, C, 1, 1).
