@@ -6,7 +6,7 @@
 //! loops are branch-free row updates (vectorised for stride 1); small planes are grouped into
 //! larger rayon tasks.
 
-use super::kernel::{dispatch, sum, Kernel, WindowGeom as Geom};
+use super::kernel::{dispatch, split, sum, Kernel, WindowGeom as Geom};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -354,14 +354,11 @@ impl CustomOp3 for DepthwiseFwd {
         Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
         let grad = grad.contiguous()?;
         let gx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
-        let all = grad.apply_op2_no_bwd(x, &DepthwiseGradWeight { g })?;
-        let kk = g.k * g.k;
-        let gw = all.narrow(0, 0, g.c * kk)?.reshape((g.c, 1, g.k, g.k))?;
-        let gb = all.narrow(0, g.c * kk, g.c)?;
+        let [gw, gb] = split(&grad.apply_op2_no_bwd(x, &DepthwiseGradWeight { g })?, [w.shape(), b.shape()])?;
         Ok((Some(gx), Some(gw), Some(gb)))
     }
 }

@@ -2,7 +2,7 @@
 //! one dtype dispatch, so each op only writes its generic kernel.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Result, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 use std::mem::MaybeUninit;
 
 pub(crate) fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
@@ -67,6 +67,18 @@ pub(crate) fn lane_sum<T: WithDType>(n: usize, f: impl Fn(usize) -> T) -> T {
 #[inline(always)]
 pub(crate) fn sum<T: WithDType>(v: &[T]) -> T {
     lane_sum(v.len(), |i| v[i])
+}
+
+/// The consecutive pieces of a flat buffer into which one backward kernel wrote several
+/// gradients (input, weight, bias), each shaped as `shapes` says.
+pub(crate) fn split<const N: usize>(all: &Tensor, shapes: [&Shape; N]) -> Result<[Tensor; N]> {
+    let mut start = 0;
+    let mut pieces = Vec::with_capacity(N);
+    for s in shapes {
+        pieces.push(all.narrow(0, start, s.elem_count())?.reshape(s)?);
+        start += s.elem_count();
+    }
+    Ok(pieces.try_into().unwrap_or_else(|_| unreachable!("one piece per shape")))
 }
 
 /// A kernel generic over the float type, applied to contiguous inputs of one dtype.

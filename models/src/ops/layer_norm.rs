@@ -3,7 +3,7 @@
 //! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
 //! composed one costs ~10 strided passes each way (NOTES.md).
 
-use super::kernel::{dispatch, lane_sum, Kernel};
+use super::kernel::{dispatch, lane_sum, split, Kernel};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -231,13 +231,10 @@ impl CustomOp3 for LayerNormFwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let all = x.apply_op3_no_bwd(w, &grad, &LayerNormBwd { d: self.d, eps: self.eps })?;
-        let (n, c) = (x.elem_count(), w.elem_count());
-        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = all.narrow(0, n, c)?;
-        let db = all.narrow(0, n + c, c)?;
+        let [dx, dw, db] = split(&all, [x.shape(), w.shape(), b.shape()])?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }

@@ -4,7 +4,7 @@
 //! the main op of every transformer block (qkv, projection, MLP).
 
 use super::transpose::transposed;
-use super::kernel::{dispatch, gemm, gemm_parallel, gemm_uninit, gemm_uninit_parallel, ordered_sum, written, Kernel, Mat};
+use super::kernel::{dispatch, gemm, gemm_parallel, gemm_uninit, gemm_uninit_parallel, ordered_sum, split, written, Kernel, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -146,13 +146,11 @@ impl CustomOp3 for LinearFwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((self.g.m, self.g.o))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
         let grad = grad.contiguous()?;
         let dx = grad.apply_op2_no_bwd(w, &LinearGradInput { g })?;
-        let all = grad.apply_op2_no_bwd(x, &LinearGradWeight { g })?;
-        let dw = all.narrow(0, 0, g.o * g.k)?.reshape(w.shape())?;
-        let db = all.narrow(0, g.o * g.k, g.o)?;
+        let [dw, db] = split(&grad.apply_op2_no_bwd(x, &LinearGradWeight { g })?, [w.shape(), b.shape()])?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }

@@ -1,7 +1,7 @@
 //! Per-channel scaling of NCHW tensors (ConvNeXt's layer scale γ), forward and backward in
 //! one pass each: candle's broadcast multiply costs a strided reduction for dγ.
 
-use super::kernel::{dispatch, ordered_sum, Kernel};
+use super::kernel::{dispatch, ordered_sum, split, Kernel};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -96,8 +96,8 @@ impl CustomOp2 for Scale {
 
     fn bwd(&self, x: &Tensor, gamma: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let all = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &ScaleGrad { d: self.d })?;
-        let n = x.elem_count();
-        Ok((Some(all.narrow(0, 0, n)?.reshape(x.shape())?), Some(all.narrow(0, n, self.d.c)?.reshape(gamma.shape())?)))
+        let [dx, dgamma] = split(&all, [x.shape(), gamma.shape()])?;
+        Ok((Some(dx), Some(dgamma)))
     }
 }
 

@@ -3,7 +3,7 @@
 //! square, a broadcast multiply and add, and a backward with two full reductions for ds
 //! and db that candle runs on one thread: 12 % of a CAFormer-S18 step.
 
-use super::kernel::{dispatch, written, Kernel};
+use super::kernel::{dispatch, split, written, Kernel};
 use std::mem::MaybeUninit;
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
@@ -91,8 +91,8 @@ impl CustomOp3 for StarRelu {
 
     fn bwd(&self, x: &Tensor, s: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let all = x.apply_op3_no_bwd(s, &grad.contiguous()?, &StarReluGrad)?;
-        let n = x.elem_count();
-        Ok((Some(all.narrow(0, 0, n)?.reshape(x.shape())?), Some(all.narrow(0, n, 1)?.reshape(s.shape())?), Some(all.narrow(0, n + 1, 1)?.reshape(b.shape())?)))
+        let [dx, ds, db] = split(&all, [x.shape(), s.shape(), b.shape()])?;
+        Ok((Some(dx), Some(ds), Some(db)))
     }
 }
 
