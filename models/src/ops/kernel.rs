@@ -37,12 +37,12 @@ pub(crate) fn rewrite<T>(buf: &mut Vec<T>, n: usize, write: impl FnOnce(&mut [Ma
 /// Each `cols`-long row r of `m` set to `vals[r]` (a bias per output channel); the rows
 /// are then initialised.
 pub(crate) fn fill_rows<'a, T: Copy>(m: &'a mut [MaybeUninit<T>], vals: &[T], cols: usize) -> &'a mut [T] {
+    assert!(m.len() == vals.len() * cols, "fill_rows: {} rows of {cols} do not fill {}", vals.len(), m.len());
     for (row, &v) in m.chunks_mut(cols.max(1)).zip(vals) {
         row.iter_mut().for_each(|e| {
             e.write(v);
         });
     }
-    assert!(m.len() == vals.len() * cols, "fill_rows: {} rows of {cols} do not fill {}", vals.len(), m.len());
     // SAFETY: the rows cover `m` (asserted) and every element was just written.
     unsafe { &mut *(m as *mut [MaybeUninit<T>] as *mut [T]) }
 }
