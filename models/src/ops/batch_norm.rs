@@ -286,13 +286,19 @@ mod tests {
         Ok(())
     }
 
+    /// (x, w, b) in f64 for the finite-difference checks.
+    fn grad_inputs(shape: [usize; 4]) -> Result<(Var, Var, Var)> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(seeded(&shape, 4, &dev, DType::F64)? * 2.0)?)?;
+        let w = Var::from_tensor(&seeded(&[shape[1]], 5, &dev, DType::F64)?)?;
+        let b = Var::from_tensor(&seeded(&[shape[1]], 6, &dev, DType::F64)?)?;
+        Ok((x, w, b))
+    }
+
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        let dev = Device::Cpu;
         for shape in [[3, 2, 4, 3], [2, 3, 1, 1], [1, 2, 5, 1]] {
-            let x = Var::from_tensor(&(seeded(&shape, 4, &dev, DType::F64)? * 2.0)?)?;
-            let w = Var::from_tensor(&seeded(&[shape[1]], 5, &dev, DType::F64)?)?;
-            let b = Var::from_tensor(&seeded(&[shape[1]], 6, &dev, DType::F64)?)?;
+            let (x, w, b) = grad_inputs(shape)?;
             check_grads(&[&x, &w, &b], |v| Ok(batch_norm_train(v[0], v[1], v[2], 1e-5)?.0))?;
         }
         Ok(())
@@ -316,13 +322,10 @@ mod tests {
 
     #[test]
     fn fused_relu_gradients_match_finite_differences() -> Result<()> {
-        let dev = Device::Cpu;
         // Shapes with planes under and over the 8-lane blocks; the seeded inputs keep every
         // output well away from the ReLU's kink at the finite-difference step.
         for shape in [[3, 2, 4, 3], [2, 3, 1, 1], [2, 2, 11, 1]] {
-            let x = Var::from_tensor(&(seeded(&shape, 4, &dev, DType::F64)? * 2.0)?)?;
-            let w = Var::from_tensor(&seeded(&[shape[1]], 5, &dev, DType::F64)?)?;
-            let b = Var::from_tensor(&seeded(&[shape[1]], 6, &dev, DType::F64)?)?;
+            let (x, w, b) = grad_inputs(shape)?;
             let y = batch_norm_relu_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?.0;
             let clipped = y.flatten_all()?.to_vec1::<f64>()?.iter().filter(|&&v| v == 0.0).count();
             assert!(clipped > 0 && clipped < y.elem_count(), "{shape:?}: {clipped} of {} clipped", y.elem_count());

@@ -109,54 +109,17 @@ impl CandleOps {
         self.kernels && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
-    /// BatchNorm, then a ReLU with `relu`: fused into the norm's passes by the CPU kernels
-    /// in training, composed otherwise.
-    #[allow(clippy::too_many_arguments)]
-    fn batch_norm_with(&self, x: &Tensor, w: &Tensor, b: &Tensor, (running_mean, running_var): (&Tensor, &Tensor), eps: f64, momentum: f64, relu: bool) -> Result<Tensor> {
-        let _r = self.rec(x)?;
-        let c = w.elem_count();
-        let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
-        // Statistics in f32 for half-precision activations; running buffers keep their dtype.
-        let (dt, st) = (x.dtype(), portable::stat_dtype(x.dtype()));
-        let (wf, bf) = (w.to_dtype(st)?, b.to_dtype(st)?);
-        if !self.train {
-            // y = x·s + (b − μ·s) with s = w / √(σ² + ε): two broadcast ops on x.
-            let (rm, rv) = (running_mean.to_dtype(st)?, running_var.to_dtype(st)?);
-            let scale = (&wf / (rv + eps)?.sqrt()?)?;
-            let shift = (&bf - (rm * &scale)?)?;
-            let y = x.broadcast_mul(&per_channel(&scale.to_dtype(dt)?)?)?.broadcast_add(&per_channel(&shift.to_dtype(dt)?)?)?;
-            return if relu { self.relu(&y) } else { Ok(y) };
-        }
-        let (n, _, h, wd) = x.dims4()?;
-        let count = (n * h * wd) as f64;
-        let record = |mean: Tensor, var: Tensor| -> Result<()> {
-            let rdt = running_mean.dtype();
-            let unbiased = (var.to_dtype(rdt)? * (count / (count - 1.0).max(1.0)))?;
-            let new_mean = ((running_mean * (1.0 - momentum))? + (mean.to_dtype(rdt)? * momentum)?)?;
-            let new_var = ((running_var * (1.0 - momentum))? + (unbiased * momentum)?)?;
-            let mut u = self.updates.borrow_mut();
-            u.push((running_mean.id(), new_mean));
-            u.push((running_var.id(), new_var));
-            Ok(())
-        };
-        if self.kernels_for(x) {
-            let train = if relu { super::batch_norm::batch_norm_relu_train } else { super::batch_norm::batch_norm_train };
-            let (y, mean, var) = train(x, w, b, eps)?;
-            record(mean, var)?;
-            return Ok(y);
-        }
-        let xf = x.to_dtype(st)?;
-        let mean_c = |t: &Tensor| t.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3);
-        let mean = mean_c(&xf)?;
-        let xc = xf.broadcast_sub(&mean)?;
-        let var = mean_c(&xc.sqr()?)?;
-        let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?.broadcast_mul(&per_channel(&wf)?)?.broadcast_add(&per_channel(&bf)?)?.to_dtype(dt)?;
-        record(mean.detach().flatten_all()?, var.detach().flatten_all()?)?;
-        if relu {
-            self.relu(&y)
-        } else {
-            Ok(y)
-        }
+    /// Records PyTorch's momentum update of the running statistics from a training batch's
+    /// mean and biased variance over `count` values per channel.
+    fn record_running_stats(&self, (running_mean, running_var): (&Tensor, &Tensor), mean: Tensor, var: Tensor, count: f64, momentum: f64) -> Result<()> {
+        let rdt = running_mean.dtype();
+        let unbiased = (var.to_dtype(rdt)? * (count / (count - 1.0).max(1.0)))?;
+        let new_mean = ((running_mean * (1.0 - momentum))? + (mean.to_dtype(rdt)? * momentum)?)?;
+        let new_var = ((running_var * (1.0 - momentum))? + (unbiased * momentum)?)?;
+        let mut u = self.updates.borrow_mut();
+        u.push((running_mean.id(), new_mean));
+        u.push((running_var.id(), new_var));
+        Ok(())
     }
 
     /// Ops with a CUDA kernel of ours (models/kernels/): the depthwise convolution.
@@ -347,11 +310,46 @@ impl Ops for CandleOps {
     }
 
     fn batch_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Tensor> {
-        self.batch_norm_with(x, w, b, (running_mean, running_var), eps, momentum, false)
+        let _r = self.rec(x)?;
+        let c = w.elem_count();
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+        // Statistics in f32 for half-precision activations; running buffers keep their dtype.
+        let (dt, st) = (x.dtype(), portable::stat_dtype(x.dtype()));
+        let (wf, bf) = (w.to_dtype(st)?, b.to_dtype(st)?);
+        if !self.train {
+            // y = x·s + (b − μ·s) with s = w / √(σ² + ε): two broadcast ops on x.
+            let (rm, rv) = (running_mean.to_dtype(st)?, running_var.to_dtype(st)?);
+            let scale = (&wf / (rv + eps)?.sqrt()?)?;
+            let shift = (&bf - (rm * &scale)?)?;
+            return x.broadcast_mul(&per_channel(&scale.to_dtype(dt)?)?)?.broadcast_add(&per_channel(&shift.to_dtype(dt)?)?);
+        }
+        let (n, _, h, wd) = x.dims4()?;
+        let count = (n * h * wd) as f64;
+        let running = (running_mean, running_var);
+        if self.kernels_for(x) {
+            let (y, mean, var) = super::batch_norm::batch_norm_train(x, w, b, eps)?;
+            self.record_running_stats(running, mean, var, count, momentum)?;
+            return Ok(y);
+        }
+        let xf = x.to_dtype(st)?;
+        let mean_c = |t: &Tensor| t.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3);
+        let mean = mean_c(&xf)?;
+        let xc = xf.broadcast_sub(&mean)?;
+        let var = mean_c(&xc.sqr()?)?;
+        let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?.broadcast_mul(&per_channel(&wf)?)?.broadcast_add(&per_channel(&bf)?)?.to_dtype(dt)?;
+        self.record_running_stats(running, mean.detach().flatten_all()?, var.detach().flatten_all()?, count, momentum)?;
+        Ok(y)
     }
 
     fn batch_norm_relu(&self, x: &Tensor, w: &Tensor, b: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64, momentum: f64) -> Result<Tensor> {
-        self.batch_norm_with(x, w, b, (running_mean, running_var), eps, momentum, true)
+        if self.train && self.kernels_for(x) {
+            let _r = self.rec(x)?;
+            let (n, _, h, wd) = x.dims4()?;
+            let (y, mean, var) = super::batch_norm::batch_norm_relu_train(x, w, b, eps)?;
+            self.record_running_stats((running_mean, running_var), mean, var, (n * h * wd) as f64, momentum)?;
+            return Ok(y);
+        }
+        self.relu(&self.batch_norm(x, w, b, running_mean, running_var, eps, momentum)?)
     }
 
     fn max_pool2d(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {

@@ -13,46 +13,44 @@ struct Relu;
 struct ReluGrad;
 struct AddRelu;
 
+/// f over the elements of one or two equal-length inputs (`b` = `a` for one), in parallel
+/// chunks, into a fresh output.
+fn map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    written(a.len(), |y| {
+        y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                y.write(f(a, b));
+            }
+        });
+    })
+}
+
+fn relu_of<T: WithDType>(v: T) -> T {
+    if v > T::zero() {
+        v
+    } else {
+        T::zero()
+    }
+}
+
 impl Kernel for Relu {
     const NAME: &'static str = "relu";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
-        let x = i[0];
-        written(x.len(), |y| {
-            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-                y.iter_mut().zip(x).for_each(|(y, &x)| {
-                    y.write(if x > T::zero() { x } else { T::zero() });
-                });
-            });
-        })
+        map(i[0], i[0], |x, _| relu_of(x))
     }
 }
 
 impl Kernel for ReluGrad {
     const NAME: &'static str = "relu grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
-        let (y, dy) = (i[0], i[1]);
-        written(y.len(), |dx| {
-            dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
-                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                    dx.write(if y > T::zero() { g } else { T::zero() });
-                }
-            });
-        })
+        map(i[0], i[1], |y, g| if y > T::zero() { g } else { T::zero() })
     }
 }
 
 impl Kernel for AddRelu {
     const NAME: &'static str = "add relu";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
-        let (a, b) = (i[0], i[1]);
-        written(a.len(), |y| {
-            y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(y, (a, b))| {
-                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                    let v = a + b;
-                    y.write(if v > T::zero() { v } else { T::zero() });
-                }
-            });
-        })
+        map(i[0], i[1], |a, b| relu_of(a + b))
     }
 }
 
