@@ -42,10 +42,15 @@ impl Strides {
     }
 }
 
-/// P = softmax(q·kᵀ·scale + bias) of one block.
-fn probabilities<T: WithDType>(q: &[T], k: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>) {
-    // Scratch reused across blocks: the GEMM overwrites it, so it is only sized, not zeroed.
+/// A block's score scratch of `dm.lq × dm.lk`, reused across blocks: the GEMM overwrites
+/// it, so it is only sized, not zeroed.
+pub(super) fn scores<T: WithDType>(p: &mut Vec<T>, dm: Dims) -> &mut [T] {
     p.resize(dm.lq * dm.lk, T::zero());
+    p
+}
+
+/// P = softmax(q·kᵀ·scale + bias) of one block, into `p` (lq × lk), which is only written.
+pub(super) fn probabilities<T: WithDType>(q: &[T], k: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut [T]) {
     gemm_scaled(dm.lq, dm.lk, dm.d, p, Mat { data: q, rs: st.q as isize, cs: 1 }, Mat { data: k, rs: 1, cs: st.kv as isize }, false, dm.scale::<T>());
     if let Some(b) = bias {
         p.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
@@ -53,18 +58,18 @@ fn probabilities<T: WithDType>(q: &[T], k: &[T], st: Strides, bias: Option<&[T]>
     softmax_rows_in_place(p, dm.lk);
 }
 
-/// o = P·v of one block, P from `probabilities`.
+/// o = P·v of one block, leaving P (from `probabilities`) in `p`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>, o: &mut [T]) {
+pub(super) fn forward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut [T], o: &mut [T]) {
     probabilities(q, k, st, bias, dm, p);
     gemm_strided(dm.lq, dm.d, dm.lk, o, st.o, Mat { data: p, rs: dm.lk as isize, cs: 1 }, Mat { data: v, rs: st.kv as isize, cs: 1 }, false, T::one());
 }
 
-/// The gradients of one block: dq, dk, dv (contiguous), and in `dp` the score gradient
+/// The gradients of one block given its probabilities `p` (kept from the forward or
+/// recomputed): dq, dk, dv (contiguous), and in `dp` the score gradient
 /// dS = P ⊙ (dP − Σ dP·P) before the scale, which is the bias gradient.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], dout: &[T], st: Strides, bias: Option<&[T]>, dm: Dims, p: &mut Vec<T>, dp: &mut Vec<T>, dq: &mut [T], dk: &mut [T], dv: &mut [T]) {
-    probabilities(q, k, st, bias, dm, p);
+pub(super) fn backward_block<T: WithDType>(q: &[T], k: &[T], v: &[T], dout: &[T], st: Strides, p: &[T], dm: Dims, dp: &mut Vec<T>, dq: &mut [T], dk: &mut [T], dv: &mut [T]) {
     let dom = Mat { data: dout, rs: st.o as isize, cs: 1 };
     // dv = pᵀ·do, dp = do·vᵀ
     gemm(dm.lk, dm.d, dm.lq, dv, Mat { data: p, rs: 1, cs: dm.lk as isize }, dom, false);
@@ -122,7 +127,7 @@ impl Kernel for AttentionFwd {
         let mut o = vec![T::zero(); dm.bh * nq];
         o.par_chunks_mut(nq).enumerate().for_each_init(Vec::new, |p, (h, o)| {
             let bias = self.bias.map(|l| l.block(i[2], h, dm));
-            forward_block(&i[0][h * nq..][..nq], &k[h * dm.lk * rs..][..span], &v[h * dm.lk * rs..][..span], Strides::blocks(dm.d, rs), bias, dm, p, o);
+            forward_block(&i[0][h * nq..][..nq], &k[h * dm.lk * rs..][..span], &v[h * dm.lk * rs..][..span], Strides::blocks(dm.d, rs), bias, dm, scores(p, dm), o);
         });
         o
     }
@@ -143,7 +148,9 @@ impl Kernel for AttentionBwd {
         let block = |h: usize, (p, dp): &mut (Vec<T>, Vec<T>), dq: &mut [T], dk: &mut [T], dv: &mut [T]| {
             let (qh, kvh, doh) = (&q[h * nq..][..nq], &kv[h * 2 * nk..][..2 * nk], &dout[h * nq..][..nq]);
             let bias = layout.map(|l| l.block(i[3], h, dm));
-            backward_block(qh, kvh, &kvh[dm.d..], doh, Strides::blocks(dm.d, 2 * dm.d), bias, dm, p, dp, dq, dk, dv);
+            let st = Strides::blocks(dm.d, 2 * dm.d);
+            probabilities(qh, kvh, st, bias, dm, scores(p, dm));
+            backward_block(qh, kvh, &kvh[dm.d..], doh, st, p, dm, dp, dq, dk, dv);
         };
         let grads = dq.par_chunks_mut(nq).zip(dk.par_chunks_mut(nk)).zip(dv.par_chunks_mut(nk)).enumerate();
         let scratch = || (Vec::new(), Vec::new());

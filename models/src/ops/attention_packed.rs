@@ -5,10 +5,12 @@
 //! was four full copies of qkv or o per block (forward and backward), 11 % of the
 //! attention's time in DeiT.
 
-use super::attention::{backward_block, forward_block, BiasLayout, Dims, Strides};
-use super::kernel::{dispatch, Kernel};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use super::attention::{backward_block, forward_block, probabilities, scores, BiasLayout, Dims, Strides};
+use super::kernel::{dispatch, split, written, Kernel};
+use super::tape;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Copy, Debug)]
 struct Packed {
@@ -39,33 +41,61 @@ impl Packed {
     }
 }
 
-/// (qkv, bias or an empty tensor) → o.
-struct PackedFwd(Packed);
+impl Packed {
+    /// Elements of P: one L×L block per sequence and head.
+    fn probs(&self) -> usize {
+        self.n * self.heads * self.l * self.l
+    }
+}
+
+/// (qkv, bias or an empty tensor) → o; when `keep`, the probabilities P of every (sequence,
+/// head) block follow o in the same buffer, for the backward to reuse.
+struct PackedFwd {
+    pk: Packed,
+    keep: bool,
+}
 /// (qkv, do, bias or an empty tensor) → [dqkv, and with a bias its gradient (G, heads, L, L)].
-struct PackedBwd(Packed);
+/// With the forward's P, held here because inputs are at most three, P is not recomputed.
+struct PackedBwd {
+    pk: Packed,
+    p: Option<Tensor>,
+}
 
 impl Kernel for PackedFwd {
     const NAME: &'static str = "attention";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
-        let (pk, qkv) = (self.0, i[0]);
-        let ((hd, row), st, dm) = (pk.widths(), pk.strides(), pk.dims());
-        let mut o = vec![T::zero(); pk.n * pk.l * hd];
-        // One task per sequence: its rows of o are one contiguous piece.
-        o.par_chunks_mut(pk.l * hd).enumerate().for_each_init(Vec::new, |p, (s, o)| {
-            let x = &qkv[s * pk.l * row..][..pk.l * row];
-            for h in 0..pk.heads {
-                let (q, k, v) = (&x[h * pk.d..], &x[hd + h * pk.d..], &x[2 * hd + h * pk.d..]);
-                forward_block(q, k, v, st, pk.bias_block(i[1], s, h), dm, p, &mut o[h * pk.d..]);
+        let (pk, qkv) = (self.pk, i[0]);
+        let ((hd, row), st, dm, ls) = (pk.widths(), pk.strides(), pk.dims(), pk.l * pk.l);
+        let no = pk.n * pk.l * hd;
+        written(no + if self.keep { pk.probs() } else { 0 }, |all| {
+            // SAFETY: MaybeUninit<T> has T's layout, and nothing reads an element before it is
+            // written: each head's GEMM writes its d columns of every row of o, and the
+            // score GEMM every element of a kept P block before the softmax reads it.
+            let all = unsafe { &mut *(all as *mut [MaybeUninit<T>] as *mut [T]) };
+            let (o, kept) = all.split_at_mut(no);
+            let seq = |p: &mut Vec<T>, s: usize, o: &mut [T], kept: &mut [T]| {
+                let x = &qkv[s * pk.l * row..][..pk.l * row];
+                for h in 0..pk.heads {
+                    let (q, k, v) = (&x[h * pk.d..], &x[hd + h * pk.d..], &x[2 * hd + h * pk.d..]);
+                    let p = if kept.is_empty() { scores(p, dm) } else { &mut kept[h * ls..][..ls] };
+                    forward_block(q, k, v, st, pk.bias_block(i[1], s, h), dm, p, &mut o[h * pk.d..]);
+                }
+            };
+            // One task per sequence: its rows of o, and its heads' P blocks, are contiguous.
+            let os = o.par_chunks_mut(pk.l * hd).enumerate();
+            if self.keep {
+                os.zip(kept.par_chunks_mut(pk.heads * ls)).for_each_init(Vec::new, |p, ((s, o), kept)| seq(p, s, o, kept));
+            } else {
+                os.for_each_init(Vec::new, |p, (s, o)| seq(p, s, o, &mut []));
             }
-        });
-        o
+        })
     }
 }
 
 impl Kernel for PackedBwd {
     const NAME: &'static str = "attention grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
-        let (pk, qkv, dout) = (self.0, i[0], i[1]);
+        let (pk, qkv, dout, kept) = (self.pk, i[0], i[1], i.get(3));
         let ((hd, row), st, dm, d) = (pk.widths(), pk.strides(), pk.dims(), pk.d);
         let ls = pk.l * pk.l;
         // The bias gradient, (G, heads, L, L): block j sums dS of the sequences s ≡ j mod G.
@@ -77,9 +107,17 @@ impl Kernel for PackedBwd {
             let dy = &dout[s * pk.l * hd..][..pk.l * hd];
             for h in 0..pk.heads {
                 let (q, k, v) = (&x[h * d..], &x[hd + h * d..], &x[2 * hd + h * d..]);
+                let p: &[T] = match kept {
+                    Some(kept) => &kept[(s * pk.heads + h) * ls..][..ls],
+                    None => {
+                        let p = scores(p, dm);
+                        probabilities(q, k, st, pk.bias_block(i[2], s, h), dm, p);
+                        p
+                    }
+                };
                 let (dq, rest) = g.split_at_mut(pk.l * d);
                 let (dk, dv) = rest.split_at_mut(pk.l * d);
-                backward_block(q, k, v, &dy[h * d..], st, pk.bias_block(i[2], s, h), dm, p, dp, dq, dk, dv);
+                backward_block(q, k, v, &dy[h * d..], st, p, dm, dp, dq, dk, dv);
                 // The block's gradients are cache-resident: scatter them into the packed rows.
                 for (t, xr) in dx.chunks_exact_mut(row).enumerate() {
                     for (part, src) in [(0, &*dq), (1, &*dk), (2, &*dv)] {
@@ -115,24 +153,30 @@ impl Kernel for PackedBwd {
     }
 }
 
+/// dqkv and, with a bias, its gradient from the gradient of o; `p` is the forward's P if
+/// it was kept.
+fn backward(pk: Packed, qkv: &Tensor, bias: &Tensor, grad: &Tensor, p: Option<Tensor>) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let all = qkv.apply_op3_no_bwd(&grad.contiguous()?, bias, &PackedBwd { pk, p })?;
+    let [dqkv] = split(&all.narrow(0, 0, qkv.elem_count())?, [qkv.shape()])?;
+    let Some(l) = pk.bias else { return Ok((Some(dqkv), None)) };
+    let shape = Shape::from((l.g, pk.heads, pk.l, pk.l));
+    let [dbias] = split(&all.narrow(0, qkv.elem_count(), shape.elem_count())?, [&shape])?;
+    Ok((Some(dqkv), Some(dbias)))
+}
+
 impl CustomOp2 for PackedFwd {
     fn name(&self) -> &'static str {
         "attention-packed"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let pk = self.0;
-        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((pk.n, pk.l, pk.widths().0))))
+        let (pk, kept) = (self.pk, if self.keep { self.pk.probs() } else { 0 });
+        let shape = if kept == 0 { Shape::from((pk.n, pk.l, pk.widths().0)) } else { Shape::from(pk.n * pk.l * pk.widths().0 + kept) };
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, shape))
     }
 
     fn bwd(&self, qkv: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let pk = self.0;
-        let all = qkv.apply_op3_no_bwd(&grad.contiguous()?, bias, &PackedBwd(pk))?;
-        let nx = qkv.elem_count();
-        let dqkv = all.narrow(0, 0, nx)?.reshape(qkv.shape())?;
-        let Some(l) = pk.bias else { return Ok((Some(dqkv), None)) };
-        let dbias = all.narrow(0, nx, l.g * pk.heads * pk.l * pk.l)?.reshape((l.g, pk.heads, pk.l, pk.l))?;
-        Ok((Some(dqkv), Some(dbias)))
+        backward(self.pk, qkv, bias, grad, None)
     }
 }
 
@@ -142,15 +186,26 @@ impl CustomOp3 for PackedBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let pk = self.0;
+        let pk = self.pk;
         let dbias = pk.bias.map_or(0, |b| b.g * pk.heads * pk.l * pk.l);
-        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from(l1.shape().elem_count() + dbias)))
+        let shape = Shape::from(l1.shape().elem_count() + dbias);
+        let Some(p) = &self.p else { return Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, shape)) };
+        let (storage, layout) = p.storage_and_layout();
+        let Storage::Cpu(ps) = &*storage else { candle_core::bail!("attention: the kept probabilities are not on the CPU") };
+        if layout.shape().elem_count() != pk.probs() {
+            candle_core::bail!("attention: {} kept probabilities for {} blocks of {}x{}", layout.shape().elem_count(), pk.n * pk.heads, pk.l, pk.l)
+        }
+        Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3), (ps, layout)])?, shape))
     }
 }
 
 /// softmax(q·kᵀ/√d + bias)·v per head on the CPU, from qkv (N, L, 3·heads·d) packed as
 /// timm's qkv layer writes it (q, k, v, each heads × d) to (N, L, heads·d). `bias` is
 /// (G, heads, L, L) with G dividing N; sequence s adds block s mod G (Swin's windows).
+///
+/// Under a gradient tape the probabilities are kept for the backward (N·heads·L² values
+/// per layer, 7 MB for DeiT-tiny at batch 16): recomputing them there was one of the
+/// backward's five GEMMs and a second softmax, ≈ 3.5 % of a DeiT training step.
 pub fn attention_packed(qkv: &Tensor, heads: usize, d: usize, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, l, c) = qkv.dims3()?;
     if heads == 0 || d == 0 || l == 0 || c != 3 * heads * d {
@@ -168,8 +223,24 @@ pub fn attention_packed(qkv: &Tensor, heads: usize, d: usize, bias: Option<&Tens
     };
     let empty = Tensor::zeros(0, qkv.dtype(), qkv.device())?;
     let b = bias.unwrap_or(&empty);
-    let op = PackedFwd(Packed { n, l, heads, d, bias: layout });
-    super::tape::apply2([qkv, b], [&qkv.contiguous()?, &b.contiguous()?], op)
+    let pk = Packed { n, l, heads, d, bias: layout };
+    if !tape::recording() {
+        return tape::apply2([qkv, b], [&qkv.contiguous()?, &b.contiguous()?], PackedFwd { pk, keep: false });
+    }
+    let no = n * l * heads * d;
+    tape::op_keeping(
+        [qkv, b],
+        |[qkv, b]| {
+            let (qkv, b) = (qkv.contiguous()?, b.contiguous()?);
+            let all = qkv.apply_op2_no_bwd(&b, &PackedFwd { pk, keep: true })?;
+            let o = all.narrow(0, 0, no)?.reshape((n, l, heads * d))?;
+            Ok((o, (qkv, b, all.narrow(0, no, pk.probs())?)))
+        },
+        move |g, (qkv, b, p)| {
+            let (dqkv, dbias) = backward(pk, &qkv, &b, g, Some(p))?;
+            Ok([dqkv, dbias])
+        },
+    )
 }
 
 #[cfg(test)]
@@ -209,6 +280,32 @@ mod tests {
                     let b = Var::from_tensor(&seeded(&[g, heads, l, l], 4, &dev, DType::F64)?)?;
                     check_grads(&[&x, &b], |t| attention_packed(t[0], heads, d, Some(t[1])))?
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Under a tape the backward reuses the forward's probabilities instead of recomputing
+    /// them (the path checked against finite differences above): the same gradients.
+    #[test]
+    fn taped_backward_with_kept_probabilities_matches_the_graph() -> Result<()> {
+        use crate::ops::{CandleOps, Ops};
+        let dev = Device::Cpu;
+        for dt in [DType::F64, DType::F32] {
+            let (n, l, heads, d, g) = (4, 9, 2, 5, 2);
+            let x = Var::from_tensor(&(seeded(&[n, l, 3 * heads * d], 5, &dev, dt)? * 1.5)?)?;
+            let b = Var::from_tensor(&seeded(&[g, heads, l, l], 6, &dev, dt)?)?;
+            let r = seeded(&[n, l, heads * d], 7, &dev, dt)?;
+            let grads = |ops: CandleOps| -> Result<(Tensor, Tensor, Tensor)> {
+                let y = ops.attention(x.as_tensor(), heads, d, Some(b.as_tensor()))?;
+                let gs = ops.backward(&(ops.loss_input(&y)? * &r)?.sum_all()?)?;
+                Ok((y, gs.get(x.as_tensor()).unwrap().clone(), gs.get(b.as_tensor()).unwrap().clone()))
+            };
+            let (graph, taped) = (grads(CandleOps::train(0))?, grads(CandleOps::train(0).taped())?);
+            for (a, t) in [(&graph.0, &taped.0), (&graph.1, &taped.1), (&graph.2, &taped.2)] {
+                assert_eq!(a.dims(), t.dims());
+                let diff = (a - t)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                assert_eq!(diff, 0.0, "{dt:?}");
             }
         }
         Ok(())

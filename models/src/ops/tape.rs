@@ -62,6 +62,11 @@ fn active() -> Option<Rc<Tape>> {
     ACTIVE.with(|a| a.borrow().clone())
 }
 
+/// Whether ops on this thread record their backward (training under a tape).
+pub(crate) fn recording() -> bool {
+    ACTIVE.with(|a| a.borrow().is_some())
+}
+
 impl Tape {
     fn record(&self, inputs: &[&Tensor], outputs: &[&Tensor], backward: Backward) {
         let produced = self.produced.borrow();
@@ -144,6 +149,18 @@ pub(crate) fn op<const N: usize>(inputs: [&Tensor; N], f: impl FnOnce([Tensor; N
 /// [`op`] for a backward that needs the inputs' values (kept until it runs).
 pub(crate) fn op_saving<const N: usize>(inputs: [&Tensor; N], f: impl FnOnce([Tensor; N]) -> Result<Tensor>, backward: impl FnOnce(&Tensor, &[Tensor]) -> Result<[Option<Tensor>; N]> + 'static) -> Result<Tensor> {
     record_op(inputs, f, true, backward)
+}
+
+/// [`op`] for a forward that computes, besides its output, something its backward reuses
+/// (attention's probabilities): `f` returns both, and the backward receives the second.
+pub(crate) fn op_keeping<const N: usize, K: 'static>(inputs: [&Tensor; N], f: impl FnOnce([Tensor; N]) -> Result<(Tensor, K)>, backward: impl FnOnce(&Tensor, K) -> Result<[Option<Tensor>; N]> + 'static) -> Result<Tensor> {
+    let Some(tape) = active() else { return Ok(f(inputs.map(Tensor::clone))?.0) };
+    let (y, kept) = f(inputs.map(Tensor::detach))?;
+    tape.record(&inputs, &[&y], Box::new(move |g| Ok(match &g[0] {
+        Some(g) => backward(g, kept)?.to_vec(),
+        None => vec![None; N],
+    })));
+    Ok(y)
 }
 
 fn record_op<const N: usize>(inputs: [&Tensor; N], f: impl FnOnce([Tensor; N]) -> Result<Tensor>, save: bool, backward: impl FnOnce(&Tensor, &[Tensor]) -> Result<[Option<Tensor>; N]> + 'static) -> Result<Tensor> {
