@@ -100,56 +100,65 @@ impl Kernel for PackedBwd {
         let ls = pk.l * pk.l;
         // The bias gradient, (G, heads, L, L): block j sums dS of the sequences s ≡ j mod G.
         let nb = pk.bias.map_or(0, |b| b.g * pk.heads * ls);
-        let mut out = vec![T::zero(); pk.n * pk.l * row + nb];
-        let (dqkv, dbias) = out.split_at_mut(pk.n * pk.l * row);
-        let seq = |s: usize, (p, dp, g): &mut (Vec<T>, Vec<T>, Vec<T>), dx: &mut [T], db: &mut [T]| {
-            let x = &qkv[s * pk.l * row..][..pk.l * row];
-            let dy = &dout[s * pk.l * hd..][..pk.l * hd];
-            for h in 0..pk.heads {
-                let (q, k, v) = (&x[h * d..], &x[hd + h * d..], &x[2 * hd + h * d..]);
-                let p: &[T] = match kept {
-                    Some(kept) => &kept[(s * pk.heads + h) * ls..][..ls],
-                    None => {
-                        let p = scores(p, dm);
-                        probabilities(q, k, st, pk.bias_block(i[2], s, h), dm, p);
-                        p
+        written(pk.n * pk.l * row + nb, |out| {
+            let (dqkv, dbias) = out.split_at_mut(pk.n * pk.l * row);
+            let seq = |s: usize, (p, dp, g): &mut (Vec<T>, Vec<T>, Vec<T>), dx: &mut [MaybeUninit<T>], db: &mut [T]| {
+                let x = &qkv[s * pk.l * row..][..pk.l * row];
+                let dy = &dout[s * pk.l * hd..][..pk.l * hd];
+                for h in 0..pk.heads {
+                    let (q, k, v) = (&x[h * d..], &x[hd + h * d..], &x[2 * hd + h * d..]);
+                    let p: &[T] = match kept {
+                        Some(kept) => &kept[(s * pk.heads + h) * ls..][..ls],
+                        None => {
+                            let p = scores(p, dm);
+                            probabilities(q, k, st, pk.bias_block(i[2], s, h), dm, p);
+                            p
+                        }
+                    };
+                    let (dq, rest) = g.split_at_mut(pk.l * d);
+                    let (dk, dv) = rest.split_at_mut(pk.l * d);
+                    backward_block(q, k, v, &dy[h * d..], st, p, dm, dp, dq, dk, dv);
+                    // The block's gradients are cache-resident: scatter them into the packed rows,
+                    // which the heads' q, k and v parts cover whole.
+                    for (t, xr) in dx.chunks_exact_mut(row).enumerate() {
+                        for (part, src) in [(0, &*dq), (1, &*dk), (2, &*dv)] {
+                            xr[part * hd + h * d..][..d].iter_mut().zip(&src[t * d..][..d]).for_each(|(x, &v)| {
+                                x.write(v);
+                            });
+                        }
                     }
-                };
-                let (dq, rest) = g.split_at_mut(pk.l * d);
-                let (dk, dv) = rest.split_at_mut(pk.l * d);
-                backward_block(q, k, v, &dy[h * d..], st, p, dm, dp, dq, dk, dv);
-                // The block's gradients are cache-resident: scatter them into the packed rows.
-                for (t, xr) in dx.chunks_exact_mut(row).enumerate() {
-                    for (part, src) in [(0, &*dq), (1, &*dk), (2, &*dv)] {
-                        xr[part * hd + h * d..][..d].copy_from_slice(&src[t * d..][..d]);
+                    if let Some(b) = pk.bias {
+                        let blk = &mut db[((s % b.g) * pk.heads + h) * ls..][..ls];
+                        blk.iter_mut().zip(dp.iter()).for_each(|(a, &v)| *a += v);
                     }
                 }
-                if let Some(b) = pk.bias {
-                    let blk = &mut db[((s % b.g) * pk.heads + h) * ls..][..ls];
-                    blk.iter_mut().zip(dp.iter()).for_each(|(a, &v)| *a += v);
-                }
-            }
-        };
-        // One contiguous run of sequences per thread, each summing its bias gradient in
-        // sequence order into its own buffer; the buffers are added in run order, so the
-        // sum depends on the thread count only (as `kernel::ordered_sum`).
-        let per = pk.n.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        let partial: Vec<Vec<T>> = dqkv
-            .par_chunks_mut(per * pk.l * row)
-            .enumerate()
-            .map(|(r, dx)| {
-                let mut sc = (Vec::new(), Vec::new(), vec![T::zero(); 3 * pk.l * d]);
-                let mut db = vec![T::zero(); nb];
-                for (j, dx) in dx.chunks_mut(pk.l * row).enumerate() {
-                    seq(r * per + j, &mut sc, dx, &mut db);
-                }
-                db
-            })
-            .collect();
-        for part in partial {
-            dbias.iter_mut().zip(part).for_each(|(a, v)| *a += v);
-        }
-        out
+            };
+            // One contiguous run of sequences per thread, each summing its bias gradient in
+            // sequence order into its own buffer; the buffers are added in run order, so the
+            // sum depends on the thread count only (as `kernel::ordered_sum`).
+            let per = pk.n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let partial: Vec<Vec<T>> = dqkv
+                .par_chunks_mut(per * pk.l * row)
+                .enumerate()
+                .map(|(r, dx)| {
+                    let mut sc = (Vec::new(), Vec::new(), vec![T::zero(); 3 * pk.l * d]);
+                    let mut db = vec![T::zero(); nb];
+                    for (j, dx) in dx.chunks_mut(pk.l * row).enumerate() {
+                        seq(r * per + j, &mut sc, dx, &mut db);
+                    }
+                    db
+                })
+                .collect();
+            let mut parts = partial.into_iter();
+            let first = parts.next().unwrap_or_else(|| vec![T::zero(); nb]);
+            let sum = parts.fold(first, |mut s, p| {
+                s.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+                s
+            });
+            dbias.iter_mut().zip(sum).for_each(|(d, v)| {
+                d.write(v);
+            });
+        })
     }
 }
 

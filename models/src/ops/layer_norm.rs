@@ -3,10 +3,11 @@
 //! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
 //! composed one costs ~10 strided passes each way (NOTES.md).
 
-use super::kernel::{dispatch, lane_sum, split, Kernel};
+use super::kernel::{dispatch, lane_sum, split, written, Kernel};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -136,18 +137,18 @@ fn row_stats<T: WithDType>(x: &[T], eps: f64) -> (T, T) {
 }
 
 #[inline(always)]
-fn rows_forward<T: WithDType>(x: &[T], w: &[T], b: &[T], y: &mut [T], eps: f64) {
+fn rows_forward<T: WithDType>(x: &[T], w: &[T], b: &[T], y: &mut [MaybeUninit<T>], eps: f64) {
     for (y, x) in y.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
         let (mean, rstd) = row_stats(x, eps);
         for i in 0..x.len() {
-            y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            y[i].write((x[i] - mean) * rstd * w[i] + b[i]);
         }
     }
 }
 
 /// dx of a block of rows; adds the block's dw and db to `acc` ([dw, db]).
 #[inline(always)]
-fn rows_backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], dx: &mut [T], acc: &mut [T], eps: f64) {
+fn rows_backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], dx: &mut [MaybeUninit<T>], acc: &mut [T], eps: f64) {
     let c = w.len();
     let inv_c = T::from_f64(1.0 / c as f64);
     let (dw, db) = acc.split_at_mut(c);
@@ -157,7 +158,7 @@ fn rows_backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], dx: &mut [T], acc: &m
         let bsum = lane_sum(c, |i| dy[i] * w[i] * (x[i] - mean) * rstd) * inv_c;
         for i in 0..c {
             let xh = (x[i] - mean) * rstd;
-            dx[i] = rstd * (dy[i] * w[i] - a - xh * bsum);
+            dx[i].write(rstd * (dy[i] * w[i] - a - xh * bsum));
             dw[i] += dy[i] * xh;
             db[i] += dy[i];
         }
@@ -169,32 +170,38 @@ fn rows_per_task(c: usize) -> usize {
 }
 
 fn forward_rows<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
     let block = rows_per_task(w.len()) * w.len();
-    y.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(y, x)| {
-        avx2!(<T: WithDType> rows_forward(x: &[T] = x, w: &[T] = w, b: &[T] = b, y: &mut [T] = y, eps: f64 = eps))
-    });
-    y
+    written(x.len(), |y| {
+        y.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(y, x)| {
+            avx2!(<T: WithDType> rows_forward(x: &[T] = x, w: &[T] = w, b: &[T] = b, y: &mut [MaybeUninit<T>] = y, eps: f64 = eps))
+        });
+    })
 }
 
 fn backward_rows<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
     let c = w.len();
     let block = rows_per_task(c) * c;
-    let mut out = vec![T::zero(); x.len() + 2 * c];
-    let (dx, params) = out.split_at_mut(x.len());
-    let partial: Vec<Vec<T>> = dx
-        .par_chunks_mut(block)
-        .zip(x.par_chunks(block).zip(dy.par_chunks(block)))
-        .map(|(dx, (x, dy))| {
-            let mut acc = vec![T::zero(); 2 * c];
-            avx2!(<T: WithDType> rows_backward(x: &[T] = x, w: &[T] = w, dy: &[T] = dy, dx: &mut [T] = dx, acc: &mut [T] = &mut acc, eps: f64 = eps));
-            acc
-        })
-        .collect();
-    for p in partial {
-        params.iter_mut().zip(p).for_each(|(s, v)| *s += v);
-    }
-    out
+    written(x.len() + 2 * c, |out| {
+        let (dx, params) = out.split_at_mut(x.len());
+        let partial: Vec<Vec<T>> = dx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(dy.par_chunks(block)))
+            .map(|(dx, (x, dy))| {
+                let mut acc = vec![T::zero(); 2 * c];
+                avx2!(<T: WithDType> rows_backward(x: &[T] = x, w: &[T] = w, dy: &[T] = dy, dx: &mut [MaybeUninit<T>] = dx, acc: &mut [T] = &mut acc, eps: f64 = eps));
+                acc
+            })
+            .collect();
+        let mut parts = partial.into_iter();
+        let first = parts.next().unwrap_or_else(|| vec![T::zero(); 2 * c]);
+        let sum = parts.fold(first, |mut s, p| {
+            s.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+            s
+        });
+        params.iter_mut().zip(sum).for_each(|(d, v)| {
+            d.write(v);
+        });
+    })
 }
 
 struct LayerNormFwd {
