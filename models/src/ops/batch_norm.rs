@@ -70,6 +70,55 @@ fn plane_grad_sums<T: WithDType>(dy: &[T], x: &[T], mu: f64, inv: f64) -> (f64, 
     })
 }
 
+/// [`plane_grad_sums`] of f32 planes with explicit AVX2: the generic loop compiled to scalar
+/// f64 arithmetic (2.4 % of a ResNet-50 step). Sixteen values per iteration, widened to f64
+/// in four-lane halves with their own sums; Σdy·(x − μ) is scaled by `inv` once at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn plane_grad_sums_f32(dy: &[f32], x: &[f32], mu: f64, inv: f64) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let n = dy.len().min(x.len());
+    let m = _mm256_set1_pd(mu);
+    let (mut s, mut t) = ([_mm256_setzero_pd(); 4], [_mm256_setzero_pd(); 4]);
+    let mut i = 0;
+    while i + 16 <= n {
+        for h in 0..2 {
+            // SAFETY: i + 16 ≤ n bounds both 8-value loads.
+            let (g, xv) = (_mm256_loadu_ps(dy.as_ptr().add(i + 8 * h)), _mm256_loadu_ps(x.as_ptr().add(i + 8 * h)));
+            let g = [_mm256_cvtps_pd(_mm256_castps256_ps128(g)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(g))];
+            let xv = [_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(xv))];
+            for q in 0..2 {
+                s[2 * h + q] = _mm256_add_pd(s[2 * h + q], g[q]);
+                t[2 * h + q] = _mm256_add_pd(t[2 * h + q], _mm256_mul_pd(g[q], _mm256_sub_pd(xv[q], m)));
+            }
+        }
+        i += 16;
+    }
+    let lanes = |v: [__m256d; 4]| {
+        let mut out = [0f64; 4];
+        _mm256_storeu_pd(out.as_mut_ptr(), _mm256_add_pd(_mm256_add_pd(v[0], v[1]), _mm256_add_pd(v[2], v[3])));
+        out.iter().sum::<f64>()
+    };
+    let (mut ss, mut ts) = (lanes(s), lanes(t));
+    for (&g, &xv) in dy[i..n].iter().zip(&x[i..n]) {
+        ss += g as f64;
+        ts += g as f64 * (xv as f64 - mu);
+    }
+    (ss, ts * inv)
+}
+
+/// (Σdy, Σdy·x̂) of a plane: the AVX2 kernel for f32 where the CPU has it.
+fn grad_sums<T: WithDType>(dy: &[T], x: &[T], mu: f64, inv: f64) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(dy), Some(x)) = (super::simd::as_f32(dy), super::simd::as_f32(x)) {
+        if super::simd::has_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { plane_grad_sums_f32(dy, x, mu, inv) };
+        }
+    }
+    avx2!(<T: WithDType> plane_grad_sums(dy: &[T] = dy, x: &[T] = x, mu: f64 = mu, inv: f64 = inv) -> (f64, f64))
+}
+
 /// Per-channel (mean, biased variance) of NCHW `x`.
 fn channel_stats<T: WithDType>(x: &[T], d: Dims) -> (Vec<f64>, Vec<f64>) {
     let sums: Vec<(f64, f64)> = x.par_chunks(d.hw).with_min_len(d.min_planes()).map(|p| avx2!(<T: WithDType> plane_sums(p: &[T] = p) -> (f64, f64))).collect();
@@ -149,8 +198,7 @@ impl Kernel for BnGradStats {
             .enumerate()
             .with_min_len(d.min_planes())
             .map(|(p, (dy, x))| {
-                let (mu, inv) = (mean[p % d.c], inv[p % d.c]);
-                avx2!(<T: WithDType> plane_grad_sums(dy: &[T] = dy, x: &[T] = x, mu: f64 = mu, inv: f64 = inv) -> (f64, f64))
+                grad_sums(dy, x, mean[p % d.c], inv[p % d.c])
             })
             .collect();
         let (mut sdy, mut sdyx) = (vec![0.0; d.c], vec![0.0; d.c]);
@@ -267,6 +315,20 @@ mod tests {
         let xc = x.broadcast_sub(&mean_c(x)?)?;
         let var = mean_c(&xc.sqr()?)?;
         xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(&w.reshape((1, c, 1, 1))?)?.broadcast_add(&b.reshape((1, c, 1, 1))?)
+    }
+
+    #[test]
+    fn f32_gradient_sums_match_f64() {
+        // Plane lengths around the 16-value blocks, including none at all.
+        for n in [0, 1, 15, 16, 17, 49, 3137] {
+            let dy: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.03).collect();
+            let x: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32) * 0.05 + 1.0).collect();
+            let (mu, inv) = (2.5, 0.7);
+            let (s, t) = grad_sums(&dy, &x, mu, inv);
+            let want_s: f64 = dy.iter().map(|&g| g as f64).sum();
+            let want_t: f64 = dy.iter().zip(&x).map(|(&g, &x)| g as f64 * (x as f64 - mu) * inv).sum();
+            assert!((s - want_s).abs() < 1e-9 && (t - want_t).abs() < 1e-9, "{n}: ({s}, {t}) vs ({want_s}, {want_t})");
+        }
     }
 
     #[test]

@@ -12,6 +12,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// 0: not decided yet, 1: baseline copies, 2: AVX2 copies.
 static CHOICE: AtomicU8 = AtomicU8::new(0);
 
+/// `v` as f32 values when T is f32.
+pub(crate) fn as_f32<T: 'static>(v: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 (checked), so the slice is reinterpreted as itself.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) })
+}
+
 /// Whether the AVX2 copies run: the CPU has AVX2 and `ET_NO_AVX2` is not set (the variable
 /// makes any machine run, and so test, the baseline copies).
 #[inline]
