@@ -157,28 +157,12 @@ impl Block {
 
     /// `x`: (N, h, w, C).
     fn forward<O: Ops>(&self, o: &O, x: &O::T, h: usize, w: usize) -> Result<O::T> {
-        let (ws, s, c) = (self.window, self.shift as isize, self.dim);
-        let mut y = self.norm1.forward(o, x)?;
-        if s > 0 {
-            y = o.roll(&o.roll(&y, -s, 1)?, -s, 2)?;
-        }
-        let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
-        let (nh, nw) = (hp / ws, wp / ws);
-        y = o.pad_end(&y, &[0, hp - h, wp - w, 0])?;
-        // Window partition: (N, hp, wp, C) → (N·windows, ws², C).
-        y = o.reshape(&o.permute(&o.reshape(&y, &[nh, ws, nw, ws, c])?, &[0, 1, 3, 2, 4, 5])?, &[ws * ws, c])?;
-        let bias = self.attention_bias(hp, wp)?;
-        y = self.proj.forward(o, &o.attention(&self.qkv.forward(o, &y)?, self.heads, c / self.heads, Some(&bias))?)?;
-        y = o.reshape(&o.permute(&o.reshape(&y, &[nh, nw, ws, ws, c])?, &[0, 1, 3, 2, 4, 5])?, &[hp, wp, c])?;
-        if hp > h {
-            y = o.narrow(&y, 1, 0, h)?;
-        }
-        if wp > w {
-            y = o.narrow(&y, 2, 0, w)?;
-        }
-        if s > 0 {
-            y = o.roll(&o.roll(&y, s, 1)?, s, 2)?;
-        }
+        let (ws, c) = (self.window, self.dim);
+        // Shifted windows: (N, h, w, C) → (N·windows, ws², C) and back.
+        let y = o.window_partition(&self.norm1.forward(o, x)?, ws, self.shift, (h, w, c))?;
+        let bias = self.attention_bias(h.div_ceil(ws) * ws, w.div_ceil(ws) * ws)?;
+        let y = self.proj.forward(o, &o.attention(&self.qkv.forward(o, &y)?, self.heads, c / self.heads, Some(&bias))?)?;
+        let y = o.window_reverse(&y, ws, self.shift, (h, w, c))?;
         let x = o.add(x, &o.drop_path(&y, self.drop_path)?)?;
         let y = self.fc2.forward(o, &o.gelu(&self.fc1.forward(o, &self.norm2.forward(o, &x)?)?)?)?;
         o.add(&x, &o.drop_path(&y, self.drop_path)?)

@@ -449,6 +449,22 @@ impl Ops for CandleOps {
         tape::op([x], |[x]| x.roll(shift as i32, dim), move |g| Ok([Some(g.roll(-shift as i32, dim)?)]))
     }
 
+    fn window_partition(&self, x: &Tensor, ws: usize, shift: usize, hwc: (usize, usize, usize)) -> Result<Tensor> {
+        let _r = self.rec(x)?;
+        if !self.kernels_for(x) {
+            return super::window_partition_composed(self, x, ws, shift, hwc);
+        }
+        super::window::window_partition(x, ws, shift)
+    }
+
+    fn window_reverse(&self, y: &Tensor, ws: usize, shift: usize, (h, w, c): (usize, usize, usize)) -> Result<Tensor> {
+        let _r = self.rec(y)?;
+        if !self.kernels_for(y) {
+            return super::window_reverse_composed(self, y, ws, shift, (h, w, c));
+        }
+        super::window::window_reverse(y, ws, shift, h, w)
+    }
+
     fn pad_end(&self, x: &Tensor, pads: &[usize]) -> Result<Tensor> {
         let _r = self.rec(x)?;
         let dims = x.dims().to_vec();

@@ -25,6 +25,7 @@ mod simd;
 pub mod softmax;
 pub mod star_relu;
 pub mod transpose;
+pub mod window;
 pub mod layer_norm;
 pub mod linear;
 pub mod tape;
@@ -128,12 +129,51 @@ pub trait Ops {
     fn star_relu(&self, x: &Self::T, scale: &Tensor, bias: &Tensor) -> Result<Self::T> {
         self.add_param(&self.mul_param(&self.squared_relu(x)?, scale)?, bias)
     }
+    /// Swin's shifted-window partition: (N, h, w, C) rolled by −shift on both spatial axes
+    /// (`torch.roll`), zero-padded at the end to multiples of `ws` and cut into ws × ws
+    /// windows, (N·windows, ws², C). This is [`window_partition_composed`]; a back-end may
+    /// gather the windows in one pass instead.
+    fn window_partition(&self, x: &Self::T, ws: usize, shift: usize, hwc: (usize, usize, usize)) -> Result<Self::T> {
+        window_partition_composed(self, x, ws, shift, hwc)
+    }
+    /// The inverse of [`Ops::window_partition`]: (N·windows, ws², C) → (N, h, w, C). This is
+    /// [`window_reverse_composed`].
+    fn window_reverse(&self, y: &Self::T, ws: usize, shift: usize, hwc: (usize, usize, usize)) -> Result<Self::T> {
+        window_reverse_composed(self, y, ws, shift, hwc)
+    }
     /// Convolution of tokens (N, H·W, C) laid out as the NCHW map `like`, back to tokens.
     /// This is [`conv2d_tokens_via_map`]; a back-end may instead stay in the token layout
     /// (the CPU kernels do for depthwise stride-1 convolutions).
     fn conv2d_tokens(&self, x: &Self::T, like: &Self::T, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Self::T> {
         conv2d_tokens_via_map(self, x, like, w, b, g)
     }
+}
+
+/// The definition of [`Ops::window_partition`]: two rolls, a pad, and a permutation of the
+/// (N, windows down, ws, windows across, ws, C) view.
+pub fn window_partition_composed<O: Ops + ?Sized>(o: &O, x: &O::T, ws: usize, shift: usize, (h, w, c): (usize, usize, usize)) -> Result<O::T> {
+    let s = shift as isize;
+    let y = if s > 0 { o.roll(&o.roll(x, -s, 1)?, -s, 2)? } else { x.clone() };
+    let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+    let y = o.pad_end(&y, &[0, hp - h, wp - w, 0])?;
+    o.reshape(&o.permute(&o.reshape(&y, &[hp / ws, ws, wp / ws, ws, c])?, &[0, 1, 3, 2, 4, 5])?, &[ws * ws, c])
+}
+
+/// The definition of [`Ops::window_reverse`]: [`window_partition_composed`] backwards.
+pub fn window_reverse_composed<O: Ops + ?Sized>(o: &O, y: &O::T, ws: usize, shift: usize, (h, w, c): (usize, usize, usize)) -> Result<O::T> {
+    let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+    let mut y = o.reshape(&o.permute(&o.reshape(y, &[hp / ws, wp / ws, ws, ws, c])?, &[0, 1, 3, 2, 4, 5])?, &[hp, wp, c])?;
+    if hp > h {
+        y = o.narrow(&y, 1, 0, h)?;
+    }
+    if wp > w {
+        y = o.narrow(&y, 2, 0, w)?;
+    }
+    if shift > 0 {
+        let s = shift as isize;
+        y = o.roll(&o.roll(&y, s, 1)?, s, 2)?;
+    }
+    Ok(y)
 }
 
 /// The definition of [`Ops::conv2d_tokens`]: to the map, [`Ops::conv2d`], back to tokens.
