@@ -6,7 +6,7 @@
 //! attention's time in DeiT.
 
 use super::attention::{backward_block, forward_block, probabilities, scores, BiasLayout, Dims, Strides};
-use super::kernel::{dispatch, split, written, Kernel};
+use super::kernel::{add_in_order, dispatch, split, written, Kernel};
 use super::tape;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
@@ -39,9 +39,7 @@ impl Packed {
     fn bias_block<'a, T>(&self, bias: &'a [T], s: usize, h: usize) -> Option<&'a [T]> {
         self.bias.map(|b| b.block(bias, s * self.heads + h, self.dims()))
     }
-}
 
-impl Packed {
     /// Elements of P: one L×L block per sequence and head.
     fn probs(&self) -> usize {
         self.n * self.heads * self.l * self.l
@@ -149,13 +147,7 @@ impl Kernel for PackedBwd {
                     db
                 })
                 .collect();
-            let mut parts = partial.into_iter();
-            let first = parts.next().unwrap_or_else(|| vec![T::zero(); nb]);
-            let sum = parts.fold(first, |mut s, p| {
-                s.iter_mut().zip(p).for_each(|(a, v)| *a += v);
-                s
-            });
-            dbias.iter_mut().zip(sum).for_each(|(d, v)| {
+            dbias.iter_mut().zip(add_in_order(partial, nb)).for_each(|(d, v)| {
                 d.write(v);
             });
         })
@@ -166,10 +158,8 @@ impl Kernel for PackedBwd {
 /// it was kept.
 fn backward(pk: Packed, qkv: &Tensor, bias: &Tensor, grad: &Tensor, p: Option<Tensor>) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let all = qkv.apply_op3_no_bwd(&grad.contiguous()?, bias, &PackedBwd { pk, p })?;
-    let [dqkv] = split(&all.narrow(0, 0, qkv.elem_count())?, [qkv.shape()])?;
-    let Some(l) = pk.bias else { return Ok((Some(dqkv), None)) };
-    let shape = Shape::from((l.g, pk.heads, pk.l, pk.l));
-    let [dbias] = split(&all.narrow(0, qkv.elem_count(), shape.elem_count())?, [&shape])?;
+    let Some(l) = pk.bias else { return Ok((Some(all.reshape(qkv.shape())?), None)) };
+    let [dqkv, dbias] = split(&all, [qkv.shape(), &Shape::from((l.g, pk.heads, pk.l, pk.l))])?;
     Ok((Some(dqkv), Some(dbias)))
 }
 

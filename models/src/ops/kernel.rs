@@ -216,7 +216,14 @@ pub(crate) fn ordered_sum<T: WithDType, S>(n: usize, size: usize, scratch: impl 
             acc
         })
         .collect();
-    let mut parts = partial.into_iter();
+    add_in_order(partial, size)
+}
+
+/// The element-wise sum of per-thread partial buffers of `size`, added in their order (the
+/// first one taken as it is, so no zero-filled buffer): with pieces fixed by the thread
+/// count, a sum that does not depend on how rayon stole the work.
+pub(crate) fn add_in_order<T: WithDType>(parts: Vec<Vec<T>>, size: usize) -> Vec<T> {
+    let mut parts = parts.into_iter();
     let mut total = parts.next().unwrap_or_else(|| vec![T::zero(); size]);
     for part in parts {
         total.iter_mut().zip(part).for_each(|(a, b)| *a += b);

@@ -3,7 +3,7 @@
 //! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
 //! composed one costs ~10 strided passes each way (NOTES.md).
 
-use super::kernel::{dispatch, lane_sum, split, written, Kernel};
+use super::kernel::{add_in_order, dispatch, lane_sum, split, written, Kernel};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -192,13 +192,7 @@ fn backward_rows<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
                 acc
             })
             .collect();
-        let mut parts = partial.into_iter();
-        let first = parts.next().unwrap_or_else(|| vec![T::zero(); 2 * c]);
-        let sum = parts.fold(first, |mut s, p| {
-            s.iter_mut().zip(p).for_each(|(s, v)| *s += v);
-            s
-        });
-        params.iter_mut().zip(sum).for_each(|(d, v)| {
+        params.iter_mut().zip(add_in_order(partial, 2 * c)).for_each(|(d, v)| {
             d.write(v);
         });
     })

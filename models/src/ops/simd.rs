@@ -12,10 +12,20 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// 0: not decided yet, 1: baseline copies, 2: AVX2 copies.
 static CHOICE: AtomicU8 = AtomicU8::new(0);
 
-/// `v` as f32 values when T is f32.
+fn is_f32<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
+/// `v` as f32 values when T is f32 (generic kernels with an explicit f32 path).
 pub(crate) fn as_f32<T: 'static>(v: &[T]) -> Option<&[f32]> {
     // SAFETY: T is f32 (checked), so the slice is reinterpreted as itself.
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) })
+    is_f32::<T>().then(|| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+pub(crate) fn as_f32_mut<T: 'static>(v: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    is_f32::<T>().then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) })
 }
 
 /// Whether the AVX2 copies run: the CPU has AVX2 and `ET_NO_AVX2` is not set (the variable

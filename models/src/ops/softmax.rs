@@ -90,9 +90,7 @@ fn softmax_in_place_exact<T: WithDType>(row: &mut [T]) {
 /// Softmax of every `cols`-long row of `s` in place, single-threaded (callers parallelise):
 /// f32 on the vectorised rows, f64 exactly.
 pub(crate) fn softmax_rows_in_place<T: WithDType>(s: &mut [T], cols: usize) {
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
-        // SAFETY: T is f32 (checked just above).
-        let s = unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) };
+    if let Some(s) = super::simd::as_f32_mut(s) {
         for row in s.chunks_exact_mut(cols) {
             avx2!(softmax_in_place_f32(row: &mut [f32] = row));
         }

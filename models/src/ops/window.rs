@@ -139,12 +139,13 @@ pub fn window_partition(x: &Tensor, ws: usize, shift: usize) -> Result<Tensor> {
 
 /// [`super::Ops::window_reverse`] on the CPU: y (N·windows, ws², C) → (N, h, w, C).
 pub fn window_reverse(y: &Tensor, ws: usize, shift: usize, h: usize, w: usize) -> Result<Tensor> {
-    let (_, l, c) = y.dims3()?;
-    if ws == 0 || l != ws * ws || y.elem_count() % (h.div_ceil(ws) * w.div_ceil(ws) * l * c).max(1) != 0 {
+    let (nw, l, c) = y.dims3()?;
+    let per_image = if ws == 0 { 0 } else { h.div_ceil(ws) * w.div_ceil(ws) };
+    if per_image == 0 || l != ws * ws || nw % per_image != 0 {
         candle_core::bail!("window reverse: {:?} is not windows of {ws}x{ws} over {h}x{w} (shift {shift})", y.dims())
     }
+    let n = nw / per_image;
     let m = WindowMap::new(h, w, c, ws, shift);
-    let n = y.elem_count() / (m.positions() * c);
     let x = super::tape::apply1(y, &y.contiguous()?, Scatter(m))?;
     super::tape::reshape(&x, (n, h, w, c))
 }
