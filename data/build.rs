@@ -4,12 +4,13 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/etjpeg.c");
+    println!("cargo:rerun-if-changed=csrc/ethuff.c");
     println!("cargo:rerun-if-env-changed=ET_NO_LIBJPEG");
     println!("cargo:rustc-check-cfg=cfg(et_libjpeg)");
     if std::env::var_os("ET_NO_LIBJPEG").is_some_and(|v| v != "0") {
         return;
     }
-    let built = cc::Build::new().file("csrc/etjpeg.c").opt_level(2).warnings(false).cargo_warnings(false).try_compile("etjpeg");
+    let built = cc::Build::new().file("csrc/etjpeg.c").file("csrc/ethuff.c").opt_level(3).warnings(false).cargo_warnings(false).try_compile("etjpeg");
     if built.is_ok() {
         println!("cargo:rustc-link-lib=jpeg");
         println!("cargo:rustc-cfg=et_libjpeg");

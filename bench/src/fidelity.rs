@@ -25,11 +25,30 @@ pub fn decode_check(dir: &Path, size: u32, dump: Option<&Path>) -> Result<()> {
     let (mut full_diff, mut crop_diff, mut crop_max) = (Vec::new(), Vec::new(), 0u8);
     let mut by_denom = [0usize; 9];
     let (mut window_checks, mut window_mismatch) = (0usize, 0usize);
+    // The fast entropy decoder (csrc/ethuff.c) against libjpeg's, full and cropped.
+    let (mut entropy_checks, mut entropy_mismatch, mut entropy_fast) = (0usize, 0usize, 0usize);
     for (i, s) in set.samples.iter().enumerate() {
         let bytes = std::fs::read(&s.path).with_context(|| format!("reading {}", s.path.display()))?;
         let ours = et_data::decode::decode_rgb(&s.path)?;
         if let Some(d) = dump {
             std::fs::write(d.join(format!("{i}.rgb")), ours.as_raw())?;
+        }
+        for (k, denom) in [1u32, 1, 2, 4, 8].into_iter().enumerate() {
+            let (sw, sh) = (ours.width().div_ceil(denom), ours.height().div_ceil(denom));
+            let window = if k == 0 {
+                [0, 0, sw, sh]
+            } else {
+                let (top, left, hh, ww) = crop.params(sw, sh, &mut Rng::from_keys(&[i as u64, k as u64, 11]));
+                [left, top, left + ww, top + hh]
+            };
+            if let Some((a, b, fast)) = et_data::decode::entropy_decoder_pair(&bytes, denom, window).map_err(anyhow::Error::msg)? {
+                entropy_checks += 1;
+                entropy_fast += fast as usize;
+                if a != b {
+                    entropy_mismatch += 1;
+                    eprintln!("entropy decoders differ: {} at 1/{denom}, window {window:?}", s.path.display());
+                }
+            }
         }
         // The pure-Rust decoder, for reference.
         if let Ok(img) = image::load_from_memory(&bytes) {
@@ -69,6 +88,9 @@ pub fn decode_check(dir: &Path, size: u32, dump: Option<&Path>) -> Result<()> {
     println!(
         "RandomResizedCrop({size}), 4 crops per image: DCT scale 1/1: {}, 1/2: {}, 1/4: {}, 1/8: {}",
         by_denom[1], by_denom[2], by_denom[4], by_denom[8]
+    );
+    println!(
+        "fast entropy decoder (csrc/ethuff.c, took {entropy_fast} of {entropy_checks}) vs libjpeg's, full images and windows at DCT scales 1-1/8: {entropy_mismatch} of {entropy_checks} decodes differ"
     );
     println!("windowed exact decode vs the full decode: {window_mismatch} of {window_checks} crops differ");
     println!("reduced vs exact decode, over the {} reduced crops: mean abs diff {:.3} levels, max {crop_max}", crop_diff.len(), avg(&crop_diff));

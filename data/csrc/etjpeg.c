@@ -12,6 +12,8 @@
 
 #define ET_ROWS 16
 
+int et_huff_install(j_decompress_ptr cinfo); /* ethuff.c */
+
 typedef struct {
   struct jpeg_error_mgr pub;
   jmp_buf jump;
@@ -74,9 +76,10 @@ int et_jpeg_open(const unsigned char *buf, unsigned long len, et_jpeg **out, uns
 }
 
 /* Starts decoding at 1/denom scale (denom in 1, 2, 4, 8) to RGB and returns the output
- * size, which libjpeg rounds up: ceil(w / denom). */
-int et_jpeg_start(et_jpeg *j, unsigned denom, unsigned *ow, unsigned *oh, char *err,
-                  size_t errlen) {
+ * size, which libjpeg rounds up: ceil(w / denom). With fast_entropy, baseline scans are
+ * entropy-decoded by ethuff.c instead of libjpeg's jdhuff.c (the same coefficients). */
+int et_jpeg_start(et_jpeg *j, unsigned denom, int fast_entropy, int *fast_used, unsigned *ow,
+                  unsigned *oh, char *err, size_t errlen) {
   if (setjmp(j->err.jump)) {
     copy_msg(j, err, errlen);
     return -1;
@@ -85,6 +88,7 @@ int et_jpeg_start(et_jpeg *j, unsigned denom, unsigned *ow, unsigned *oh, char *
   j->cinfo.scale_denom = denom;
   j->cinfo.out_color_space = JCS_RGB;
   jpeg_start_decompress(&j->cinfo);
+  *fast_used = fast_entropy ? et_huff_install(&j->cinfo) : 0;
   j->started = 1;
   *ow = j->cinfo.output_width;
   *oh = j->cinfo.output_height;
@@ -157,3 +161,52 @@ void et_jpeg_close(et_jpeg *j) {
   jpeg_destroy_decompress(&j->cinfo);
   free(j);
 }
+
+/* Encodes w x h samples (ncomp 1: grey, 3: RGB) with libjpeg, for tests of the decoders:
+ * the luma sampling factors (chroma stays 1x1), restart interval (in MCUs), optimised or
+ * standard Huffman tables and progressive mode are the caller's. *out is malloc'd. */
+int et_jpeg_encode(const unsigned char *px, unsigned w, unsigned h, int ncomp, int quality,
+                   int h_samp, int v_samp, unsigned restart, int optimize, int progressive,
+                   unsigned char **out, unsigned long *outlen, char *err, size_t errlen) {
+  struct jpeg_compress_struct c;
+  et_err e;
+  unsigned y;
+  *out = NULL;
+  *outlen = 0;
+  c.err = jpeg_std_error(&e.pub);
+  e.pub.error_exit = et_error_exit;
+  e.pub.output_message = et_output_message;
+  if (setjmp(e.jump)) {
+    if (err && errlen) {
+      strncpy(err, e.msg, errlen - 1);
+      err[errlen - 1] = 0;
+    }
+    jpeg_destroy_compress(&c);
+    free(*out);
+    *out = NULL;
+    return -1;
+  }
+  jpeg_create_compress(&c);
+  jpeg_mem_dest(&c, out, outlen);
+  c.image_width = w;
+  c.image_height = h;
+  c.input_components = ncomp;
+  c.in_color_space = ncomp == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_set_defaults(&c);
+  jpeg_set_quality(&c, quality, TRUE);
+  c.comp_info[0].h_samp_factor = h_samp;
+  c.comp_info[0].v_samp_factor = v_samp;
+  c.restart_interval = restart;
+  c.optimize_coding = optimize ? TRUE : FALSE;
+  if (progressive) jpeg_simple_progression(&c);
+  jpeg_start_compress(&c, TRUE);
+  for (y = 0; y < h; y++) {
+    JSAMPROW row = (JSAMPROW)(px + (size_t)y * w * (unsigned)ncomp);
+    jpeg_write_scanlines(&c, &row, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  return 0;
+}
+
+void et_jpeg_free(unsigned char *p) { free(p); }

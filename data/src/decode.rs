@@ -41,8 +41,9 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
             let j = crate::jpeg::Jpeg::open(bytes)?;
             if j.model != crate::jpeg::Model::Cmyk {
                 let (w, h) = (j.width, j.height);
-                let (sw, sh, raw, columns) = j.decode_window(1, [0, 0, w, h])?;
-                let span = RgbImage::from_raw(sw, sh, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
+                let d = j.decode_window(1, [0, 0, w, h])?;
+                let (sw, sh, columns) = (d.width, d.height, d.columns);
+                let span = RgbImage::from_raw(sw, sh, d.rgb).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
                 return Ok(if columns == (0, sw) { span } else { crate::transform::crop(&span, 0, columns.0 as i64, sh, columns.1) });
             }
         }
@@ -119,9 +120,9 @@ pub fn decode_crop(bytes: &[u8], reduce_to: Option<u32>, plan: impl FnOnce(u32, 
             let denom = reduce_to.map_or(1, |s| choose_denom(crop.3, crop.2, s));
             let (sw, sh) = (w.div_ceil(denom), h.div_ceil(denom));
             let (window, region) = scaled_window(crop, denom, sw, sh);
-            let (sw, sh, raw, columns) = j.decode_window(denom, window)?;
-            let img = RgbImage::from_raw(sw, sh, raw).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
-            return Ok(Cropped { img, columns, region, denom });
+            let d = j.decode_window(denom, window)?;
+            let img = RgbImage::from_raw(d.width, d.height, d.rgb).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
+            return Ok(Cropped { img, columns: d.columns, region, denom });
         }
     }
     let _ = reduce_to;
@@ -129,6 +130,24 @@ pub fn decode_crop(bytes: &[u8], reduce_to: Option<u32>, plan: impl FnOnce(u32, 
     let (top, left, height, width) = plan(full.width(), full.height());
     let img = crate::transform::crop(&full, top as i64, left as i64, height, width);
     Ok(Cropped { columns: (0, img.width()), img, region: [0.0, 0.0, width as f64, height as f64], denom: 1 })
+}
+
+/// Decodes the window `[x0, y0, x1, y1]` of `bytes` at 1/`denom` scale twice, entropy-
+/// decoding with `csrc/ethuff.c` and with libjpeg's own decoder, and returns both spans
+/// and whether `ethuff.c` took the first (only baseline scans are its) — `None` for files
+/// the libjpeg path does not take, or without libjpeg.
+pub fn entropy_decoder_pair(bytes: &[u8], denom: u32, window: [u32; 4]) -> Result<Option<(Vec<u8>, Vec<u8>, bool)>, String> {
+    #[cfg(et_libjpeg)]
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let fast = crate::jpeg::Jpeg::open(bytes)?;
+        if fast.model != crate::jpeg::Model::Cmyk {
+            let a = fast.decode_window(denom, window)?;
+            let b = crate::jpeg::Jpeg::open(bytes)?.with_libjpeg_entropy().decode_window(denom, window)?;
+            return Ok(Some((a.rgb, b.rgb, a.fast_entropy)));
+        }
+    }
+    let _ = (bytes, denom, window);
+    Ok(None)
 }
 
 /// Converts like PIL's `convert('RGB')`: grey is replicated, alpha is dropped (not
