@@ -363,42 +363,51 @@ static inline __attribute__((always_inline)) boolean decode_mcu_body(j_decompres
     t = e->act[b];
     fast = t->fast.ac;
     for (;;) {
-      unsigned lt, k1;
+      int step;
+      /* 56 bits: four lookups of at most LOOK bits each without refilling. */
       REFILL();
-      x = fast[bits >> (64 - LOOK)];
-      lt = (unsigned)(x & 0xFF);
-      if (lt) {
+      for (step = 0; step < 4; step++) {
+        unsigned lt, k1;
+        x = fast[bits >> (64 - LOOK)];
+        lt = (unsigned)(x & 0xFF);
+        if (!lt) break;
         k1 = k + (unsigned)((x >> 16) & 0xFF);
         if (k1 >= 64) { /* end of block, or its last coefficient: the first symbol only */
           unsigned l1 = (unsigned)((x >> 8) & 0xFF);
           bits <<= l1;
           n -= l1;
           if (k1 == 64) blk[63] = (JCOEF)(int16_t)(uint16_t)(x >> 32);
-          break;
+          goto block_done;
         }
         bits <<= lt;
         n -= lt;
         blk[natural[k1 - 1]] = (JCOEF)(int16_t)(uint16_t)(x >> 32);
         k = k1 + (unsigned)((x >> 24) & 0xFF);
         blk[natural[k - 1]] = (JCOEF)(int16_t)(uint16_t)(x >> 48);
-        if (k >= 64) break;
-      } else {
-        int ls = slow_symbol(cinfo, t, bits), r = (ls >> 4) & 15, s = ls & 15;
+        if (k >= 64) goto block_done;
+      }
+      if (step < 4) { /* a code or value the table does not hold */
+        int ls, r, sz;
+        REFILL();
+        ls = slow_symbol(cinfo, t, bits);
+        r = (ls >> 4) & 15;
+        sz = ls & 15;
         bits <<= ls >> 8;
         n -= (unsigned)(ls >> 8);
-        if (s) {
+        if (sz) {
           k += (unsigned)r + 1;
-          blk[natural[k - 1]] = (JCOEF)extend((int)(bits >> (64 - s)), s);
-          bits <<= s;
-          n -= s;
+          blk[natural[k - 1]] = (JCOEF)extend((int)(bits >> (64 - sz)), sz);
+          bits <<= sz;
+          n -= (unsigned)sz;
         } else if (r == 15) {
           k += 16;
         } else {
-          break;
+          goto block_done;
         }
-        if (k >= 64) break;
+        if (k >= 64) goto block_done;
       }
     }
+  block_done:;
   }
   /* Consumed past the segment: the data ended (or hit a marker) too early. */
   if ((pos << 3) - n > (e->len << 3)) {
