@@ -100,8 +100,19 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         dump: Option<std::path::PathBuf>,
     },
+    /// Time of libjpeg-turbo decoding every JPEG of an ImageFolder, read into memory
+    /// first: all of each image at full and at 1/8 DCT scale (where entropy decoding is
+    /// nearly everything), entropy-decoded by et-data's decoder and by libjpeg's.
+    DecodeSpeed {
+        #[arg(long, value_name = "DIR")]
+        data: std::path::PathBuf,
+        /// Passes over the images; each image's time is its best pass.
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+    },
 }
 
+mod decode_speed;
 mod fidelity;
 
 /// Peak resident set size of this process in MiB (Linux), if known.
@@ -180,6 +191,7 @@ fn main() -> Result<()> {
         }
         Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct)?,
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
+        Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
     }
     Ok(())
 }

@@ -150,6 +150,23 @@ pub fn entropy_decoder_pair(bytes: &[u8], denom: u32, window: [u32; 4]) -> Resul
     Ok(None)
 }
 
+/// Decodes all of a JPEG at 1/`denom` scale through libjpeg, entropy-decoding with
+/// `csrc/ethuff.c` or, with `libjpeg_entropy`, libjpeg's own decoder (to time the two).
+/// `None` for files the libjpeg path does not take, or without libjpeg.
+pub fn decode_scaled(bytes: &[u8], denom: u32, libjpeg_entropy: bool) -> Result<Option<Vec<u8>>, String> {
+    #[cfg(et_libjpeg)]
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let j = crate::jpeg::Jpeg::open(bytes)?;
+        if j.model != crate::jpeg::Model::Cmyk {
+            let (w, h) = (j.width.div_ceil(denom), j.height.div_ceil(denom));
+            let j = if libjpeg_entropy { j.with_libjpeg_entropy() } else { j };
+            return Ok(Some(j.decode_window(denom, [0, 0, w, h])?.rgb));
+        }
+    }
+    let _ = (bytes, denom, libjpeg_entropy);
+    Ok(None)
+}
+
 /// Converts like PIL's `convert('RGB')`: grey is replicated, alpha is dropped (not
 /// composited). 16-bit samples keep their high byte, which is what PIL does for
 /// 16-bit RGB PNGs (for 16-bit grey PIL clips instead, which whitens the image; the
