@@ -59,7 +59,8 @@ enum Cmd {
     },
     /// Decode + timm train transform (RandomResizedCrop(size, bicubic), flip,
     /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder with the
-    /// et-data loader; prints per-epoch times, then `img/s: X` (median over epochs) as the
+    /// et-data loader (each batch handed back for reuse once read, unless --no-recycle);
+    /// prints per-epoch times, then `img/s: X` (median over epochs) as the
     /// last line. Compare with bench/torchvision_data.py.
     Data {
         /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*).
@@ -87,6 +88,11 @@ enum Cmd {
         /// Decode JPEG crops at least twice --size at a reduced DCT scale (1/2, 1/4, 1/8).
         #[arg(long)]
         reduced_dct: bool,
+        /// Drop each batch instead of handing its buffer back to the loader (as a
+        /// consumer that keeps the buffer does: et-train on the CPU moves it into the
+        /// input tensor), so every batch is written into fresh, zeroed memory.
+        #[arg(long)]
+        no_recycle: bool,
     },
     /// Fidelity of the decoders: full decodes (libjpeg vs the pure-Rust decoder), and
     /// RandomResizedCrop(size) with the reduced-DCT decode vs the exact one (same crop
@@ -189,7 +195,7 @@ fn main() -> Result<()> {
             println!("peak RSS: {rss}");
             println!("img/s: {:.2}", batch as f64 / median(times));
         }
-        Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct)?,
+        Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct, no_recycle } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct, no_recycle)?,
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
         Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
     }
@@ -197,12 +203,12 @@ fn main() -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>, reduced_dct: bool) -> Result<()> {
+fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>, reduced_dct: bool, no_recycle: bool) -> Result<()> {
     use et_data::folder::{ImageFolder, Sample};
     use et_data::loader::{Loader, LoaderConfig};
     use et_data::randaugment::RandAugment;
     use et_data::resample::{resize_f32_planar, Filter};
-    use et_data::transform::{random_hflip, to_chw_normalized, RandomResizedCrop};
+    use et_data::transform::{random_hflip, to_chw_normalized, to_chw_normalized_into, RandomResizedCrop};
     use et_data::Rng;
     use std::sync::Arc;
 
@@ -215,15 +221,16 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
     let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
     let out = lowres.unwrap_or(size);
     anyhow::ensure!(out > 0 && out <= size, "--lowres must be between 1 and --size");
-    let transform = Arc::new(move |s: &Sample, rng: &mut Rng| {
+    let transform = Arc::new(move |s: &Sample, rng: &mut Rng, slot: &mut [f32]| {
         let img = crop.decode_apply(&s.path, rng, reduced_dct)?;
         let img = random_hflip(img, 0.5, rng);
         let img = ra.apply(&img, rng);
-        let mut chw = to_chw_normalized(&img, &mean, &std);
         if out < size {
-            chw = resize_f32_planar(&chw, 3, size, size, out, out, Filter::Lanczos);
+            slot.copy_from_slice(&resize_f32_planar(&to_chw_normalized(&img, &mean, &std), 3, size, size, out, out, Filter::Lanczos));
+            Ok(())
+        } else {
+            to_chw_normalized_into(&img, &mean, &std, slot)
         }
-        Ok(chw)
     });
     let n = set.samples.len();
     let loader = Loader::new(
@@ -231,22 +238,27 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
         LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true },
     );
     println!(
-        "{n} images from {}, size {size}{}{}, {aa}, {} loader threads, batch {batch}",
+        "{n} images from {}, size {size}{}{}, {aa}, {} loader threads, batch {batch}{}",
         dir.display(),
         if reduced_dct { " (reduced-DCT decode)" } else { "" },
         lowres.map_or(String::new(), |b| format!(" then Lanczos to {b}")),
-        threads.max(1)
+        threads.max(1),
+        if no_recycle { ", batch buffers not recycled" } else { "" }
     );
     let mut rates = Vec::new();
     for epoch in 0..epochs.max(1) {
         let t = Instant::now();
         let (mut images, mut skipped, mut checksum) = (0usize, 0usize, 0f64);
-        for b in loader.epoch(epoch as u64, [3, out, out], transform.clone()) {
+        let mut batches = loader.epoch(epoch as u64, [3, out, out], transform.clone());
+        while let Some(b) = batches.next() {
             let b = b?;
             images += b.len();
             skipped += b.skipped.len();
             // Touch the output so nothing can be optimised away.
             checksum += b.images.iter().step_by(997).map(|&v| v as f64).sum::<f64>();
+            if !no_recycle {
+                batches.recycle(b.images);
+            }
         }
         let secs = t.elapsed().as_secs_f64();
         let rate = images as f64 / secs;

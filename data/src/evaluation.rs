@@ -60,10 +60,10 @@ where
     let loader = Loader::new(Arc::new(folder.samples.clone()), cfg);
     let p = pre.clone();
     let r = resolution as u32;
-    let tf = Arc::new(move |s: &Sample, _rng: &mut Rng| -> Result<Vec<f32>, DataError> {
+    let tf = Arc::new(move |s: &Sample, _rng: &mut Rng, out: &mut [f32]| -> Result<(), DataError> {
         let img = decode::decode_rgb(&s.path)?;
         let img = transform::eval_transform(&img, r, p.crop_pct, p.filter);
-        Ok(transform::to_chw_normalized(&img, &p.mean, &p.std))
+        transform::to_chw_normalized_into(&img, &p.mean, &p.std, out)
     });
     let mut out = EvalOutcome { totals: Totals::default(), model_seconds: 0.0, skipped: Vec::new() };
     for batch in loader.epoch(0, [3, resolution, resolution], tf) {

@@ -5,7 +5,10 @@
 //! never change a batch. A producer thread builds batches ahead of the consumer
 //! through a bounded channel; the samples of one batch are transformed in parallel
 //! on the loader's own rayon pool, so the loader does not compete with (or deadlock
-//! on) the global pool used by the training step.
+//! on) the global pool used by the training step. Each transform writes its sample
+//! straight into its slot of the batch (no per-sample tensor, no copy by the producer,
+//! which would leave the pool idle meanwhile); a consumer that is done with a batch can
+//! hand its buffer back (`BatchIter::recycle`).
 
 use crate::folder::Sample;
 use crate::{DataError, Rng};
@@ -13,7 +16,7 @@ use rayon::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -105,11 +108,12 @@ impl Loader {
         }
     }
 
-    /// Starts producing the batches of `epoch`. `transform(sample, rng)` must return a
-    /// CHW tensor of shape `chw`; its `rng` is `Rng::from_keys(&[seed, epoch, index])`.
+    /// Starts producing the batches of `epoch`. `transform(sample, rng, slot)` writes
+    /// the sample's CHW tensor of shape `chw` into `slot` (exactly that many values, of
+    /// a recycled or zeroed buffer); its `rng` is `Rng::from_keys(&[seed, epoch, index])`.
     pub fn epoch<F>(&self, epoch: u64, chw: [usize; 3], transform: Arc<F>) -> BatchIter
     where
-        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Send + Sync + 'static,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static,
     {
         self.epoch_from(epoch, 0, chw, transform)
     }
@@ -119,13 +123,22 @@ impl Loader {
     /// run picks up in the middle of an epoch without decoding what it already used.
     pub fn epoch_from<F>(&self, epoch: u64, first_batch: usize, chw: [usize; 3], transform: Arc<F>) -> BatchIter
     where
-        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Send + Sync + 'static,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static,
     {
         let (tx, rx) = sync_channel(self.cfg.prefetch);
+        // Room for every buffer in flight; more are dropped.
+        let (recycle, recycled) = sync_channel(self.cfg.prefetch + 2);
         let stop = Arc::new(AtomicBool::new(false));
-        if self.cfg.batch_size == 0 {
-            let _ = tx.send(Err(DataError::Invalid("batch size must be at least 1".into())));
-            return BatchIter { rx: Some(rx), stop, handle: None, remaining: 1 };
+        let invalid = if self.cfg.batch_size == 0 {
+            Some("batch size must be at least 1")
+        } else if chw.contains(&0) {
+            Some("the sample shape must not be empty")
+        } else {
+            None
+        };
+        if let Some(msg) = invalid {
+            let _ = tx.send(Err(DataError::Invalid(msg.into())));
+            return BatchIter { rx: Some(rx), recycle, stop, handle: None, remaining: 1 };
         }
         let order = epoch_order(self.samples.len(), self.cfg.seed, epoch, self.cfg.shuffle);
         let batches: Vec<Vec<usize>> = order
@@ -142,6 +155,7 @@ impl Loader {
             epoch,
             chw,
             stop: stop.clone(),
+            recycled: std::sync::Mutex::new(recycled),
         };
         let spawned = std::thread::Builder::new().name("et-loader-producer".into()).spawn(move || {
             for indices in batches {
@@ -153,11 +167,11 @@ impl Loader {
             }
         });
         match spawned {
-            Ok(handle) => BatchIter { rx: Some(rx), stop, handle: Some(handle), remaining },
+            Ok(handle) => BatchIter { rx: Some(rx), recycle, stop, handle: Some(handle), remaining },
             Err(e) => {
                 let (tx, rx) = sync_channel(1);
                 let _ = tx.send(Err(DataError::Invalid(format!("cannot start the loader thread: {e}"))));
-                BatchIter { rx: Some(rx), stop, handle: None, remaining: 1 }
+                BatchIter { rx: Some(rx), recycle, stop, handle: None, remaining: 1 }
             }
         }
     }
@@ -171,38 +185,31 @@ struct Producer {
     epoch: u64,
     chw: [usize; 3],
     stop: Arc<AtomicBool>,
+    /// Batch buffers the consumer handed back (only the producer thread takes them).
+    recycled: std::sync::Mutex<Receiver<Vec<f32>>>,
 }
 
-/// Outcome of one sample: its tensor, or an error the batch may skip, or one that
-/// always ends the epoch (a wrong tensor size or a panic are bugs, not bad files).
+/// Outcome of one sample: written into its slot, or an error the batch may skip, or one
+/// that always ends the epoch (a panic is a bug, not a bad file).
 enum Outcome {
-    Ok(Vec<f32>),
+    Ok,
     Failed(DataError),
     Fatal(DataError),
     Cancelled,
 }
 
 impl Producer {
-    fn sample<F>(&self, index: usize, transform: &F) -> Outcome
+    fn sample<F>(&self, index: usize, transform: &F, slot: &mut [f32]) -> Outcome
     where
-        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Sync,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync,
     {
         if self.stop.load(Ordering::Relaxed) {
             return Outcome::Cancelled;
         }
         let sample = &self.samples[index];
         let mut rng = Rng::from_keys(&[self.cfg.seed, self.epoch, index as u64]);
-        let expected = self.chw.iter().product::<usize>();
-        match catch_unwind(AssertUnwindSafe(|| transform(sample, &mut rng))) {
-            Ok(Ok(v)) if v.len() == expected => Outcome::Ok(v),
-            Ok(Ok(v)) => Outcome::Fatal(DataError::Invalid(format!(
-                "the transform of {} returned {} values, expected {}x{}x{} = {expected}",
-                sample.path.display(),
-                v.len(),
-                self.chw[0],
-                self.chw[1],
-                self.chw[2]
-            ))),
+        match catch_unwind(AssertUnwindSafe(|| transform(sample, &mut rng, slot))) {
+            Ok(Ok(())) => Outcome::Ok,
             Ok(Err(e)) => Outcome::Failed(e),
             Err(panic) => {
                 let msg = panic
@@ -215,28 +222,41 @@ impl Producer {
         }
     }
 
+    /// A batch buffer of `len` values: a recycled one (its old values are overwritten),
+    /// or a zeroed one (fresh memory from the allocator costs no zeroing pass).
+    fn buffer(&self, len: usize) -> Vec<f32> {
+        let recycled = self.recycled.lock().ok().and_then(|r| r.try_recv().ok());
+        match recycled {
+            Some(mut v) => {
+                v.truncate(len);
+                v.resize(len, 0.0);
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
     /// Builds one batch; `None` when the consumer has gone away.
     fn batch<F>(&self, indices: &[usize], transform: &F) -> Option<Result<Batch, DataError>>
     where
-        F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, DataError> + Sync,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync,
     {
-        let run = || indices.par_iter().map(|&i| self.sample(i, transform)).collect::<Vec<_>>();
-        let outcomes = match &self.pool {
-            Some(pool) => pool.install(run),
-            None => indices.iter().map(|&i| self.sample(i, transform)).collect(),
-        };
         let [c, h, w] = self.chw;
-        let mut batch = Batch {
-            images: Vec::with_capacity(indices.len() * c * h * w),
-            labels: Vec::with_capacity(indices.len()),
-            indices: Vec::with_capacity(indices.len()),
-            shape: [0, c, h, w],
-            skipped: Vec::new(),
+        let size = c * h * w;
+        let mut images = self.buffer(indices.len() * size);
+        let outcomes: Vec<Outcome> = match &self.pool {
+            Some(pool) => pool.install(|| images.par_chunks_mut(size).zip(indices.par_iter()).map(|(slot, &i)| self.sample(i, transform, slot)).collect()),
+            None => images.chunks_mut(size).zip(indices).map(|(slot, &i)| self.sample(i, transform, slot)).collect(),
         };
-        for (&i, outcome) in indices.iter().zip(outcomes) {
+        let mut batch = Batch { images: Vec::new(), labels: Vec::with_capacity(indices.len()), indices: Vec::with_capacity(indices.len()), shape: [0, c, h, w], skipped: Vec::new() };
+        for (k, (&i, outcome)) in indices.iter().zip(outcomes).enumerate() {
             match outcome {
-                Outcome::Ok(v) => {
-                    batch.images.extend_from_slice(&v);
+                Outcome::Ok => {
+                    // Close the gap a skipped sample left.
+                    let kept = batch.labels.len();
+                    if kept != k {
+                        images.copy_within(k * size..(k + 1) * size, kept * size);
+                    }
                     batch.labels.push(self.samples[i].label);
                     batch.indices.push(i);
                 }
@@ -248,6 +268,8 @@ impl Producer {
             }
         }
         batch.shape[0] = batch.labels.len();
+        images.truncate(batch.labels.len() * size);
+        batch.images = images;
         Some(Ok(batch))
     }
 }
@@ -256,6 +278,7 @@ impl Producer {
 /// progress) and waits for it, so no thread outlives the iterator.
 pub struct BatchIter {
     rx: Option<Receiver<Result<Batch, DataError>>>,
+    recycle: SyncSender<Vec<f32>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     remaining: usize,
@@ -295,6 +318,13 @@ impl Iterator for BatchIter {
 }
 
 impl BatchIter {
+    /// Hands a batch's `images` back for a later batch to be written into: no fresh
+    /// memory to fault in and zero. Optional; a buffer the loader has no room for is
+    /// dropped.
+    pub fn recycle(&self, images: Vec<f32>) {
+        let _ = self.recycle.try_send(images);
+    }
+
     fn finish(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Dropping the receiver wakes a producer blocked on a full channel.
@@ -327,8 +357,9 @@ mod tests {
     }
 
     /// A transform that uses its rng and encodes the sample.
-    fn noisy(s: &Sample, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
-        Ok(vec![s.label as f32, rng.uniform() as f32, rng.normal() as f32, s.path.as_os_str().len() as f32])
+    fn noisy(s: &Sample, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
+        out.copy_from_slice(&[s.label as f32, rng.uniform() as f32, rng.normal() as f32, s.path.as_os_str().len() as f32]);
+        Ok(())
     }
 
     fn collect(l: &Loader, epoch: u64) -> Vec<Batch> {
@@ -376,12 +407,13 @@ mod tests {
         assert!(collect(&l, 0).iter().all(|b| b.len() == 8));
     }
 
-    fn failing(s: &Sample, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
+    fn failing(s: &Sample, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
         let i: usize = s.path.to_string_lossy().trim_start_matches("img").trim_end_matches(".jpg").parse().unwrap();
         if i % 5 == 3 {
+            out.fill(f32::NAN); // a half-written slot must not show
             return Err(DataError::Decode { path: s.path.clone(), reason: "truncated".into() });
         }
-        noisy(s, rng)
+        noisy(s, rng, out)
     }
 
     #[test]
@@ -399,6 +431,33 @@ mod tests {
         assert!(b[0].skipped[0].1.contains("truncated"));
         assert_eq!(b[2].indices, vec![9, 10, 11]);
         assert_eq!(b[1].indices, vec![4, 5, 6, 7]);
+        // The samples after a skipped one moved up: each slot holds its own sample.
+        let s = samples(12);
+        for b in &b {
+            assert_eq!(b.images.len(), b.shape.iter().product::<usize>());
+            for (k, &i) in b.indices.iter().enumerate() {
+                assert_eq!(b.images[k * 4], s[i].label as f32);
+                assert_eq!(b.images[k * 4 + 3], s[i].path.as_os_str().len() as f32);
+            }
+        }
+    }
+
+    /// Buffers handed back are written over completely: the batches are the same as
+    /// with fresh buffers, whatever the recycled ones held.
+    #[test]
+    fn recycled_buffers_give_the_same_batches() {
+        let l = Loader::new(samples(53), cfg(8, 2));
+        let fresh = collect(&l, 5);
+        let mut it = l.epoch(5, [1, 2, 2], Arc::new(noisy));
+        let mut recycled = Vec::new();
+        while let Some(b) = it.next() {
+            let mut b = b.unwrap();
+            recycled.push(b.clone());
+            b.images.fill(f32::NAN);
+            b.images.extend_from_slice(&[7.0; 9]); // longer than a batch
+            it.recycle(std::mem::take(&mut b.images));
+        }
+        assert_eq!(recycled, fresh);
     }
 
     #[test]
@@ -413,22 +472,25 @@ mod tests {
             other => panic!("expected the decode error, got {other:?}"),
         }
         assert!(it.next().is_none());
-        // A wrong tensor size is fatal even when skipping.
+        // A wrong tensor size (here the slot's copy panics) is fatal even when skipping.
         let mut c = cfg(2, 2);
         c.skip_corrupt = true;
         let l = Loader::new(samples(4), c);
         let r: Vec<_> = l.epoch(0, [3, 2, 2], Arc::new(noisy)).collect();
         assert!(matches!(r.as_slice(), [Err(DataError::Invalid(_))]));
+        // So is an empty sample shape.
+        let r: Vec<_> = l.epoch(0, [3, 0, 2], Arc::new(noisy)).collect();
+        assert!(matches!(r.as_slice(), [Err(DataError::Invalid(m))] if m.contains("shape")), "{r:?}");
     }
 
     #[test]
     fn a_panicking_transform_is_an_error_not_a_short_epoch() {
         let l = Loader::new(samples(6), cfg(3, 2));
-        let t = |s: &Sample, _: &mut Rng| -> Result<Vec<f32>, DataError> {
+        let t = |s: &Sample, _: &mut Rng, _: &mut [f32]| -> Result<(), DataError> {
             if s.label == 4 {
                 panic!("boom");
             }
-            Ok(vec![0.0; 4])
+            Ok(())
         };
         let r: Vec<_> = l.epoch(0, [1, 2, 2], Arc::new(t)).collect();
         assert!(r.iter().any(|b| matches!(b, Err(DataError::Invalid(m)) if m.contains("boom"))), "{r:?}");
@@ -438,10 +500,10 @@ mod tests {
     fn dropping_early_stops_the_producer() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
-        let slow = move |s: &Sample, rng: &mut Rng| {
+        let slow = move |s: &Sample, rng: &mut Rng, out: &mut [f32]| {
             counter.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(2));
-            noisy(s, rng)
+            noisy(s, rng, out)
         };
         let mut c = cfg(4, 2);
         c.prefetch = 1;

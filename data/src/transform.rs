@@ -190,35 +190,53 @@ pub fn eval_transform(img: &RgbImage, resolution: u32, crop_pct: f64, filter: Fi
 /// torchvision `ToTensor`: HWC u8 to CHW f32 in [0, 1].
 pub fn to_chw_f32(img: &RgbImage) -> Vec<f32> {
     let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
-    planes(img, [&scaled; 3])
+    let mut out = Vec::with_capacity(img.as_raw().len());
+    planes(img, &[scaled; 3], &mut out.spare_capacity_mut()[..img.as_raw().len()]);
+    // SAFETY: `planes` wrote every element of the spare capacity it was given.
+    unsafe { out.set_len(img.as_raw().len()) };
+    out
 }
 
 /// `ToTensor` then `Normalize(mean, std)` in one pass: per channel, a table of the 256
 /// values `(v / 255 - mean) / std`, computed with the same f32 operations as the two
 /// steps, so the result is bit-identical to `to_chw_f32` followed by `normalize_chw`.
 pub fn to_chw_normalized(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3]) -> Vec<f32> {
-    let table = |c: usize| -> [f32; 256] { std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]) };
-    let (r, g, b) = (table(0), table(1), table(2));
-    planes(img, [&r, &g, &b])
+    let mut out = Vec::with_capacity(img.as_raw().len());
+    planes(img, &normalization_tables(mean, std), &mut out.spare_capacity_mut()[..img.as_raw().len()]);
+    // SAFETY: `planes` wrote every element of the spare capacity it was given.
+    unsafe { out.set_len(img.as_raw().len()) };
+    out
 }
 
-/// The three planes of `img` mapped through a table per channel, written once into an
-/// unfilled buffer (no zeroing pass).
-fn planes(img: &RgbImage, tables: [&[f32; 256]; 3]) -> Vec<f32> {
+/// `to_chw_normalized` written into `out` (a batch slot), which must hold exactly
+/// 3 · width · height values.
+pub fn to_chw_normalized_into(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) -> Result<(), DataError> {
+    if out.len() != img.as_raw().len() {
+        return Err(DataError::Invalid(format!("a {}x{} image fills 3x{}x{} values, not {}", img.width(), img.height(), img.height(), img.width(), out.len())));
+    }
+    // SAFETY: f32 and MaybeUninit<f32> have the same layout, and `planes` only writes
+    // initialised values, so `out` stays initialised.
+    let slots = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<std::mem::MaybeUninit<f32>>(), out.len()) };
+    planes(img, &normalization_tables(mean, std), slots);
+    Ok(())
+}
+
+fn normalization_tables(mean: &[f32; 3], std: &[f32; 3]) -> [[f32; 256]; 3] {
+    std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]))
+}
+
+/// The three planes of `img` mapped through a table per channel, written once into
+/// `out` (3 · pixels values; unfilled memory is fine: no zeroing pass).
+fn planes(img: &RgbImage, tables: &[[f32; 256]; 3], out: &mut [std::mem::MaybeUninit<f32>]) {
     let raw = img.as_raw();
     let n = raw.len() / 3;
-    let mut out = Vec::with_capacity(3 * n);
-    let spare = &mut out.spare_capacity_mut()[..3 * n];
-    let (r, rest) = spare.split_at_mut(n);
+    let (r, rest) = out.split_at_mut(n);
     let (g, b) = rest.split_at_mut(n);
     for (i, p) in raw.chunks_exact(3).enumerate() {
         r[i].write(tables[0][p[0] as usize]);
         g[i].write(tables[1][p[1] as usize]);
         b[i].write(tables[2][p[2] as usize]);
     }
-    // SAFETY: the loop wrote all 3 n elements.
-    unsafe { out.set_len(3 * n) };
-    out
 }
 
 /// torchvision `Normalize`: `(x - mean[c]) / std[c]` in place, in f32 as PyTorch does.
@@ -289,6 +307,10 @@ mod tests {
         let mut two = to_chw_f32(&img);
         normalize_chw(&mut two, 3, &mean, &std);
         let fused = to_chw_normalized(&img, &mean, &std);
+        let mut slot = vec![f32::NAN; fused.len()];
+        to_chw_normalized_into(&img, &mean, &std, &mut slot).unwrap();
+        assert_eq!(slot, fused);
+        assert!(to_chw_normalized_into(&img, &mean, &std, &mut slot[1..]).is_err());
         assert_eq!(fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), two.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         assert_eq!(to_chw_f32(&img)[17 * 5 + 3], 0.0, "plane G, pixel (3, 0)");
         assert_eq!(to_chw_f32(&img)[4 * 17 + 2], 30.0 / 255.0, "plane R, pixel (2, 4)");

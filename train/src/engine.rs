@@ -64,7 +64,7 @@ struct Stream<'a, F> {
 
 impl<F> Stream<'_, F>
 where
-    F: Fn(&Sample, &mut Rng) -> Result<Vec<f32>, et_data::DataError> + Send + Sync + 'static,
+    F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), et_data::DataError> + Send + Sync + 'static,
 {
     fn next(&mut self, st: &mut TrainState) -> Result<Batch, TrainError> {
         loop {
@@ -202,7 +202,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
         crop.scale = (cfg.crop_min_scale, 1.0);
         let tf = TrainTransform { base: s.base, resolution: r, crop, hflip: 0.5, randaugment: Some(RandAugment::parse(&policy(stage.magnitude))?), mean: s.mean, std: s.std, erasing: cfg.erasing };
         // Exact crop-aware decode: rows below the crop are never decoded.
-        let transform = Arc::new(move |smp: &Sample, rng: &mut Rng| tf.apply_path(&smp.path, rng, false));
+        let transform = Arc::new(move |smp: &Sample, rng: &mut Rng, out: &mut [f32]| tf.apply_path_into(&smp.path, rng, false, out));
         let mut stream = Stream { loader: &loader, transform, chw: [3, r, r], iter: None };
         let compute_per_image = (r as f64 / s.base as f64).powi(2) / (n_train as f64 * cfg.epochs);
         let mut window = (Instant::now(), 0usize);

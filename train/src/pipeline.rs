@@ -5,7 +5,7 @@
 
 use et_data::lowfreq::lowfreq_crop_square;
 use et_data::randaugment::RandAugment;
-use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, to_chw_normalized, RandomErasing, RandomResizedCrop};
+use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, to_chw_normalized_into, RandomErasing, RandomResizedCrop};
 use et_data::{DataError, Rng};
 use et_data::RgbImage;
 
@@ -30,7 +30,9 @@ impl TrainTransform {
     /// CHW f32 of size 3 × resolution × resolution.
     pub fn apply(&self, img: &RgbImage, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
         let img = self.crop.apply(img, rng);
-        self.after_crop(img, rng)
+        let mut out = vec![0.0; 3 * self.resolution * self.resolution];
+        self.after_crop(img, rng, &mut out)?;
+        Ok(out)
     }
 
     /// The same transform from a file: a JPEG is decoded only as far as the crop reaches
@@ -38,28 +40,38 @@ impl TrainTransform {
     /// also decodes a crop at least twice the base size at a reduced DCT scale (close to,
     /// not equal to, the exact crop: et-data's `decode_crop`).
     pub fn apply_path(&self, path: &std::path::Path, rng: &mut Rng, reduced_dct: bool) -> Result<Vec<f32>, DataError> {
-        let img = self.crop.decode_apply(path, rng, reduced_dct)?;
-        self.after_crop(img, rng)
+        let mut out = vec![0.0; 3 * self.resolution * self.resolution];
+        self.apply_path_into(path, rng, reduced_dct, &mut out)?;
+        Ok(out)
     }
 
-    fn after_crop(&self, img: RgbImage, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
+    /// `apply_path` written into `out` (3 × resolution × resolution values: a batch slot).
+    pub fn apply_path_into(&self, path: &std::path::Path, rng: &mut Rng, reduced_dct: bool, out: &mut [f32]) -> Result<(), DataError> {
+        let img = self.crop.decode_apply(path, rng, reduced_dct)?;
+        self.after_crop(img, rng, out)
+    }
+
+    fn after_crop(&self, img: RgbImage, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
         let img = random_hflip(img, self.hflip, rng);
         let img = match &self.randaugment {
             Some(ra) => ra.apply(&img, rng),
             None => img,
         };
-        let mut chw = if self.resolution < self.base {
+        if self.resolution < self.base {
             // Normalising after the crop is exact: the crop is linear and keeps the mean (DC).
             let mut chw = lowfreq_crop_square(&to_chw_f32(&img), 3, self.base, self.base, self.resolution)?;
             normalize_chw(&mut chw, 3, &self.mean, &self.std);
-            chw
+            if chw.len() != out.len() {
+                return Err(DataError::Invalid(format!("the low-frequency crop gave {} values for a slot of {}", chw.len(), out.len())));
+            }
+            out.copy_from_slice(&chw);
         } else {
-            to_chw_normalized(&img, &self.mean, &self.std)
-        };
-        if self.erasing > 0.0 {
-            RandomErasing { prob: self.erasing }.apply(&mut chw, 3, self.resolution, self.resolution, rng);
+            to_chw_normalized_into(&img, &self.mean, &self.std, out)?;
         }
-        Ok(chw)
+        if self.erasing > 0.0 {
+            RandomErasing { prob: self.erasing }.apply(out, 3, self.resolution, self.resolution, rng);
+        }
+        Ok(())
     }
 }
 
