@@ -358,7 +358,8 @@ static inline __attribute__((always_inline)) boolean decode_mcu_body(j_decompres
       bits <<= s;
       n -= s;
     }
-    e->last_dc[ci] += diff;
+    /* Unsigned: corrupt data may overflow, which must wrap, not be undefined. */
+    e->last_dc[ci] = (int)((unsigned)e->last_dc[ci] + (unsigned)diff);
     blk[0] = (JCOEF)e->last_dc[ci];
     t = e->act[b];
     fast = t->fast.ac;
