@@ -74,6 +74,10 @@ pub struct Loader {
     /// `None` only if the OS refused to start threads; transforms then run on the
     /// producer thread, with the same results.
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// Batch buffers handed back (`BatchIter::recycle`), kept across epochs: at most
+    /// `prefetch + 2`, what can be in flight at once; more are dropped.
+    recycle: SyncSender<Vec<f32>>,
+    recycled: Arc<std::sync::Mutex<Receiver<Vec<f32>>>>,
 }
 
 impl Loader {
@@ -84,7 +88,8 @@ impl Loader {
             .build()
             .ok()
             .map(Arc::new);
-        Loader { samples, cfg, pool }
+        let (recycle, recycled) = sync_channel(cfg.prefetch + 2);
+        Loader { samples, cfg, pool, recycle, recycled: Arc::new(std::sync::Mutex::new(recycled)) }
     }
 
     pub fn config(&self) -> &LoaderConfig {
@@ -126,8 +131,7 @@ impl Loader {
         F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static,
     {
         let (tx, rx) = sync_channel(self.cfg.prefetch);
-        // Room for every buffer in flight; more are dropped.
-        let (recycle, recycled) = sync_channel(self.cfg.prefetch + 2);
+        let recycle = self.recycle.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let invalid = if self.cfg.batch_size == 0 {
             Some("batch size must be at least 1")
@@ -155,7 +159,7 @@ impl Loader {
             epoch,
             chw,
             stop: stop.clone(),
-            recycled: std::sync::Mutex::new(recycled),
+            recycled: self.recycled.clone(),
         };
         let spawned = std::thread::Builder::new().name("et-loader-producer".into()).spawn(move || {
             for indices in batches {
@@ -185,8 +189,8 @@ struct Producer {
     epoch: u64,
     chw: [usize; 3],
     stop: Arc<AtomicBool>,
-    /// Batch buffers the consumer handed back (only the producer thread takes them).
-    recycled: std::sync::Mutex<Receiver<Vec<f32>>>,
+    /// Batch buffers the consumer handed back (only producer threads take them).
+    recycled: Arc<std::sync::Mutex<Receiver<Vec<f32>>>>,
 }
 
 /// Outcome of one sample: written into its slot, or an error the batch may skip, or one
@@ -458,6 +462,8 @@ mod tests {
             it.recycle(std::mem::take(&mut b.images));
         }
         assert_eq!(recycled, fresh);
+        // The loader keeps them for the next epoch.
+        assert_eq!(collect(&l, 6), collect(&Loader::new(samples(53), cfg(8, 2)), 6));
     }
 
     #[test]
