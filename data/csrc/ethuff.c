@@ -75,6 +75,11 @@ typedef struct {
   const et_htab *dct[D_MAX_BLOCKS_IN_MCU], *act[D_MAX_BLOCKS_IN_MCU];
 } et_huff;
 
+/* How far an AC symbol moves the zigzag index. A symbol of size 0 is the end of the block
+ * (64) unless it is the run of 16 zeros (0xF0): baseline codes only 0x00, but libjpeg
+ * reads any other (run, 0) a table may hold as an end-of-block too. */
+static int advance(int sym) { return (sym & 15) ? (sym >> 4) + 1 : (sym == 0xF0 ? 16 : 64); }
+
 static int extend(int v, int s) { return s == 0 ? 0 : (v < (1 << (s - 1)) ? v - (1 << s) + 1 : v); }
 
 static void fill64(uint64_t *p, uint64_t v, int n) {
@@ -121,7 +126,7 @@ static int build(et_htab *t, const JHUFF_TBL *h, int ac) {
     memset(t->fast.dc, 0, sizeof(t->fast.dc));
   for (i = 0; i < nshort; i++) {
     int sym = ss[i], size = ac ? sym & 15 : sym, used = sl[i] + size, rest = LOOK - used, v;
-    int adv1 = (sym == 0) ? 64 : (sym == 0xF0 ? 16 : (sym >> 4) + 1);
+    int adv1 = advance(sym);
     if (used > LOOK || size > 15) continue; /* the slow path reads the value */
     for (v = 0; v < (1 << size); v++) {
       int v1 = extend(v, size), base = ((sc[i] << size) | v) << rest;
@@ -132,11 +137,11 @@ static int build(et_htab *t, const JHUFF_TBL *h, int ac) {
         continue;
       }
       fill64(t->fast.ac + base, single, 1 << rest);
-      if (sym == 0) continue; /* nothing of this block follows an end-of-block */
+      if (adv1 == 64) continue; /* nothing of this block follows an end-of-block */
       /* A second symbol whose code and value fit in the bits left over. */
       for (j = 0; j < nshort && sl[j] <= rest; j++) {
         int s2 = ss[j], z2 = s2 & 15, u2 = sl[j] + z2, w;
-        int adv2 = (s2 == 0) ? 64 : (s2 == 0xF0 ? 16 : (s2 >> 4) + 1);
+        int adv2 = advance(s2);
         if (u2 > rest) continue;
         for (w = 0; w < (1 << z2); w++) {
           int v2 = extend(w, z2), at = base + (((sc[j] << z2) | w) << (rest - u2));
@@ -280,7 +285,7 @@ static void start_pass(j_decompress_ptr cinfo) {
 /* A code longer than LOOK bits, or one whose value does not fit: returns the symbol and
  * its code's length as (length << 8) | symbol, without consuming anything (the bit
  * buffer stays in registers in the caller). A code no table holds is corrupt data:
- * libjpeg warns and reads it as symbol 0. */
+ * libjpeg warns, consumes 17 bits and reads it as symbol 0; so does this. */
 static int slow_symbol(j_decompress_ptr cinfo, const et_htab *t, uint64_t bits) {
   unsigned idx = (unsigned)(bits >> (64 - LOOK)), l = t->look_len[idx];
   int code;
@@ -290,7 +295,7 @@ static int slow_symbol(j_decompress_ptr cinfo, const et_htab *t, uint64_t bits) 
     if ((code >> (16 - l)) <= t->maxcode[l])
       return (int)(l << 8) | t->huffval[(t->valoff[l] + (code >> (16 - l))) & 0xFF];
   WARNMS(cinfo, JWRN_HUFF_BAD_CODE);
-  return 16 << 8;
+  return 17 << 8;
 }
 
 static boolean process_restart(j_decompress_ptr cinfo, et_huff *e) {
@@ -377,7 +382,9 @@ static inline __attribute__((always_inline)) boolean decode_mcu_body(j_decompres
           unsigned l1 = (unsigned)((x >> 8) & 0xFF);
           bits <<= l1;
           n -= l1;
-          if (k1 == 64) blk[63] = (JCOEF)(int16_t)(uint16_t)(x >> 32);
+          /* The last coefficient; or the end-of-block's 0 where nothing was written yet;
+           * or, past it in corrupt data, where libjpeg writes too. */
+          blk[63] = (JCOEF)(int16_t)(uint16_t)(x >> 32);
           goto block_done;
         }
         bits <<= lt;
