@@ -37,10 +37,12 @@ struct jpeg_marker_reader {
 #define LOOK 11
 #define PAD 4096 /* zero bytes after a segment: more than one MCU of the longest codes */
 
-/* Natural (row-major) position of the k-th zigzag coefficient; entries past 63 absorb
- * the end-of-block store and, as in libjpeg, runs that overflow a corrupt block. */
-static const unsigned char natural[64 + 80] = {
-  0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,  12, 19, 26, 33, 40, 48,
+/* Natural (row-major) position of the (k-1)-th zigzag coefficient, indexed by the zigzag
+ * index k just past it (the decoder's count: one subtraction less per coefficient);
+ * entries past 64 absorb the end-of-block store and, as in libjpeg, runs that overflow a
+ * corrupt block. */
+static const unsigned char natural[1 + 64 + 80] = {
+  0,  0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,  12, 19, 26, 33, 40, 48,
   41, 34, 27, 20, 13, 6,  7,  14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23,
   30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
   63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
@@ -389,9 +391,9 @@ static inline __attribute__((always_inline)) boolean decode_mcu_body(j_decompres
         }
         bits <<= lt;
         n -= lt;
-        blk[natural[k1 - 1]] = (JCOEF)(int16_t)(uint16_t)(x >> 32);
+        blk[natural[k1]] = (JCOEF)(int16_t)(uint16_t)(x >> 32);
         k = k1 + (unsigned)((x >> 24) & 0xFF);
-        blk[natural[k - 1]] = (JCOEF)(int16_t)(uint16_t)(x >> 48);
+        blk[natural[k]] = (JCOEF)(int16_t)(uint16_t)(x >> 48);
         if (k >= 64) goto block_done;
       }
       if (step < 4) { /* a code or value the table does not hold */
@@ -404,7 +406,7 @@ static inline __attribute__((always_inline)) boolean decode_mcu_body(j_decompres
         n -= (unsigned)(ls >> 8);
         if (sz) {
           k += (unsigned)r + 1;
-          blk[natural[k - 1]] = (JCOEF)extend((int)(bits >> (64 - sz)), sz);
+          blk[natural[k]] = (JCOEF)extend((int)(bits >> (64 - sz)), sz);
           bits <<= sz;
           n -= (unsigned)sz;
         } else if (r == 15) {
