@@ -8,7 +8,7 @@
  * - the scan's bytes are un-stuffed (0xFF 0x00 -> 0xFF) once per restart segment with
  *   memchr, so the bit buffer refills without a branch: one unaligned 8-byte load;
  * - one table lookup on the next LOOK bits yields the run, the code and the coefficient
- *   value together, and for most codes two consecutive (run, value) symbols at once;
+ *   value together, and for about half the lookups two consecutive (run, value) symbols;
  * - a block's end is a data-dependent branch only once per block.
  *
  * libjpeg reaches the entropy decoder through a module pointer (cinfo->entropy) whose
