@@ -41,7 +41,8 @@ pub fn decode_check(dir: &Path, size: u32, dump: Option<&Path>) -> Result<()> {
                 let (top, left, hh, ww) = crop.params(sw, sh, &mut Rng::from_keys(&[i as u64, k as u64, 11]));
                 [left, top, left + ww, top + hh]
             };
-            if let Some((a, b, fast)) = et_data::decode::entropy_decoder_pair(&bytes, denom, window).map_err(anyhow::Error::msg)? {
+            let decode = |libjpeg| et_data::decode::decode_jpeg_window(&bytes, denom, window, libjpeg).map_err(anyhow::Error::msg);
+            if let (Some((a, fast)), Some((b, _))) = (decode(false)?, decode(true)?) {
                 entropy_checks += 1;
                 entropy_fast += fast as usize;
                 if a != b {

@@ -14,7 +14,6 @@
  * libjpeg reaches the entropy decoder through a module pointer (cinfo->entropy) whose
  * interface (jpegint.h, unchanged since libjpeg 6b) is mirrored below; jpegint.h itself is
  * not installed with the library. */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,10 +67,9 @@ typedef struct {
 typedef struct {
   struct jpeg_entropy_decoder pub; /* first: libjpeg sees only this */
   JOCTET *buf;                     /* the current segment, un-stuffed, then PAD zeros */
-  size_t cap, len, pos;            /* bytes in the segment; next byte to load */
+  size_t len, pos;                 /* bytes in the segment; next byte to load */
   uint64_t bits;                   /* left-aligned */
   unsigned n;                      /* valid bits in `bits` */
-  int loaded;
   int last_dc[MAX_COMPS_IN_SCAN];
   unsigned restarts_to_go;
   const et_htab *dct[D_MAX_BLOCKS_IN_MCU], *act[D_MAX_BLOCKS_IN_MCU];
@@ -132,13 +130,14 @@ static int build(et_htab *t, const JHUFF_TBL *h, int ac) {
     if (used > LOOK || size > 15) continue; /* the slow path reads the value */
     for (v = 0; v < (1 << size); v++) {
       int v1 = extend(v, size), base = ((sc[i] << size) | v) << rest;
-      uint64_t single = (uint64_t)used | ((uint64_t)used << 8) | ((uint64_t)adv1 << 16) |
-                        ((uint64_t)(uint16_t)v1 << 32) | ((uint64_t)(uint16_t)v1 << 48);
       if (!ac) {
         fill32(t->fast.dc + base, (uint32_t)used | ((uint32_t)(uint16_t)v1 << 16), 1 << rest);
         continue;
       }
-      fill64(t->fast.ac + base, single, 1 << rest);
+      fill64(t->fast.ac + base,
+             (uint64_t)used | ((uint64_t)used << 8) | ((uint64_t)adv1 << 16) |
+                 ((uint64_t)(uint16_t)v1 << 32) | ((uint64_t)(uint16_t)v1 << 48),
+             1 << rest);
       if (adv1 == 64) continue; /* nothing of this block follows an end-of-block */
       /* A second symbol whose code and value fit in the bits left over. */
       for (j = 0; j < nshort && sl[j] <= rest; j++) {
@@ -157,6 +156,15 @@ static int build(et_htab *t, const JHUFF_TBL *h, int ac) {
     }
   }
   return 1;
+}
+
+/* A segment of `len` bytes (already in buf), followed by PAD zeros, read from its start. */
+static void start_segment(et_huff *e, size_t len) {
+  e->len = len;
+  memset(e->buf + len, 0, PAD);
+  e->pos = 0;
+  e->bits = 0;
+  e->n = 0;
 }
 
 /* Copies the entropy-coded bytes from the source up to the next marker, un-stuffed, and
@@ -186,83 +194,30 @@ static void load_segment(j_decompress_ptr cinfo, et_huff *e) {
       break;
     }
   }
-  e->len = (size_t)(out - e->buf);
-  memset(out, 0, PAD);
-  e->pos = 0;
-  e->bits = 0;
-  e->n = 0;
+  start_segment(e, (size_t)(out - e->buf));
   src->bytes_in_buffer -= (size_t)(p - src->next_input_byte);
   src->next_input_byte = p;
 }
 
-/* Building a table costs about as much as decoding 5 % of an image, and most files of a
- * dataset share their tables (the encoder's defaults), so each thread keeps the tables it
- * built last. A table in use is never evicted: only start_pass changes the cache, one
- * image is decoded at a time per thread, and one image uses at most 2 x NUM_HUFF_TBLS
- * tables, fewer than the slots. */
-#define SLOTS (2 * NUM_HUFF_TBLS + 4)
-typedef struct {
-  unsigned stamp; /* 0: empty */
-  int ac, nvals;
-  UINT8 bits[17], huffval[256];
-  et_htab tab;
-} et_slot;
-typedef struct {
-  unsigned clock;
-  et_slot slot[SLOTS];
-} et_cache;
-
-static pthread_key_t cache_key;
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
-static void make_cache_key(void) { (void)pthread_key_create(&cache_key, free); }
-
-static const et_htab *table(j_decompress_ptr cinfo, et_cache *c, const JHUFF_TBL *h, int ac) {
-  int i, nvals = 0, victim = 0;
-  for (i = 1; i <= 16; i++) nvals += h->bits[i];
-  if (nvals > 256) ERREXIT1(cinfo, JERR_BAD_HUFF_TABLE, 0);
-  for (i = 0; i < SLOTS; i++) {
-    et_slot *s = &c->slot[i];
-    if (s->stamp && s->ac == ac && s->nvals == nvals && !memcmp(s->bits, h->bits, 17) &&
-        !memcmp(s->huffval, h->huffval, (size_t)nvals)) {
-      s->stamp = c->clock;
-      return &s->tab;
-    }
-    if (c->slot[i].stamp < c->slot[victim].stamp) victim = i;
-  }
-  {
-    et_slot *s = &c->slot[victim];
-    s->stamp = 0;
-    if (!build(&s->tab, h, ac)) ERREXIT1(cinfo, JERR_BAD_HUFF_TABLE, 0);
-    s->ac = ac;
-    s->nvals = nvals;
-    memcpy(s->bits, h->bits, 17);
-    memcpy(s->huffval, h->huffval, (size_t)nvals);
-    s->stamp = c->clock;
-    return &s->tab;
-  }
+/* This image's tables, built once each (≈ 5 µs for an AC table): most photos carry their
+ * own optimised tables, so there is little to share between files. */
+static const et_htab *table(j_decompress_ptr cinfo, const JHUFF_TBL *h, int ac) {
+  et_htab *t = (et_htab *)(*cinfo->mem->alloc_large)((j_common_ptr)cinfo, JPOOL_IMAGE, sizeof(et_htab));
+  if (!build(t, h, ac)) ERREXIT1(cinfo, JERR_BAD_HUFF_TABLE, 0);
+  return t;
 }
 
 static void start_pass(j_decompress_ptr cinfo) {
   et_huff *e = (et_huff *)cinfo->entropy;
-  et_cache *c = (et_cache *)pthread_getspecific(cache_key);
   const et_htab *dc[NUM_HUFF_TBLS] = {0}, *ac[NUM_HUFF_TBLS] = {0};
   int ci, b;
-  if (!c) {
-    c = (et_cache *)calloc(1, sizeof(et_cache));
-    if (!c || pthread_setspecific(cache_key, c)) ERREXIT1(cinfo, JERR_OUT_OF_MEMORY, 0);
-  }
-  /* Stamps of this image's tables are the newest, so the victim is never one of them. */
-  if (++c->clock == 0) {
-    memset(c, 0, sizeof(*c));
-    c->clock = 1;
-  }
   for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
     jpeg_component_info *comp = cinfo->cur_comp_info[ci];
     int d = comp->dc_tbl_no, a = comp->ac_tbl_no;
     JHUFF_TBL *hd = cinfo->dc_huff_tbl_ptrs[d], *ha = cinfo->ac_huff_tbl_ptrs[a];
     if (!hd || !ha) ERREXIT1(cinfo, JERR_NO_HUFF_TABLE, hd ? a : d);
-    if (!dc[d]) dc[d] = table(cinfo, c, hd, 0);
-    if (!ac[a]) ac[a] = table(cinfo, c, ha, 1);
+    if (!dc[d]) dc[d] = table(cinfo, hd, 0);
+    if (!ac[a]) ac[a] = table(cinfo, ha, 1);
     e->last_dc[ci] = 0;
   }
   for (b = 0; b < cinfo->blocks_in_MCU; b++) {
@@ -271,8 +226,8 @@ static void start_pass(j_decompress_ptr cinfo) {
     e->act[b] = ac[comp->ac_tbl_no];
   }
   e->restarts_to_go = cinfo->restart_interval;
-  e->loaded = 0;
   e->pub.insufficient_data = FALSE;
+  load_segment(cinfo, e); /* the source is at the scan's first byte */
 }
 
 #define REFILL()                                                                        \
@@ -311,11 +266,7 @@ static boolean process_restart(j_decompress_ptr cinfo, et_huff *e) {
     e->pub.insufficient_data = FALSE;
     load_segment(cinfo, e);
   } else {
-    e->len = 0;
-    e->pos = 0;
-    e->bits = 0;
-    e->n = 0;
-    memset(e->buf, 0, PAD);
+    start_segment(e, 0);
   }
   return TRUE;
 }
@@ -330,10 +281,6 @@ static inline __attribute__((always_inline)) boolean decode_mcu_body(j_decompres
   unsigned n;
   size_t pos;
   int b;
-  if (!e->loaded) {
-    load_segment(cinfo, e);
-    e->loaded = 1;
-  }
   if (cinfo->restart_interval) {
     if (e->restarts_to_go == 0 && !process_restart(cinfo, e)) return FALSE;
     e->restarts_to_go--;
@@ -450,11 +397,9 @@ int et_huff_install(j_decompress_ptr cinfo) {
       cinfo->comps_in_scan != cinfo->num_components || cinfo->blocks_in_MCU > D_MAX_BLOCKS_IN_MCU ||
       cinfo->output_scanline != 0 || !cinfo->src)
     return 0;
-  if (pthread_once(&cache_once, make_cache_key)) return 0;
   e = (et_huff *)(*cinfo->mem->alloc_small)((j_common_ptr)cinfo, JPOOL_IMAGE, sizeof(et_huff));
   memset(e, 0, sizeof(*e));
-  e->cap = cinfo->src->bytes_in_buffer + PAD;
-  e->buf = (JOCTET *)(*cinfo->mem->alloc_large)((j_common_ptr)cinfo, JPOOL_IMAGE, e->cap);
+  e->buf = (JOCTET *)(*cinfo->mem->alloc_large)((j_common_ptr)cinfo, JPOOL_IMAGE, cinfo->src->bytes_in_buffer + PAD);
   e->pub.start_pass = start_pass;
   e->pub.decode_mcu = decode_mcu;
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -9,7 +9,7 @@
 //! `cargo run --release -p et-data --example entropy_fuzz -- DIR [TRIALS]`
 //! (DIR: a folder of JPEGs, searched recursively; ET_FUZZ_DUMP=DIR keeps differing files).
 
-use et_data::decode::{decode_scaled, entropy_decoder_pair};
+use et_data::decode::decode_jpeg_window;
 use et_data::Rng;
 use std::path::{Path, PathBuf};
 
@@ -59,23 +59,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // before the end-of-image marker.
         let end = bad.len().saturating_sub(2);
         let marker = (sos..end).any(|i| bad[i] == 0xFF && bad[i + 1] != 0x00);
-        match entropy_decoder_pair(&bad, denom, [0, y0, u32::MAX, u32::MAX]) {
-            Ok(Some((a, b, _))) if a == b => same += 1,
-            Ok(Some(_)) if marker => stale += 1,
-            Ok(Some(_)) => {
+        let decode = |libjpeg| decode_jpeg_window(&bad, denom, [0, y0, u32::MAX, u32::MAX], libjpeg);
+        match (decode(false), decode(true)) {
+            (Ok(Some((a, _))), Ok(Some((b, _)))) if a == b => same += 1,
+            (Ok(Some(_)), Ok(Some(_))) if marker => stale += 1,
+            (Err(_), Err(_)) | (Ok(None), Ok(None)) => both_failed += 1,
+            // Different pixels, or only one decoder refused the file.
+            (a, b) => {
                 differ += 1;
-                eprintln!("trial {trial}: {} damaged, 1/{denom}, from row {y0}: the decoders differ", paths[i].display());
-                if let Some(d) = std::env::var_os("ET_FUZZ_DUMP") { std::fs::write(Path::new(&d).join(format!("{trial}.jpg")), &bad)?; }
-            }
-            Ok(None) => both_failed += 1,
-            // Refused: by both decoders, or it is a difference.
-            Err(_) => match (decode_scaled(&bad, denom, false), decode_scaled(&bad, denom, true)) {
-                (Err(_), Err(_)) => both_failed += 1,
-                (a, b) => {
-                    differ += 1;
-                    eprintln!("trial {trial}: {} damaged: one decoder refused it ({:?} / {:?})", paths[i].display(), a.err(), b.err());
+                eprintln!("trial {trial}: {} damaged, 1/{denom}, from row {y0}: the decoders differ (errors: {:?} / {:?})", paths[i].display(), a.err(), b.err());
+                if let Some(d) = std::env::var_os("ET_FUZZ_DUMP") {
+                    std::fs::write(Path::new(&d).join(format!("{trial}.jpg")), &bad)?;
                 }
-            },
+            }
         }
     }
     println!("{trials} damaged files: {same} decoded identically, {both_failed} refused by both, {stale} differ after a marker or fill byte the damage made (libjpeg's stale coefficients), {differ} differ otherwise");

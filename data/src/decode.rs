@@ -132,38 +132,22 @@ pub fn decode_crop(bytes: &[u8], reduce_to: Option<u32>, plan: impl FnOnce(u32, 
     Ok(Cropped { columns: (0, img.width()), img, region: [0.0, 0.0, width as f64, height as f64], denom: 1 })
 }
 
-/// Decodes the window `[x0, y0, x1, y1]` of `bytes` at 1/`denom` scale twice, entropy-
-/// decoding with `csrc/ethuff.c` and with libjpeg's own decoder, and returns both spans
-/// and whether `ethuff.c` took the first (only baseline scans are its) — `None` for files
-/// the libjpeg path does not take, or without libjpeg.
-pub fn entropy_decoder_pair(bytes: &[u8], denom: u32, window: [u32; 4]) -> Result<Option<(Vec<u8>, Vec<u8>, bool)>, String> {
-    #[cfg(et_libjpeg)]
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        let fast = crate::jpeg::Jpeg::open(bytes)?;
-        if fast.model != crate::jpeg::Model::Cmyk {
-            let a = fast.decode_window(denom, window)?;
-            let b = crate::jpeg::Jpeg::open(bytes)?.with_libjpeg_entropy().decode_window(denom, window)?;
-            return Ok(Some((a.rgb, b.rgb, a.fast_entropy)));
-        }
-    }
-    let _ = (bytes, denom, window);
-    Ok(None)
-}
-
-/// Decodes all of a JPEG at 1/`denom` scale through libjpeg, entropy-decoding with
-/// `csrc/ethuff.c` or, with `libjpeg_entropy`, libjpeg's own decoder (to time the two).
+/// Decodes the window `[x0, y0, x1, y1]` (clamped to the image) of a JPEG at 1/`denom`
+/// scale through libjpeg, entropy-decoding with `csrc/ethuff.c` or, with
+/// `libjpeg_entropy`, libjpeg's own decoder (to compare or time the two). Returns the
+/// decoded span's RGB and whether `ethuff.c` decoded it (it takes only baseline scans);
 /// `None` for files the libjpeg path does not take, or without libjpeg.
-pub fn decode_scaled(bytes: &[u8], denom: u32, libjpeg_entropy: bool) -> Result<Option<Vec<u8>>, String> {
+pub fn decode_jpeg_window(bytes: &[u8], denom: u32, window: [u32; 4], libjpeg_entropy: bool) -> Result<Option<(Vec<u8>, bool)>, String> {
     #[cfg(et_libjpeg)]
     if bytes.starts_with(&[0xFF, 0xD8]) {
         let j = crate::jpeg::Jpeg::open(bytes)?;
         if j.model != crate::jpeg::Model::Cmyk {
-            let (w, h) = (j.width.div_ceil(denom), j.height.div_ceil(denom));
             let j = if libjpeg_entropy { j.with_libjpeg_entropy() } else { j };
-            return Ok(Some(j.decode_window(denom, [0, 0, w, h])?.rgb));
+            let d = j.decode_window(denom, window)?;
+            return Ok(Some((d.rgb, d.fast_entropy)));
         }
     }
-    let _ = (bytes, denom, libjpeg_entropy);
+    let _ = (bytes, denom, window, libjpeg_entropy);
     Ok(None)
 }
 

@@ -190,22 +190,14 @@ pub fn eval_transform(img: &RgbImage, resolution: u32, crop_pct: f64, filter: Fi
 /// torchvision `ToTensor`: HWC u8 to CHW f32 in [0, 1].
 pub fn to_chw_f32(img: &RgbImage) -> Vec<f32> {
     let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
-    let mut out = Vec::with_capacity(img.as_raw().len());
-    planes(img, &[scaled; 3], &mut out.spare_capacity_mut()[..img.as_raw().len()]);
-    // SAFETY: `planes` wrote every element of the spare capacity it was given.
-    unsafe { out.set_len(img.as_raw().len()) };
-    out
+    planes_vec(img, &[scaled; 3])
 }
 
 /// `ToTensor` then `Normalize(mean, std)` in one pass: per channel, a table of the 256
 /// values `(v / 255 - mean) / std`, computed with the same f32 operations as the two
 /// steps, so the result is bit-identical to `to_chw_f32` followed by `normalize_chw`.
 pub fn to_chw_normalized(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(img.as_raw().len());
-    planes(img, &normalization_tables(mean, std), &mut out.spare_capacity_mut()[..img.as_raw().len()]);
-    // SAFETY: `planes` wrote every element of the spare capacity it was given.
-    unsafe { out.set_len(img.as_raw().len()) };
-    out
+    planes_vec(img, &normalization_tables(mean, std))
 }
 
 /// `to_chw_normalized` written into `out` (a batch slot), which must hold exactly
@@ -225,8 +217,18 @@ fn normalization_tables(mean: &[f32; 3], std: &[f32; 3]) -> [[f32; 256]; 3] {
     std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]))
 }
 
+/// [`planes`] into a new vector, written once (no zeroing pass).
+fn planes_vec(img: &RgbImage, tables: &[[f32; 256]; 3]) -> Vec<f32> {
+    let len = img.as_raw().len();
+    let mut out = Vec::with_capacity(len);
+    planes(img, tables, &mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `planes` wrote every element of the spare capacity it was given.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The three planes of `img` mapped through a table per channel, written once into
-/// `out` (3 · pixels values; unfilled memory is fine: no zeroing pass).
+/// `out` (3 · pixels values; unfilled memory is fine).
 fn planes(img: &RgbImage, tables: &[[f32; 256]; 3], out: &mut [std::mem::MaybeUninit<f32>]) {
     let raw = img.as_raw();
     let n = raw.len() / 3;
