@@ -73,10 +73,7 @@ fn pass_h8_impl(src: &Plane, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
             }
             #[cfg(not(target_arch = "x86_64"))]
             column(taps, kx, &mut px);
-            for r in 0..STRIP {
-                let o = &mut out_rows[(r * ow + ox) * 3..(r * ow + ox) * 3 + 3];
-                (o[0], o[1], o[2]) = (px[3 * r], px[3 * r + 1], px[3 * r + 2]);
-            }
+            scatter(&px, out_rows, ow, ox);
         }
     }
     // The rows after the last whole strip, pixel by pixel.
@@ -88,20 +85,42 @@ fn pass_h8_impl(src: &Plane, first: usize, rows: usize, t: &Taps) -> Vec<u8> {
 
 /// Copies `STRIP` rows of RGB pixels into columns. Pixels go as 4-byte words where the
 /// row has a byte after them: the extra byte lands in the next row's slot, written
-/// afterwards, or in the column's padding.
+/// afterwards, or in the column's padding. (Bounds-checked byte copies made this loop
+/// the costliest part of the pass.)
 #[inline(always)]
 fn transpose(rows: [&[u8]; STRIP], cols: &mut [Column]) {
+    let w = cols.len();
     for (r, row) in rows.iter().enumerate() {
-        for (x, col) in cols.iter_mut().enumerate() {
-            let o = 3 * x;
-            // Byte-wise copies: LLVM turns slice copies this short into memmove calls.
-            let word = match row.get(o..o + 4) {
-                Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                None => u32::from_le_bytes([row[o], row[o + 1], row[o + 2], 0]),
-            };
-            let c = &mut col[3 * r..3 * r + 4];
-            let b = word.to_le_bytes();
-            (c[0], c[1], c[2], c[3]) = (b[0], b[1], b[2], b[3]);
+        assert!(row.len() >= 3 * w && w > 0, "row of {} bytes for {w} columns", row.len());
+        let src = row.as_ptr();
+        let dst = cols.as_mut_ptr() as *mut u8;
+        for x in 0..w - 1 {
+            // SAFETY: 3x + 4 <= 3w (x < w - 1) bytes of `row`; the word goes to bytes
+            // 3r..3r + 4 <= 28 of column x's 32.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(3 * x), dst.add(32 * x + 3 * r), 4) };
+        }
+        let (o, c) = (3 * (w - 1), &mut cols[w - 1][3 * r..3 * r + 3]);
+        (c[0], c[1], c[2]) = (row[o], row[o + 1], row[o + 2]);
+    }
+}
+
+/// Writes output pixel `ox` of each of the strip's rows (`px[3 r..3 r + 3]` for row `r`) as
+/// 4-byte words: the extra byte lands on pixel `ox + 1`, written afterwards. The last
+/// pixel of a row goes byte by byte.
+#[inline(always)]
+fn scatter(px: &Column, out_rows: &mut [u8], ow: usize, ox: usize) {
+    assert!(out_rows.len() >= STRIP * ow * 3 && ox < ow);
+    if ox + 1 < ow {
+        let dst = out_rows.as_mut_ptr();
+        for r in 0..STRIP {
+            // SAFETY: bytes (r ow + ox) 3 .. + 4 lie inside row r (ox + 1 < ow), and
+            // px[3r..3r + 4] inside its 32 bytes.
+            unsafe { std::ptr::copy_nonoverlapping(px.as_ptr().add(3 * r), dst.add((r * ow + ox) * 3), 4) };
+        }
+    } else {
+        for r in 0..STRIP {
+            let o = &mut out_rows[(r * ow + ox) * 3..(r * ow + ox) * 3 + 3];
+            (o[0], o[1], o[2]) = (px[3 * r], px[3 * r + 1], px[3 * r + 2]);
         }
     }
 }
