@@ -234,10 +234,11 @@ fn planes(img: &RgbImage, tables: &[[f32; 256]; 3], out: &mut [std::mem::MaybeUn
     let n = raw.len() / 3;
     let (r, rest) = out.split_at_mut(n);
     let (g, b) = rest.split_at_mut(n);
-    for (i, p) in raw.chunks_exact(3).enumerate() {
-        r[i].write(tables[0][p[0] as usize]);
-        g[i].write(tables[1][p[1] as usize]);
-        b[i].write(tables[2][p[2] as usize]);
+    let [tr, tg, tb] = tables;
+    for (((p, r), g), b) in raw.chunks_exact(3).zip(r).zip(g).zip(b) {
+        r.write(tr[p[0] as usize]);
+        g.write(tg[p[1] as usize]);
+        b.write(tb[p[2] as usize]);
     }
 }
 
