@@ -2,7 +2,9 @@
 //! one vector per channel. Each lane performs `sample`'s scalar operations in the same
 //! order (no fused multiply-add; `floor` and the clamps give the same integers), so the
 //! results are bit-identical to it. The 4 × 4 neighbourhoods are gathered as 32-bit words
-//! (RGB and one byte more) from a copy of the source padded by those bytes.
+//! (RGB and one byte more) from a padded copy of the source; where the four lanes read
+//! consecutive pixels of the same rows (shear and translate along x, translate along y),
+//! each tap is one 16-byte load and a shuffle instead of a gather.
 //!
 //! Where the fraction along an axis is zero in all four lanes, the interpolation along it
 //! is skipped: `cubic(v1, v2, v3, v4, 0.0)` is exactly `v2` (`v2 + 0 · finite`). Shear and
@@ -40,6 +42,21 @@ unsafe fn channel<const SHIFT: i32>(words: __m128i) -> __m256d {
 
 /// The three channels of the four lanes.
 type Rgb = [__m256d; 3];
+
+/// Four consecutive pixels from `p` as 32-bit words (RGB and a zero byte), the words `tap`
+/// gathers when the lanes' taps are consecutive pixels of one row: one load and a shuffle
+/// instead of a gather. Reads 16 bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn run4(p: *const u8) -> __m128i {
+    _mm_shuffle_epi8(_mm_loadu_si128(p as *const __m128i), _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1))
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn channels(words: __m128i) -> Rgb {
+    [channel::<0>(words), channel::<8>(words), channel::<16>(words)]
+}
 
 /// The source pixels at byte offsets `row + col` of the four lanes.
 #[target_feature(enable = "avx2")]
@@ -81,10 +98,12 @@ pub(super) unsafe fn affine_bicubic(src: &[u8], w: usize, h: usize, m: [f64; 6],
     if w == 0 || h == 0 {
         return;
     }
-    let mut padded = Vec::with_capacity(src.len() + 4);
+    // 16 bytes of padding: `run4` reads 16 bytes from a pixel that may be the last.
+    let mut padded = Vec::with_capacity(src.len() + 16);
     padded.extend_from_slice(src);
-    padded.extend_from_slice(&[0; 4]);
+    padded.extend_from_slice(&[0; 16]);
     let base = padded.as_ptr() as *const i32;
+    let base_u8 = padded.as_ptr();
     let md = m.map(|v| _mm256_set1_pd(v));
     let (wf, hf) = (_mm256_set1_pd(w as f64), _mm256_set1_pd(h as f64));
     let (half, zero) = (_mm256_set1_pd(0.5), _mm256_setzero_pd());
@@ -130,7 +149,25 @@ pub(super) unsafe fn affine_bicubic(src: &[u8], w: usize, h: usize, m: [f64; 6],
                         cubic_rgb(tap(base, r, col(-1)), tap(base, r, col(0)), tap(base, r, col(1)), tap(base, r, col(2)), dx)
                     }
                 };
-                let v = if dy_zero {
+                // Shear and translate along x, translate along y: the lanes read consecutive
+                // pixels of the same rows. Where none of their taps is clamped, each tap is a
+                // run of four pixels (the same words as the gathers).
+                let (c0, y0) = (_mm_cvtsi128_si32(cx), _mm_cvtsi128_si32(cy));
+                let runs = _mm_movemask_epi8(_mm_and_si128(
+                    _mm_cmpeq_epi32(cx, _mm_add_epi32(_mm_set1_epi32(c0), _mm_setr_epi32(0, 1, 2, 3))),
+                    _mm_cmpeq_epi32(cy, _mm_set1_epi32(y0)),
+                )) == 0xFFFF
+                    && if dx_zero { c0 >= 0 && c0 + 3 < w as i32 } else { c0 >= 1 && c0 + 5 < w as i32 }
+                    && if dy_zero { y0 >= 0 && y0 < h as i32 } else { y0 >= 1 && y0 + 2 < h as i32 };
+                let v = if runs {
+                    let at = |k: i32, j: i32| channels(run4(base_u8.add(((y0 + k) as usize * w + (c0 + j) as usize) * 3)));
+                    let line = |k: i32| if dx_zero { at(k, 0) } else { cubic_rgb(at(k, -1), at(k, 0), at(k, 1), at(k, 2), dx) };
+                    if dy_zero {
+                        line(0)
+                    } else {
+                        cubic_rgb(line(-1), line(0), line(1), line(2), dy)
+                    }
+                } else if dy_zero {
                     line(row(0))
                 } else {
                     cubic_rgb(line(row(-1)), line(row(0)), line(row(1)), line(row(2)), dy)
