@@ -118,18 +118,14 @@ pub fn hflip(img: &RgbImage) -> RgbImage {
     out
 }
 
-/// Mirrors left-right in place: each row's bytes reversed (a vectorised loop), then each
-/// pixel's channels put back in order.
+/// Mirrors left-right in place: each row's pixels reversed as 3-byte units.
 pub fn hflip_in_place(img: &mut RgbImage) {
     let w = img.width() as usize;
     if w < 2 {
         return;
     }
     for row in img.chunks_exact_mut(3 * w) {
-        row.reverse();
-        for p in row.chunks_exact_mut(3) {
-            p.swap(0, 2);
-        }
+        row.as_chunks_mut::<3>().0.reverse();
     }
 }
 
