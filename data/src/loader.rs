@@ -232,7 +232,6 @@ impl Producer {
         let recycled = self.recycled.lock().ok().and_then(|r| r.try_recv().ok());
         match recycled {
             Some(mut v) => {
-                v.truncate(len);
                 v.resize(len, 0.0);
                 v
             }

@@ -72,6 +72,19 @@ unsafe fn cubic_rgb(a: Rgb, b: Rgb, c: Rgb, d: Rgb, t: __m256d) -> Rgb {
     [cubic(a[0], b[0], c[0], d[0], t), cubic(a[1], b[1], c[1], d[1], t), cubic(a[2], b[2], c[2], d[2], t)]
 }
 
+/// The four lanes' bicubic value from `at(k, j)`, the taps of rows `k` and columns `j` in
+/// -1..=2 around them; an axis whose fraction is zero in every lane is not interpolated.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn bicubic(at: impl Fn(i32, i32) -> Rgb, dx: __m256d, dy: __m256d, dx_zero: bool, dy_zero: bool) -> Rgb {
+    let line = |k: i32| if dx_zero { at(k, 0) } else { cubic_rgb(at(k, -1), at(k, 0), at(k, 1), at(k, 2), dx) };
+    if dy_zero {
+        line(0)
+    } else {
+        cubic_rgb(line(-1), line(0), line(1), line(2), dy)
+    }
+}
+
 /// PIL's clip (<= 0 -> 0, >= 255 -> 255, else truncate) of each lane.
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -142,13 +155,6 @@ pub(super) unsafe fn affine_bicubic(src: &[u8], w: usize, h: usize, m: [f64; 6],
                 };
                 let dx_zero = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(dx, zero)) == 0xF;
                 let dy_zero = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(dy, zero)) == 0xF;
-                let line = |r: __m128i| {
-                    if dx_zero {
-                        tap(base, r, col(0))
-                    } else {
-                        cubic_rgb(tap(base, r, col(-1)), tap(base, r, col(0)), tap(base, r, col(1)), tap(base, r, col(2)), dx)
-                    }
-                };
                 // Shear and translate along x, translate along y: the lanes read consecutive
                 // pixels of the same rows. Where none of their taps is clamped, each tap is a
                 // run of four pixels (the same words as the gathers).
@@ -160,17 +166,13 @@ pub(super) unsafe fn affine_bicubic(src: &[u8], w: usize, h: usize, m: [f64; 6],
                     && if dx_zero { c0 >= 0 && c0 + 3 < w as i32 } else { c0 >= 1 && c0 + 5 < w as i32 }
                     && if dy_zero { y0 >= 0 && y0 < h as i32 } else { y0 >= 1 && y0 + 2 < h as i32 };
                 let v = if runs {
-                    let at = |k: i32, j: i32| channels(run4(base_u8.add(((y0 + k) as usize * w + (c0 + j) as usize) * 3)));
-                    let line = |k: i32| if dx_zero { at(k, 0) } else { cubic_rgb(at(k, -1), at(k, 0), at(k, 1), at(k, 2), dx) };
-                    if dy_zero {
-                        line(0)
-                    } else {
-                        cubic_rgb(line(-1), line(0), line(1), line(2), dy)
-                    }
-                } else if dy_zero {
-                    line(row(0))
+                    bicubic(|k, j| channels(run4(base_u8.add(((y0 + k) as usize * w + (c0 + j) as usize) * 3))), dx, dy, dx_zero, dy_zero)
                 } else {
-                    cubic_rgb(line(row(-1)), line(row(0)), line(row(1)), line(row(2)), dy)
+                    // Each offset once (the multiplies are not merged across taps); along a
+                    // skipped axis only the middle one is read.
+                    let offsets = |f: &dyn Fn(i32) -> __m128i, skip: bool| if skip { [f(0); 4] } else { [f(-1), f(0), f(1), f(2)] };
+                    let (rows, cols) = (offsets(&row, dy_zero), offsets(&col, dx_zero));
+                    bicubic(|k, j| tap(base, rows[(k + 1) as usize], cols[(j + 1) as usize]), dx, dy, dx_zero, dy_zero)
                 };
                 let [r, g, b] = [clip(v[0]), clip(v[1]), clip(v[2])];
                 if inside == 0xF {

@@ -202,31 +202,29 @@ fn pass_v8_impl(src: &Plane, first: usize, t: &Taps) -> Vec<u8> {
     for ((out_row, ky), &start) in out.chunks_exact_mut(rw).zip(&k).zip(&t.start) {
         rows.clear();
         rows.extend((0..ky.len()).map(|i| src.row(start - first + i)));
-        let chunks = rw / CHUNK;
-        for (c, o) in out_row.chunks_exact_mut(CHUNK).enumerate() {
-            let mut acc = [1i32 << (PRECISION_BITS - 1); CHUNK];
-            for (row, &kw) in rows.iter().zip(ky) {
-                let p: &[u8; CHUNK] = row[c * CHUNK..(c + 1) * CHUNK].try_into().expect("a whole chunk");
-                for (a, &v) in acc.iter_mut().zip(p) {
-                    *a += v as i32 * kw;
-                }
-            }
-            for (o, &a) in o.iter_mut().zip(&acc) {
-                *o = clip8(a);
-            }
+        let mut chunks = out_row.chunks_exact_mut(CHUNK);
+        for (c, o) in chunks.by_ref().enumerate() {
+            sum_taps::<CHUNK>(&rows, ky, c * CHUNK, o);
         }
-        let tail = chunks * CHUNK;
-        let mut acc = [1i32 << (PRECISION_BITS - 1); CHUNK];
-        for (row, &kw) in rows.iter().zip(ky) {
-            for (a, &v) in acc.iter_mut().zip(&row[tail..]) {
-                *a += v as i32 * kw;
-            }
-        }
-        for (o, &a) in out_row[tail..].iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
+        let rest = chunks.into_remainder();
+        sum_taps::<CHUNK>(&rows, ky, rw - rest.len(), rest);
     }
     out
+}
+
+/// Output samples `at..at + out.len()` (at most `N`) of one row: the taps' weighted sum of
+/// `rows`, accumulated in `N` registers, then clipped.
+#[inline(always)]
+fn sum_taps<const N: usize>(rows: &[&[u8]], ky: &[i32], at: usize, out: &mut [u8]) {
+    let mut acc = [1i32 << (PRECISION_BITS - 1); N];
+    for (row, &kw) in rows.iter().zip(ky) {
+        for (a, &v) in acc.iter_mut().zip(&row[at..at + out.len()]) {
+            *a += v as i32 * kw;
+        }
+    }
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = clip8(a);
+    }
 }
 
 #[cfg(test)]
