@@ -15,7 +15,7 @@ if [ "${CPU_ONLY:-0}" = 1 ]; then
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 else
   eval "$(scripts/cuda/env.sh "${CUDA_TOOLCHAIN:-$root/.cuda-toolchain}")"
-  feats="--features et-train/cudnn,et-bench/cudnn"; models_feats="--features et-models/cudnn"
+  feats="--features et-train/cudnn,et-bench/cudnn"; models_feats="--features et-kernels/cudnn"
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target-cuda}
 fi
 # shellcheck disable=SC2086

@@ -5,7 +5,7 @@
    eval-mode logits `__logits{i}__`.
 2. Registered models at full size (`zoo_logits.safetensors`): weights and inputs are not
    stored but computed by `fixture_values` below, which the Rust tests reproduce bit for bit
-   (models/src/ops/test_util.rs); only timm's logits are stored, as `<model>@<size>`.
+   (models/src/testing.rs); only timm's logits are stored, as `<model>@<size>`.
 
     python -m venv .venv-ref && .venv-ref/bin/pip install torch timm safetensors
     .venv-ref/bin/python tools/gen_fixtures.py            # writes models/tests/fixtures/
@@ -55,7 +55,7 @@ def fixture(name, model, sizes, seed=0):
 
 
 def fixture_values(name, shape):
-    """Same integer arithmetic as `fixture_values` in models/src/ops/test_util.rs."""
+    """Same integer arithmetic as `fixture_values` in models/src/testing.rs."""
     h = 0x811C9DC5
     for b in name.encode():
         h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF

@@ -4,11 +4,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
-use et_models::device::{DeviceSpec, Precision};
+use et_kernels::device::{DeviceSpec, Precision};
 use clap::{Parser, Subcommand};
-use et_models::ops::test_util::seeded;
+use et_kernels::testing::seeded;
 use et_models::registry::{create_model, ModelOptions};
-use et_models::{CandleOps, Model, ParamStore};
+use et_kernels::CandleOps;
+use et_models::{Model, ParamStore};
 use et_train::loss::{smoothed_targets, soft_cross_entropy};
 use et_train::optim::{Grads, OptimConfig, Optimizer};
 use std::time::Instant;
@@ -142,8 +143,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     match Args::parse().cmd {
         Cmd::TrainStep { model, size, batch, threads, classes, stem_stride, warmup, steps, device, precision } => {
-            et_models::cpu::configure(threads).context("configuring threads")?;
-            et_models::device::check_precision(device, precision)?;
+            et_kernels::cpu::configure(threads).context("configuring threads")?;
+            et_kernels::device::check_precision(device, precision)?;
             let dev = device.open()?;
             let ps = ParamStore::new(0);
             let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride, img_size: None };
@@ -213,7 +214,7 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
     use std::sync::Arc;
 
     // The allocator settings et-train runs with (freed buffers stay in the process).
-    et_models::cpu::configure(None).context("configuring the runtime")?;
+    et_kernels::cpu::configure(None).context("configuring the runtime")?;
     let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
     anyhow::ensure!(!set.samples.is_empty(), "no images in {}", dir.display());
     let crop = RandomResizedCrop::new(size as u32);

@@ -5,7 +5,7 @@ use crate::ortlib;
 use crate::EvalError;
 use candle_core::{Device, Tensor};
 use et_models::run_config::LoadedRun;
-use et_models::CandleOps;
+use et_kernels::CandleOps;
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 use std::path::{Path, PathBuf};

@@ -99,7 +99,7 @@ struct Args {
     /// Where candle models (--run, --weights, --from-hub) run: cpu, cuda or cuda:N (CUDA
     /// needs a build with --features cuda). ONNX files always run in ONNX Runtime on the CPU.
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
-    device: et_models::device::DeviceSpec,
+    device: et_kernels::device::DeviceSpec,
     /// Path to libonnxruntime.so [default: $ORT_DYLIB_PATH, .ort/ in the repo, or the
     /// `onnxruntime` Python package].
     #[arg(long, value_name = "PATH")]
@@ -134,7 +134,7 @@ fn three(v: Option<Vec<f32>>) -> Option<[f32; 3]> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = et_models::cpu::configure(None) {
+    if let Err(e) = et_kernels::cpu::configure(None) {
         eprintln!("et-eval: error: {e}");
         return ExitCode::FAILURE;
     }
@@ -340,7 +340,7 @@ fn models() -> Result<()> {
 
 fn predict(model: &str, weights: &std::path::Path, input: &std::path::Path, output: &std::path::Path, stem_stride: Option<usize>, img_size: Option<usize>) -> Result<()> {
     use candle_core::{Device, Tensor};
-    use et_models::CandleOps;
+    use et_kernels::CandleOps;
     let (shape, data) = et_eval::npy::read_f32(input).map_err(|e| anyhow!(e))?;
     let [n, c, h, w] = shape[..] else { bail!("{}: expected an (N, 3, H, W) array, got shape {shape:?}", input.display()) };
     if c != 3 {

@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device};
 use et_eval::backend::{CandleClassifier, Classifier, OnnxClassifier};
-use et_models::ops::test_util::{fill_for_fixture, seeded};
+use et_kernels::testing::seeded;
+use et_models::testing::fill_for_fixture;
 use et_models::registry::{model_config, ModelOptions};
 use et_models::{Model, ParamStore, RunConfig};
 use std::path::{Path, PathBuf};

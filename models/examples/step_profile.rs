@@ -3,7 +3,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device, Tensor};
 use et_models::registry::{create_model, ModelOptions};
-use et_models::{CandleOps, ParamStore};
+use et_kernels::CandleOps;
+use et_models::ParamStore;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {

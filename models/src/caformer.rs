@@ -11,7 +11,7 @@
 //! depends on the resolution: any input of at least 32×32 works, one ONNX graph for all.
 
 use crate::layers::{Conv2d, LayerNorm, Linear};
-use crate::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -245,8 +245,8 @@ impl CaFormer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use crate::ops::CandleOps;
+    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
+    use et_kernels::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
 
@@ -261,8 +261,8 @@ mod tests {
         let x = seeded(&[2, 3, 64, 48], 2, &Device::Cpu, DType::F32)?;
         let y = model.forward(&CandleOps::train(3), &x)?;
         assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps, &y)?;
-        assert_tape_matches_graph(&ps, 3, |o| model.forward(o, &x))?;
+        assert_every_parameter_learns(&ps.trainable(), &y)?;
+        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
         Ok(())
     }
 }

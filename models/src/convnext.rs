@@ -5,7 +5,7 @@
 //! the linear weights, which avoids two transposes per block. Weights keep timm's shapes.
 
 use crate::layers::{Conv2d, LayerNorm};
-use crate::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -161,8 +161,8 @@ impl ConvNeXt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use crate::ops::CandleOps;
+    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
+    use et_kernels::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
 
@@ -186,8 +186,8 @@ mod tests {
             let x = seeded(&[3, 3, size, size], 2, &Device::Cpu, DType::F32)?;
             let y = model.forward(&CandleOps::train(7), &x)?;
             assert_eq!(y.dims(), &[3, 5]);
-            assert_every_parameter_learns(&ps, &y)?;
-            assert_tape_matches_graph(&ps, 7, |o| model.forward(o, &x))?;
+            assert_every_parameter_learns(&ps.trainable(), &y)?;
+            assert_tape_matches_graph(&ps.trainable(), 7, |o| model.forward(o, &x))?;
         }
         Ok(())
     }

@@ -21,7 +21,7 @@
 //! square multiples of 32, as that code assumes; ONNX graphs are exported per size.
 
 use crate::layers::{Conv2d, LayerNorm, Linear};
-use crate::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -204,8 +204,8 @@ impl CSWin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use crate::ops::CandleOps;
+    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
+    use et_kernels::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
 
@@ -220,8 +220,8 @@ mod tests {
         let x = seeded(&[2, 3, 64, 64], 2, &Device::Cpu, DType::F32)?;
         let y = model.forward(&CandleOps::train(3), &x)?;
         assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps, &y)?;
-        assert_tape_matches_graph(&ps, 3, |o| model.forward(o, &x))?;
+        assert_every_parameter_learns(&ps.trainable(), &y)?;
+        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
         assert!(model.forward(&CandleOps::eval(), &seeded(&[1, 3, 64, 96], 2, &Device::Cpu, DType::F32)?).is_err());
         Ok(())
     }

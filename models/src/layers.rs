@@ -1,7 +1,7 @@
 //! Parameter-holding layers with timm's names and initialisation; their `forward` is
 //! written once against [`Ops`].
 
-use crate::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 

@@ -1,25 +1,24 @@
-//! Models of efficienttrain-rs: parameters, the `Ops` abstraction that lets one model
-//! definition run in candle (training, inference) and be written out as ONNX, fast ops
-//! with correct gradients, the backbones (timm weight names) and their registry.
+//! The model zoo of efficienttrain-rs: seven backbone families written once against the
+//! `Ops` trait (et-ops) with timm's weight names, their registry, parameters and weight I/O,
+//! and the `config.json` of a run.
 
-pub mod device;
-pub mod error;
-pub mod params;
-pub mod pvt_v2;
-pub mod ops;
-pub mod layers;
 pub mod caformer;
 pub mod convnext;
 pub mod cswin;
+pub mod error;
+pub mod layers;
+pub mod params;
+pub mod pvt_v2;
 pub mod registry;
 pub mod resnet;
 pub mod run_config;
 pub mod swin;
-pub mod cpu;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod vit;
 
 pub use error::ModelError;
-pub use ops::{CandleOps, Ops};
+pub use et_ops::Ops;
 pub use params::ParamStore;
 pub use registry::{create_model, Model, ModelOptions};
 pub use run_config::RunConfig;

@@ -10,7 +10,7 @@
 //! takes any size because token ↔ map conversions read H and W at run time.
 
 use crate::layers::{Conv2d, LayerNorm, Linear};
-use crate::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -182,8 +182,8 @@ impl PvtV2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use crate::ops::CandleOps;
+    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
+    use et_kernels::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
 
@@ -199,8 +199,8 @@ mod tests {
         let x = seeded(&[2, 3, 72, 68], 2, &Device::Cpu, DType::F32)?;
         let y = model.forward(&CandleOps::train(3), &x)?;
         assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps, &y)?;
-        assert_tape_matches_graph(&ps, 3, |o| model.forward(o, &x))?;
+        assert_every_parameter_learns(&ps.trainable(), &y)?;
+        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use crate::resnet::{self, BlockKind, ResNet};
 use crate::swin::{self, SwinTransformer};
 use crate::vit::{self, VisionTransformer};
 use crate::error::{ModelError, Result};
-use crate::ops::Ops;
+use et_ops::Ops;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -367,7 +367,7 @@ pub fn describe(name: &str) -> Result<ModelInfo> {
     let cfg = model_config(name, &ModelOptions::default())?;
     let ps = crate::params::ParamStore::zeros();
     let model = Model::new(&cfg, ps.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu))?;
-    let counter = crate::ops::flops::FlopCounter::new();
+    let counter = et_ops::flops::FlopCounter::new();
     model.forward(&counter, &vec![1, 3, 224, 224])?;
     Ok(ModelInfo { name, params: ps.num_trainable(), macs_224: counter.macs(), defaults: defaults(name) })
 }

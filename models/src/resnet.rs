@@ -3,7 +3,7 @@
 //! bottleneck's stride sits on its 3×3 conv, and the last norm of each block starts at zero.
 
 use crate::layers::{BatchNorm2d, Conv2d, Linear};
-use crate::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -157,8 +157,8 @@ impl ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use crate::ops::CandleOps;
+    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
+    use et_kernels::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
 
@@ -182,8 +182,8 @@ mod tests {
             let ops = CandleOps::train(5);
             let y = model.forward(&ops, &x)?;
             assert_eq!(y.dims(), &[2, 4]);
-            assert_every_parameter_learns(&ps, &y)?;
-            assert_tape_matches_graph(&ps, 5, |o| model.forward(o, &x))?;
+            assert_every_parameter_learns(&ps.trainable(), &y)?;
+            assert_tape_matches_graph(&ps.trainable(), 5, |o| model.forward(o, &x))?;
             let updates = ops.take_buffer_updates();
             let buffers = ps.all().len() - ps.trainable().len();
             assert_eq!(updates.len(), buffers, "every running statistic is updated once");

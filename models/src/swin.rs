@@ -14,7 +14,7 @@
 //! (patch size × 2³), the sizes our parity tests cover.
 
 use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT};
-use crate::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -262,8 +262,8 @@ impl SwinTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use crate::ops::CandleOps;
+    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
+    use et_kernels::CandleOps;
     use crate::params::ParamStore;
     use candle_core::{DType, Device};
 
@@ -300,8 +300,8 @@ mod tests {
         let x = seeded(&[2, 3, 40, 40], 2, &Device::Cpu, DType::F32)?;
         let y = model.forward(&CandleOps::train(3), &x)?;
         assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps, &y)?;
-        assert_tape_matches_graph(&ps, 3, |o| model.forward(o, &x))?;
+        assert_every_parameter_learns(&ps.trainable(), &y)?;
+        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use et_models::registry::{model_config, model_names, ModelConfig, ModelOptions};
-use et_models::{convnext, CandleOps, Model, ParamStore};
+use et_kernels::CandleOps;
+use et_models::{convnext, Model, ParamStore};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -114,10 +115,10 @@ fn check_against(file: &str, key: &str, name: &str, stem_stride: Option<usize>, 
     let opts = ModelOptions { num_classes: 1000, drop_path_rate: 0.0, stem_stride, img_size };
     let cfg = model_config(name, &opts).unwrap();
     let model = Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
-    et_models::ops::test_util::fill_for_fixture(&ps).unwrap();
+    et_models::testing::fill_for_fixture(&ps).unwrap();
     for &s in sizes {
         let want = logits.get(&format!("{key}@{s}")).unwrap_or_else(|| panic!("fixture lacks {key}@{s}: rerun tools/gen_fixtures.py"));
-        let x = Tensor::from_vec(et_models::ops::test_util::fixture_values("__input__", &[2, 3, s, s]), (2, 3, s, s), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(et_models::testing::fixture_values("__input__", &[2, 3, s, s]), (2, 3, s, s), &Device::Cpu).unwrap();
         let got = model.forward(&CandleOps::eval(), &x).unwrap();
         let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();

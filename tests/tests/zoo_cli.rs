@@ -4,7 +4,8 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use et_models::registry::{model_config, ModelOptions};
-use et_models::{CandleOps, Model, ParamStore};
+use et_kernels::CandleOps;
+use et_models::{Model, ParamStore};
 
 #[test]
 fn models_lists_every_registered_model_with_params_and_flops() {
@@ -34,7 +35,7 @@ fn predict_matches_the_in_process_model_and_speaks_numpy() {
     let cfg = model_config("resnet18", &opts).unwrap();
     let ps = ParamStore::new(4);
     let model = Model::new(&cfg, ps.var_builder(DType::F32, &Device::Cpu)).unwrap();
-    et_models::ops::test_util::fill_for_fixture(&ps).unwrap();
+    et_models::testing::fill_for_fixture(&ps).unwrap();
     ps.save(&tmp.join("w.safetensors")).unwrap();
     // numpy writes the input (checks our reader) and reads the output (checks our writer).
     let make = format!("import numpy as np; np.save('{}', (np.arange(2*3*16*16, dtype=np.float32).reshape(2,3,16,16) % 7) / 7 - 0.5)", tmp.s("x.npy"));

@@ -2,7 +2,7 @@
 //! and their validation.
 
 use crate::optim::OptimizerKind;
-use et_models::device::{DeviceSpec, Precision};
+use et_kernels::device::{DeviceSpec, Precision};
 use crate::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -113,7 +113,7 @@ impl Default for TrainConfig {
 
 pub fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     let c = |m: String| Err(TrainError::Config(m));
-    if let Err(e) = et_models::device::check_precision(cfg.device, cfg.precision) {
+    if let Err(e) = et_kernels::device::check_precision(cfg.device, cfg.precision) {
         return c(e.to_string());
     }
     if cfg.epochs <= 0.0 || !cfg.epochs.is_finite() {

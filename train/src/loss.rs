@@ -24,7 +24,7 @@ pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
-    use et_models::ops::test_util::{check_grads, seeded};
+    use et_kernels::testing::{check_grads, seeded};
 
     #[test]
     fn value_and_gradient() -> Result<()> {

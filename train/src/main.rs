@@ -5,7 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use et_models::device::{DeviceSpec, Precision};
+use et_kernels::device::{DeviceSpec, Precision};
 use et_train::optim::OptimizerKind;
 use et_train::engine::{train, Event, TrainConfig};
 use et_train::{checkpoint, presets};
@@ -239,7 +239,7 @@ fn config_from(a: &Args) -> TrainConfig {
 /// Pins the compute pools (rayon, and candle's own) to `n` threads; nothing has started
 /// threads yet.
 fn pin_threads(n: usize) -> Result<()> {
-    et_models::cpu::configure(Some(n)).map_err(|e| anyhow::anyhow!("cannot set up {n} compute threads: {e}"))
+    et_kernels::cpu::configure(Some(n)).map_err(|e| anyhow::anyhow!("cannot set up {n} compute threads: {e}"))
 }
 
 fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {

@@ -12,8 +12,9 @@ use et_data::resample::Filter;
 use et_data::{decode, DataError};
 use et_models::registry::{defaults, model_config, ModelOptions};
 use et_models::registry::ModelConfig;
-use et_models::device::Precision;
-use et_models::{CandleOps, Model, ParamStore, RunConfig};
+use et_kernels::device::Precision;
+use et_kernels::CandleOps;
+use et_models::{Model, ParamStore, RunConfig};
 use std::sync::Arc;
 
 pub struct Setup {

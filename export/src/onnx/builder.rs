@@ -4,7 +4,7 @@
 
 use super::proto::*;
 use candle_core::{DType, Result, Tensor, TensorId};
-use et_models::ops::{ConvGeom, Ops};
+use et_ops::{ConvGeom, Ops};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
