@@ -8,8 +8,10 @@
 #   cargo build --release -p et-bench
 #   PYTHON=/path/to/python-with-torch-and-timm bench/data_pairs.sh [ROUNDS] [DATA] [EPOCHS]
 #
-# Each run prints the median of EPOCHS epochs (default 3). ONLY="96 2" runs only the rows
-# whose "size threads [flags]" text contains that text.
+# DATA is a folder of real ImageNet JPEG photos, one sub-folder per class
+# (DATA/<wnid>/<wnid>_<name>.JPEG); the default is a 300-photo sample (one per class) kept
+# beside the repository. Each run prints the median of EPOCHS epochs (default 3).
+# ONLY="96 2" runs only the rows whose "size threads [flags]" text contains that text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}

@@ -7,7 +7,7 @@
 #   cargo build --release -p et-bench
 #   PYTHON=/path/to/python-with-torch-and-timm bench/train_step_pairs.sh [ROUNDS] [THREADS]
 #
-# Each run reports the median of 5 or more timed steps after a warm-up step, as issue 3 asks.
+# Each run reports the median of 5 or more timed steps after a warm-up step (fewer steps are noise on this kind of machine).
 # ONLY=resnet50 runs only the configurations whose arguments contain that text.
 set -euo pipefail
 cd "$(dirname "$0")/.."

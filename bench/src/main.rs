@@ -8,10 +8,10 @@ use et_kernels::device::{DeviceSpec, Precision};
 use clap::{Parser, Subcommand};
 use et_kernels::testing::seeded;
 use et_models::registry::{create_model, ModelOptions};
-use et_kernels::CandleOps;
-use et_models::{Model, ParamStore};
-use et_train::loss::{smoothed_targets, soft_cross_entropy};
-use et_train::optim::{Grads, OptimConfig, Optimizer};
+use et_models::ParamStore;
+use et_train::loss::smoothed_targets;
+use et_train::optim::{OptimConfig, Optimizer};
+use et_train::step::Learner;
 use std::time::Instant;
 
 /// Benchmarks with a fixed output format; compare with the PyTorch scripts in bench/.
@@ -150,8 +150,11 @@ fn main() -> Result<()> {
             let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride, img_size: None };
             let (cfg, net) = create_model(&model, &opts, ps.var_builder(DType::F32, &dev))?;
             cfg.check_input(&model, size, size)?;
-            let mut opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0);
-            let x = seeded(&[batch, 3, size, size], 1, &dev, DType::F32)?.to_dtype(precision.dtype())?;
+            let opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0);
+            // et-train's own step: forward, backward and the update of a `Learner`.
+            let mut learner = Learner::new(ps.clone(), net, cfg, opt, None, dev.clone(), precision);
+            learner.sync_phases = true;
+            let x = seeded(&[batch, 3, size, size], 1, &dev, DType::F32)?;
             let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
             let targets = smoothed_targets(&labels, classes, 0.1, &dev)?;
             println!(
@@ -162,30 +165,15 @@ fn main() -> Result<()> {
             let mut times = Vec::new();
             for i in 0..warmup + steps {
                 let t = Instant::now();
-                // As et-train: bf16 runs a model built this step from casts of the f32 masters.
-                let cast = match precision {
-                    Precision::F32 => None,
-                    p => Some(Model::new(&cfg, ps.var_builder_cast(p.dtype(), &dev))?),
-                };
-                let ops = CandleOps::training(i as u64, &dev, x.dtype());
-                let logits = ops.loss_input(&cast.as_ref().unwrap_or(&net).forward(&ops, &x)?)?;
-                let loss = soft_cross_entropy(&logits.to_dtype(DType::F32)?, &targets)?;
-                // GPU work is asynchronous: wait for it so each phase is timed, not queued.
-                dev.synchronize()?;
-                let t_fwd = t.elapsed().as_secs_f64();
-                let grads = ops.backward(&loss)?;
-                dev.synchronize()?;
-                let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
-                let (grads, _) = Grads::accumulate(None, &opt.params, &grads, 1.0)?;
-                opt.step(&grads, 1e-3, 0.05)?;
-                dev.synchronize()?;
+                let mb = learner.micro_batch(&x, &targets, i as u64, 1.0)?;
+                learner.update(1e-3, 0.05, None)?;
                 let total = t.elapsed().as_secs_f64();
                 println!(
                     "step {i}{}: forward {:.3} s, backward {:.3} s, optimiser {:.3} s, {:.1} img/s",
                     if i < warmup { " (warm-up)" } else { "" },
-                    t_fwd,
-                    t_bwd,
-                    total - t_fwd - t_bwd,
+                    mb.forward_s,
+                    mb.backward_s,
+                    total - mb.forward_s - mb.backward_s,
                     batch as f64 / total
                 );
                 if i >= warmup {

@@ -118,7 +118,7 @@ impl Loader {
     /// a recycled or zeroed buffer); its `rng` is `Rng::from_keys(&[seed, epoch, index])`.
     pub fn epoch<F>(&self, epoch: u64, chw: [usize; 3], transform: Arc<F>) -> BatchIter
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static + ?Sized,
     {
         self.epoch_from(epoch, 0, chw, transform)
     }
@@ -128,7 +128,7 @@ impl Loader {
     /// run picks up in the middle of an epoch without decoding what it already used.
     pub fn epoch_from<F>(&self, epoch: u64, first_batch: usize, chw: [usize; 3], transform: Arc<F>) -> BatchIter
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static + ?Sized,
     {
         let (tx, rx) = sync_channel(self.cfg.prefetch);
         let recycle = self.recycle.clone();
@@ -205,7 +205,7 @@ enum Outcome {
 impl Producer {
     fn sample<F>(&self, index: usize, transform: &F, slot: &mut [f32]) -> Outcome
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync + ?Sized,
     {
         if self.stop.load(Ordering::Relaxed) {
             return Outcome::Cancelled;
@@ -242,7 +242,7 @@ impl Producer {
     /// Builds one batch; `None` when the consumer has gone away.
     fn batch<F>(&self, indices: &[usize], transform: &F) -> Option<Result<Batch, DataError>>
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync,
+        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync + ?Sized,
     {
         let [c, h, w] = self.chw;
         let size = c * h * w;

@@ -1,4 +1,4 @@
-//! EfficientTrain's low-frequency crop (SPEC §2): keep only the `bh × bw` lowest spatial
+//! EfficientTrain's low-frequency crop (docs/algorithm.md): keep only the `bh × bw` lowest spatial
 //! frequencies of each channel and return them as a `bh × bw` image.
 //!
 //! Convention (identical to `ifft2(ifftshift(centre_crop(fftshift(fft2(x))))).real` and, for

@@ -28,7 +28,7 @@ pub struct MixupConfig {
 }
 
 impl MixupConfig {
-    /// timm's recipe (SPEC.md §4): Mixup 0.8, CutMix 1.0, switch 0.5, always, smoothing 0.1.
+    /// timm's recipe (docs/algorithm.md): Mixup 0.8, CutMix 1.0, switch 0.5, always, smoothing 0.1.
     pub fn new(num_classes: usize) -> Self {
         MixupConfig { mixup_alpha: 0.8, cutmix_alpha: 1.0, switch_prob: 0.5, prob: 1.0, label_smoothing: 0.1, num_classes }
     }
@@ -74,18 +74,31 @@ pub fn rand_bbox(h: usize, w: usize, lam: f64, rng: &mut Rng) -> (usize, usize, 
     (clip(cy - cut_h / 2, h), clip(cy + cut_h / 2, h), clip(cx - cut_w / 2, w), clip(cx + cut_w / 2, w))
 }
 
+/// Label smoothing: the target value of the true class and of every other class, with
+/// `smoothing` spread evenly over the `num_classes` (timm's `off_value` / `on_value`). The
+/// one definition every target in the project uses.
+pub fn smoothing_values(num_classes: usize, smoothing: f64) -> (f32, f32) {
+    let off = (smoothing / num_classes as f64) as f32;
+    ((1.0 - smoothing) as f32 + off, off)
+}
+
+/// Smoothed one-hot targets, N × classes.
+pub fn smoothed_targets(labels: &[usize], num_classes: usize, smoothing: f64) -> Vec<f32> {
+    mixup_target(labels, num_classes, 1.0, smoothing)
+}
+
 /// timm's `mixup_target`: N × classes soft targets, rows summing to 1.
 pub fn mixup_target(labels: &[usize], num_classes: usize, lam: f64, smoothing: f64) -> Vec<f32> {
     let n = labels.len();
-    let off = smoothing / num_classes as f64;
-    let on = 1.0 - smoothing + off;
+    let (on, off) = smoothing_values(num_classes, smoothing);
     let mut t = vec![0f32; n * num_classes];
     for (i, row) in t.chunks_mut(num_classes.max(1)).enumerate().take(n) {
         let (a, b) = (labels[i], labels[n - 1 - i]);
         for (k, v) in row.iter_mut().enumerate() {
-            let y1 = if k == a { on } else { off };
-            let y2 = if k == b { on } else { off };
-            *v = (lam * y1 + (1.0 - lam) * y2) as f32;
+            let y1 = if k == a { on } else { off } as f64;
+            let y2 = if k == b { on } else { off } as f64;
+            // λ = 1 (no mixing) gives the smoothed values exactly.
+            *v = if lam == 1.0 { y1 as f32 } else { (lam * y1 + (1.0 - lam) * y2) as f32 };
         }
     }
     t

@@ -1,4 +1,4 @@
-//! The EfficientTrain++ replay buffer (SPEC.md §3), for CPU-bound data loading: each
+//! The EfficientTrain++ replay buffer (docs/algorithm.md), for CPU-bound data loading: each
 //! freshly loaded batch is split into `split` chunks that are appended to a FIFO buffer of
 //! at most `size · split` chunks; a training step uses the fresh batch plus
 //! `(replay_times − 1) · split` chunks drawn uniformly, with replacement, from the buffer.

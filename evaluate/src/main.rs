@@ -13,7 +13,7 @@ use et_eval::{check_classes, evaluate, format_table, write_json, EvalOptions, Pr
 use et_hub::{Hub, RepoRef};
 use et_models::registry::ModelOptions;
 use et_models::run_config::LoadedRun;
-use et_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
+use et_models::family::{IMAGENET_MEAN, IMAGENET_STD};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -331,8 +331,8 @@ fn models() -> Result<()> {
             m.name,
             m.params as f64 / 1e6,
             m.macs_224 as f64 / 1e9,
-            m.defaults.crop_pct,
-            m.defaults.interpolation
+            m.preprocessing.crop_pct,
+            m.preprocessing.interpolation
         );
     }
     Ok(())

@@ -8,7 +8,8 @@
 //! reported with its missing and unexpected names instead of being half-loaded.
 
 use candle_core::{Device, Tensor};
-use et_models::registry::{model_config, Model, ModelOptions};
+use et_models::family::OfficialNames;
+use et_models::registry::{family, Model, ModelOptions};
 use et_models::ParamStore;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,28 +24,6 @@ pub enum ConvertError {
     Model(#[from] et_models::ModelError),
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
-}
-
-/// The naming scheme a checkpoint uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// timm's names (also the official DeiT repository's, which builds on timm).
-    Timm,
-    /// facebookresearch/ConvNeXt: `downsample_layers`, `stages.i.j`, `dwconv`, `pwconv1`.
-    OfficialConvNeXt,
-    /// microsoft/Swin-Transformer: the patch merging at the end of stage i (timm: start of
-    /// i + 1), `head` without `.fc`, and buffers timm recomputes.
-    OfficialSwin,
-}
-
-impl Layout {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Layout::Timm => "timm",
-            Layout::OfficialConvNeXt => "official ConvNeXt",
-            Layout::OfficialSwin => "official Swin",
-        }
-    }
 }
 
 /// Which state dict of a training checkpoint to import.
@@ -65,61 +44,20 @@ fn strip_wrappers(name: &str) -> &str {
     }
 }
 
-pub fn detect_layout<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Layout {
-    let has = |pat: &str| names.clone().into_iter().any(|n| strip_wrappers(n).contains(pat));
-    if has("downsample_layers.") {
-        Layout::OfficialConvNeXt
-    } else if has("relative_position_bias_table") && !has("head.fc.") {
-        Layout::OfficialSwin
-    } else {
-        Layout::Timm
-    }
+/// The names of `model`'s family's official checkpoints when `names` use them (None: timm's
+/// names, which are ours; the official DeiT repository's are timm's too).
+pub fn official_layout(model: &str, names: &[&str]) -> Result<Option<OfficialNames>, ConvertError> {
+    let stripped: Vec<&str> = names.iter().map(|n| strip_wrappers(n)).collect();
+    Ok(family(model)?.official_names().filter(|o| (o.detect)(&stripped)))
 }
 
-/// Our name for a checkpoint name, or `None` for tensors we recompute (Swin's index and
-/// mask buffers).
-pub fn map_name(layout: Layout, name: &str) -> Option<String> {
+/// Our name for a checkpoint name under `layout`, or `None` for tensors we recompute.
+pub fn map_name(layout: Option<&OfficialNames>, name: &str) -> Option<String> {
     let name = strip_wrappers(name);
-    let mut s: Vec<String> = name.split('.').map(str::to_string).collect();
     match layout {
-        Layout::Timm => {}
-        Layout::OfficialConvNeXt => {
-            if s.len() > 2 && s[0] == "downsample_layers" {
-                if s[1] == "0" {
-                    s.splice(0..2, ["stem".to_string()]);
-                } else {
-                    s[0] = "stages".into();
-                    s.insert(2, "downsample".into());
-                }
-            } else if s.len() > 2 && s[0] == "stages" && s[2].parse::<usize>().is_ok() {
-                s.insert(2, "blocks".into());
-            } else if s[0] == "head" {
-                s.insert(1, "fc".into());
-            } else if s[0] == "norm" {
-                s.insert(0, "head".into());
-            }
-            for part in s.iter_mut() {
-                *part = match part.as_str() {
-                    "dwconv" => "conv_dw".into(),
-                    "pwconv1" => "mlp.fc1".into(),
-                    "pwconv2" => "mlp.fc2".into(),
-                    other => other.into(),
-                };
-            }
-        }
-        Layout::OfficialSwin => {
-            if s.iter().any(|p| p == "relative_position_index" || p == "attn_mask") {
-                return None;
-            }
-            if s.len() > 2 && s[0] == "layers" && s[2] == "downsample" {
-                let i: usize = s[1].parse().ok()?;
-                s[1] = (i + 1).to_string();
-            } else if s[0] == "head" {
-                s.insert(1, "fc".into());
-            }
-        }
+        Some(o) => (o.map)(name),
+        None => Some(name.to_string()),
     }
-    Some(s.join("."))
 }
 
 /// Reads every tensor of a checkpoint: safetensors, or a PyTorch pickle whose state dict
@@ -162,7 +100,8 @@ pub fn read_checkpoint(path: &Path, which: Which) -> Result<(Vec<(String, Tensor
 
 #[derive(Debug)]
 pub struct ConvertSummary {
-    pub layout: Layout,
+    /// "timm" or the official layout's name.
+    pub layout: &'static str,
     pub source: String,
     pub tensors: usize,
     pub dropped: usize,
@@ -173,26 +112,28 @@ pub struct ConvertSummary {
 /// safetensors, after loading it strictly into the model.
 pub fn convert(from: &Path, model: &str, which: Which, out: &Path) -> Result<ConvertSummary, ConvertError> {
     let (tensors, source) = read_checkpoint(from, which)?;
-    let layout = detect_layout(tensors.iter().map(|(n, _)| n.as_str()));
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let official = official_layout(model, &names)?;
+    let layout = official.as_ref().map_or("timm", |o| o.layout);
     let mut mapped: HashMap<String, Tensor> = HashMap::new();
     let mut dropped = 0;
     for (name, t) in tensors {
-        match map_name(layout, &name) {
+        match map_name(official.as_ref(), &name) {
             Some(n) => {
                 mapped.insert(n, t);
             }
             None => dropped += 1,
         }
     }
-    let probe = model_config(model, &ModelOptions::default())?;
-    let head = probe.head_names()[1];
+    let fam = family(model)?;
+    let head = fam.head_names()[1];
     let num_classes = mapped.get(head).map(|t| t.elem_count()).ok_or_else(|| ConvertError::Mismatch {
         path: from.to_path_buf(),
         model: model.to_string(),
-        layout: layout.describe(),
+        layout,
         detail: format!("no classifier head '{head}' after mapping (found {} tensors, e.g. {})", mapped.len(), sample(&mapped)),
     })?;
-    let cfg = model_config(model, &ModelOptions { num_classes, ..Default::default() })?;
+    let cfg = fam.config(model, &ModelOptions { num_classes, ..Default::default() })?;
     let params = ParamStore::zeros();
     Model::new(&cfg, params.var_builder(candle_core::DType::F32, &Device::Cpu))?;
     // 1×1 convolutions stored as linear layers (ConvNeXt's pwconv) differ only by trailing
@@ -214,7 +155,7 @@ pub fn convert(from: &Path, model: &str, which: Which, out: &Path) -> Result<Con
             et_models::ModelError::WeightsMismatch { detail, .. } => detail,
             other => other.to_string(),
         };
-        return Err(ConvertError::Mismatch { path: from.to_path_buf(), model: model.to_string(), layout: layout.describe(), detail });
+        return Err(ConvertError::Mismatch { path: from.to_path_buf(), model: model.to_string(), layout, detail });
     }
     Ok(summary)
 }
@@ -233,10 +174,15 @@ fn sample(m: &HashMap<String, Tensor>) -> String {
 mod tests {
     use super::*;
 
+    fn mapped(model: &str, names: &[&str]) -> Vec<Option<String>> {
+        let layout = official_layout(model, names).unwrap();
+        assert!(layout.is_some(), "{model}: official names detected");
+        names.iter().map(|n| map_name(layout.as_ref(), n)).collect()
+    }
+
     #[test]
     fn official_convnext_names_map_to_timm() {
-        let l = Layout::OfficialConvNeXt;
-        for (from, to) in [
+        let pairs = [
             ("downsample_layers.0.0.weight", "stem.0.weight"),
             ("downsample_layers.0.1.bias", "stem.1.bias"),
             ("downsample_layers.2.1.weight", "stages.2.downsample.1.weight"),
@@ -246,22 +192,22 @@ mod tests {
             ("stages.0.0.gamma", "stages.0.blocks.0.gamma"),
             ("norm.weight", "head.norm.weight"),
             ("head.bias", "head.fc.bias"),
-        ] {
-            assert_eq!(map_name(l, from).as_deref(), Some(to), "{from}");
-        }
-        assert_eq!(detect_layout(["downsample_layers.0.0.weight", "head.weight"]), l);
+        ];
+        let from: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+        let to: Vec<Option<String>> = pairs.iter().map(|p| Some(p.1.to_string())).collect();
+        assert_eq!(mapped("convnext_tiny", &from), to);
+        assert!(official_layout("convnext_tiny", &["stem.0.weight", "head.fc.weight"]).unwrap().is_none(), "timm names stay");
     }
 
     #[test]
     fn official_swin_names_map_to_timm_and_buffers_are_dropped() {
-        let l = Layout::OfficialSwin;
-        assert_eq!(map_name(l, "layers.0.downsample.reduction.weight").as_deref(), Some("layers.1.downsample.reduction.weight"));
-        assert_eq!(map_name(l, "layers.2.blocks.1.attn.relative_position_bias_table").as_deref(), Some("layers.2.blocks.1.attn.relative_position_bias_table"));
-        assert_eq!(map_name(l, "head.weight").as_deref(), Some("head.fc.weight"));
-        assert_eq!(map_name(l, "layers.1.blocks.1.attn_mask"), None);
-        assert_eq!(map_name(l, "layers.1.blocks.0.attn.relative_position_index"), None);
-        assert_eq!(detect_layout(["layers.0.blocks.0.attn.relative_position_bias_table", "head.weight"]), l);
-        assert_eq!(detect_layout(["layers.0.blocks.0.attn.relative_position_bias_table", "head.fc.weight"]), Layout::Timm);
-        assert_eq!(map_name(Layout::Timm, "_orig_mod.blocks.0.attn.qkv.weight").as_deref(), Some("blocks.0.attn.qkv.weight"));
+        let from = ["layers.0.downsample.reduction.weight", "layers.2.blocks.1.attn.relative_position_bias_table", "head.weight", "layers.1.blocks.1.attn_mask", "layers.1.blocks.0.attn.relative_position_index"];
+        let got = mapped("swin_tiny_patch4_window7_224", &from);
+        assert_eq!(got[0].as_deref(), Some("layers.1.downsample.reduction.weight"));
+        assert_eq!(got[1].as_deref(), Some("layers.2.blocks.1.attn.relative_position_bias_table"));
+        assert_eq!(got[2].as_deref(), Some("head.fc.weight"));
+        assert_eq!((got[3].as_deref(), got[4].as_deref()), (None, None));
+        assert!(official_layout("swin_tiny_patch4_window7_224", &["layers.0.blocks.0.attn.relative_position_bias_table", "head.fc.weight"]).unwrap().is_none());
+        assert_eq!(map_name(None, "_orig_mod.blocks.0.attn.qkv.weight").as_deref(), Some("blocks.0.attn.qkv.weight"));
     }
 }

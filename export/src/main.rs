@@ -173,7 +173,7 @@ fn run_convert(from: &Path, model: &str, out: &Path, ema: bool) -> Result<()> {
         out.display(),
         s.tensors,
         s.source,
-        s.layout.describe(),
+        s.layout,
         if s.dropped > 0 { format!(", {} recomputed buffers dropped", s.dropped) } else { String::new() },
         s.num_classes
     );

@@ -1,6 +1,6 @@
 // Depthwise k×k convolution on NCHW planes (one filter per channel), forward and both
 // gradients, for f32 and bf16 storage with f32 arithmetic. candle runs conv2d(groups = C) as
-// C separate convolutions (NOTES.md): for ConvNeXt that is thousands of cuDNN calls a step.
+// C separate convolutions (docs/kernels.md): for ConvNeXt that is thousands of cuDNN calls a step.
 // bf16 is handled as raw 16-bit words (no CUDA headers needed); rounding is to nearest even.
 // Plain direct kernels: one thread per output (forward) or input (input gradient) element,
 // one block per (channel, tap) reduction for the weight and bias gradients.

@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Runs models in candle. Every op here has a working gradient (no `*_no_bwd` paths, see
-/// NOTES.md); `train` switches stochastic depth on. f32/f64 tensors on the CPU go through the
+/// docs/kernels.md); `train` switches stochastic depth on. f32/f64 tensors on the CPU go through the
 /// hand-written kernels of this module; other devices and dtypes (CUDA, bf16) through
 /// [`portable`] compositions of candle ops.
 pub struct CandleOps {

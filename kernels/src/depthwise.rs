@@ -1,7 +1,7 @@
 //! Depthwise k×k convolution (one filter per channel) with a direct CPU kernel.
 //!
 //! candle runs `conv2d(groups = C)` as C separate convolutions plus a concat, forward and
-//! backward (NOTES.md); ConvNeXt's 7×7 depthwise conv is then most of a training step.
+//! backward (docs/kernels.md); ConvNeXt's 7×7 depthwise conv is then most of a training step.
 //! Here each (image, channel) plane is copied once into a zero-padded buffer, so the inner
 //! loops are branch-free row updates (vectorised for stride 1); small planes are grouped into
 //! larger rayon tasks.

@@ -1,7 +1,7 @@
 //! Fused LayerNorm with affine, forward and backward, over one axis of a contiguous tensor
 //! viewed as (outer, C, inner): inner = H·W for ConvNeXt's channels-first norm, inner = 1
 //! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
-//! composed one costs ~10 strided passes each way (NOTES.md).
+//! composed one costs ~10 strided passes each way (docs/kernels.md).
 
 use super::kernel::{add_in_order, dispatch, lane_sum, split, written, Kernel};
 use super::simd::avx2;

@@ -1,6 +1,6 @@
 //! 2-D max pooling with padding and any kernel / stride (ResNet's stem pool is 3×3, stride
 //! 2, padding 1). candle's max-pool has no padding, scales its gradient by 1/(k·k) and
-//! refuses kernel ≠ stride in backward (NOTES.md). The gradient goes to the first maximum
+//! refuses kernel ≠ stride in backward (docs/kernels.md). The gradient goes to the first maximum
 //! of each window, as in PyTorch.
 
 use super::kernel::{dispatch, written, Kernel, WindowGeom as Geom};
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn gradient_goes_to_the_maximum_once() -> Result<()> {
-        // NOTES.md: candle's max_pool2d(2) on a 4×4 arange gives 0.25 per max instead of 1.
+        // docs/kernels.md: candle's max_pool2d(2) on a 4×4 arange gives 0.25 per max instead of 1.
         let x = Var::from_tensor(&Tensor::arange(0f32, 16.0, &Device::Cpu)?.reshape((1, 1, 4, 4))?)?;
         let g = max_pool2d(x.as_tensor(), 2, 2, 0)?.sum_all()?.backward()?;
         let gx: Vec<f32> = g.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1()?;

@@ -32,7 +32,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, axis: usize, eps: f64) -> 
     xn.broadcast_mul(&per_axis(w, rank, axis)?)?.broadcast_add(&per_axis(b, rank, axis)?)
 }
 
-/// Softmax over the last dimension (`ops::softmax`, which has a gradient; NOTES.md).
+/// Softmax over the last dimension (`ops::softmax`, which has a gradient; docs/kernels.md).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();
     candle_nn::ops::softmax(&x.to_dtype(stat_dtype(dt))?, D::Minus1)?.to_dtype(dt)

@@ -1,5 +1,5 @@
 //! Softmax over the last dimension, forward and backward one pass per row each. candle's
-//! `ops::softmax` (the variant with a gradient, NOTES.md) is five ops forward and more
+//! `ops::softmax` (the variant with a gradient, docs/kernels.md) is five ops forward and more
 //! backward, each a full pass over the attention scores.
 
 use super::kernel::{contiguous, dispatch, Kernel};

@@ -10,7 +10,9 @@
 //! bias except the head's; convolutions and linears in blocks have none either. Nothing
 //! depends on the resolution: any input of at least 32×32 works, one ONNX graph for all.
 
+use crate::family::{check_rate, check_stages, reject_small_stem, Family, LayerIds, Preprocessing};
 use crate::layers::{Conv2d, LayerNorm, Linear};
+use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -36,6 +38,26 @@ impl Config {
     /// Smallest input side: every stride-2 downsampling should see at least a 2×2 map.
     pub fn min_input(&self) -> usize {
         4 << (self.dims.len() - 1)
+    }
+
+    pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
+        let min = self.min_input();
+        if height < min || width < min {
+            return Err(format!("the smallest input is {min}x{min} (its total stride)"));
+        }
+        Ok(())
+    }
+
+    /// A config read from a file is checked before a model is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        check_stages(&self.depths, &self.dims)?;
+        if self.conv_stages > self.dims.len() || self.head_dim == 0 || self.in_chans == 0 {
+            return Err(format!("conv_stages {} (at most the {} stages), head_dim {} and in_chans {} (≥ 1) out of range", self.conv_stages, self.dims.len(), self.head_dim, self.in_chans));
+        }
+        if let Some(d) = self.dims[self.conv_stages..].iter().find(|&&d| d % self.head_dim != 0) {
+            return Err(format!("an attention stage of width {d} is not a multiple of head_dim {}", self.head_dim));
+        }
+        check_rate(self.drop_path_rate)
     }
 }
 
@@ -112,6 +134,8 @@ struct Block {
 impl Block {
     fn new(vb: VarBuilder, dim: usize, attention: bool, cfg: &Config, drop_path: f64) -> Result<Self> {
         let nchw = !attention;
+        // Created in timm's order (layer-wise lr decay groups parameters by it).
+        let norm1 = LayerNorm::no_bias(vb.pp("norm1"), dim, EPS)?;
         let vm = vb.pp("token_mixer");
         let mixer = if attention {
             let heads = (dim / cfg.head_dim).max(1);
@@ -129,7 +153,7 @@ impl Block {
         let res_scale = |name: &str| -> Result<Option<Tensor>> { if attention { Ok(Some(vb.get_with_hints(dim, &format!("{name}.scale"), Init::Const(1.0))?)) } else { Ok(None) } };
         Ok(Block {
             nchw,
-            norm1: LayerNorm::no_bias(vb.pp("norm1"), dim, EPS)?,
+            norm1,
             mixer,
             res_scale1: res_scale("res_scale1")?,
             norm2: LayerNorm::no_bias(vb.pp("norm2"), dim, EPS)?,
@@ -191,7 +215,8 @@ impl CaFormer {
             let vs = vb.pp(format!("stages.{i}"));
             let downsample = if i == 0 {
                 let stem = ConvGeom { stride: 4, padding: 2, groups: 1 };
-                (LayerNorm::no_bias(vb.pp("stem.norm"), dim, EPS)?, Conv2d::new(vb.pp("stem.conv"), cfg.in_chans, dim, 7, stem, true)?)
+                let conv = Conv2d::new(vb.pp("stem.conv"), cfg.in_chans, dim, 7, stem, true)?;
+                (LayerNorm::no_bias(vb.pp("stem.norm"), dim, EPS)?, conv)
             } else {
                 let prev = cfg.dims[i - 1];
                 let down = ConvGeom { stride: 2, padding: 1, groups: 1 };
@@ -239,6 +264,72 @@ impl CaFormer {
         // MLP head: fc1 → squared ReLU → LayerNorm → fc2.
         let x = self.head_mlp_norm.forward(o, &o.squared_relu(&self.head_fc1.forward(o, &x)?)?)?;
         self.head_fc2.forward(o, &x)
+    }
+}
+
+/// A registered variant: timm's `caformer_*`.
+struct Variant {
+    name: &'static str,
+    depths: &'static [usize],
+    dims: &'static [usize],
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant { name: "caformer_s18", depths: &[3, 3, 9, 3], dims: &[64, 128, 320, 512] },
+    Variant { name: "caformer_s36", depths: &[3, 12, 18, 3], dims: &[64, 128, 320, 512] },
+    Variant { name: "caformer_m36", depths: &[3, 12, 18, 3], dims: &[96, 192, 384, 576] },
+];
+
+pub struct CaFormerFamily;
+pub static FAMILY: CaFormerFamily = CaFormerFamily;
+
+impl Family for CaFormerFamily {
+    fn name(&self) -> &'static str {
+        "CAFormer"
+    }
+    fn paper(&self) -> &'static str {
+        "https://arxiv.org/abs/2210.13452"
+    }
+    fn code(&self) -> &'static str {
+        "https://github.com/sail-sg/metaformer (timm: timm/models/metaformer.py)"
+    }
+    fn variants(&self) -> Vec<&'static str> {
+        VARIANTS.iter().map(|v| v.name).collect()
+    }
+    fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        reject_small_stem(name, opts)?;
+        let mut cfg = Config::new(v.depths, v.dims);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        Ok(ModelConfig::Caformer(cfg))
+    }
+    /// timm's `caformer_*.sail_in1k`.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::imagenet(1.0)
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        ["head.fc.fc2.weight", "head.fc.fc2.bias"]
+    }
+    /// timm has no `group_matcher` for MetaFormers and falls back to `auto_group_layers`:
+    /// the parameters outside the classifier (`head.fc.fc2`), in the order the model
+    /// creates them, twelve to a layer; the classifier one layer above.
+    fn layer_ids(&self, names: &[String]) -> LayerIds {
+        let trunk = names.iter().filter(|n| !n.starts_with("head.fc.fc2")).count();
+        let head = trunk.div_ceil(12);
+        let mut i = 0;
+        let ids = names
+            .iter()
+            .map(|n| {
+                if n.starts_with("head.fc.fc2") {
+                    head
+                } else {
+                    i += 1;
+                    (i - 1) / 12
+                }
+            })
+            .collect();
+        LayerIds { ids, max: head }
     }
 }
 

@@ -4,7 +4,9 @@
 //! LayerNorm → Linear → GELU → Linear → permute) equal channel LayerNorm + 1×1 convs with
 //! the linear weights, which avoids two transposes per block. Weights keep timm's shapes.
 
+use crate::family::{captures, check_rate, check_stages, Family, LayerIds, OfficialNames, Preprocessing, Recipe};
 use crate::layers::{Conv2d, LayerNorm};
+use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -45,6 +47,24 @@ impl Config {
     /// Smallest input side: every downsampling must see at least a 2×2 map.
     pub fn min_input(&self) -> usize {
         self.stem_stride * (1 << (self.dims.len() - 1))
+    }
+
+    /// Whether an input of this size fits, and why not.
+    pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
+        let min = self.min_input();
+        if height < min || width < min {
+            return Err(format!("the smallest input is {min}x{min} (stem stride {} and {} stages)", self.stem_stride, self.dims.len()));
+        }
+        Ok(())
+    }
+
+    /// A config read from a file is checked before a model is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        check_stages(&self.depths, &self.dims)?;
+        if !(1..=16).contains(&self.stem_stride) || self.kernel_size % 2 == 0 || self.in_chans == 0 {
+            return Err(format!("stem_stride {} (1..=16), kernel_size {} (odd) and in_chans {} (≥ 1) are out of range", self.stem_stride, self.kernel_size, self.in_chans));
+        }
+        check_rate(self.drop_path_rate)
     }
 }
 
@@ -156,6 +176,129 @@ impl ConvNeXt {
         let f = self.forward_features(o, x)?;
         self.head_fc.forward(o, &f)
     }
+}
+
+/// A registered variant: timm's `convnext_*` (atto…nano store their MLP as 1×1 convs).
+struct Variant {
+    name: &'static str,
+    depths: &'static [usize],
+    dims: &'static [usize],
+    conv_mlp: bool,
+    /// Drop-path rate of the official 300-epoch recipe (ConvNeXt paper; atto…nano: timm's).
+    drop_path: f64,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant { name: "convnext_atto", depths: &[2, 2, 6, 2], dims: &[40, 80, 160, 320], conv_mlp: true, drop_path: 0.0 },
+    Variant { name: "convnext_femto", depths: &[2, 2, 6, 2], dims: &[48, 96, 192, 384], conv_mlp: true, drop_path: 0.0 },
+    Variant { name: "convnext_pico", depths: &[2, 2, 6, 2], dims: &[64, 128, 256, 512], conv_mlp: true, drop_path: 0.1 },
+    Variant { name: "convnext_nano", depths: &[2, 2, 8, 2], dims: &[80, 160, 320, 640], conv_mlp: true, drop_path: 0.1 },
+    Variant { name: "convnext_tiny", depths: &[3, 3, 9, 3], dims: &[96, 192, 384, 768], conv_mlp: false, drop_path: 0.1 },
+    Variant { name: "convnext_small", depths: &[3, 3, 27, 3], dims: &[96, 192, 384, 768], conv_mlp: false, drop_path: 0.4 },
+    Variant { name: "convnext_base", depths: &[3, 3, 27, 3], dims: &[128, 256, 512, 1024], conv_mlp: false, drop_path: 0.5 },
+];
+
+fn variant(name: &str) -> Option<&'static Variant> {
+    VARIANTS.iter().find(|v| v.name == name)
+}
+
+pub struct ConvNeXtFamily;
+pub static FAMILY: ConvNeXtFamily = ConvNeXtFamily;
+
+impl Family for ConvNeXtFamily {
+    fn name(&self) -> &'static str {
+        "ConvNeXt"
+    }
+    fn paper(&self) -> &'static str {
+        "https://arxiv.org/abs/2201.03545"
+    }
+    fn code(&self) -> &'static str {
+        "https://github.com/facebookresearch/ConvNeXt (timm: timm/models/convnext.py)"
+    }
+    fn variants(&self) -> Vec<&'static str> {
+        VARIANTS.iter().map(|v| v.name).collect()
+    }
+    fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
+        let v = variant(name).ok_or_else(|| crate::registry::unknown(name))?;
+        let mut cfg = Config::new(v.depths, v.dims, v.conv_mlp);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.stem_stride = opts.stem_stride.unwrap_or(cfg.stem_stride);
+        Ok(ModelConfig::Convnext(cfg))
+    }
+    /// timm's `convnext_*.fb_in1k`.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::imagenet(0.875)
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        ["head.fc.weight", "head.fc.bias"]
+    }
+    fn small_image_stem(&self) -> Option<usize> {
+        Some(2)
+    }
+    /// The official `get_num_layer_for_convnext` (as EfficientTrain's optim_factory.py): 12
+    /// layers, stage 3's blocks three to a layer, the head 13.
+    fn layer_ids(&self, names: &[String]) -> LayerIds {
+        let id = |n: &str| -> usize {
+            if n.starts_with("stem.") {
+                return 0;
+            }
+            let Some(s) = captures(n, &["stages."]).map(|v| v[0] as usize) else { return 13 };
+            let rest = &n[format!("stages.{s}.").len()..];
+            if rest.starts_with("downsample") {
+                return if s == 3 { 12 } else { s + 1 };
+            }
+            match (s, captures(rest, &["blocks."])) {
+                (0 | 1, _) => s + 1,
+                (2, Some(b)) => 3 + b[0] as usize / 3,
+                (3, _) => 12,
+                _ => 13,
+            }
+        };
+        LayerIds { ids: names.iter().map(|n| id(n)).collect(), max: 13 }
+    }
+    fn official_names(&self) -> Option<OfficialNames> {
+        Some(OfficialNames { layout: "official ConvNeXt", detect: |names| names.iter().any(|n| n.contains("downsample_layers.")), map: official_name })
+    }
+    fn etpp_resolutions(&self) -> [usize; 10] {
+        [160, 160, 160, 160, 160, 160, 224, 224, 224, 224]
+    }
+    /// ET++'s ConvNeXt scripts: the shared recipe with an EMA of decay 0.9999.
+    fn recipe(&self, name: &str) -> Option<Recipe> {
+        let v = variant(name)?;
+        Some(Recipe { ema_decay: Some(0.9999), ..Recipe::etpp(v.drop_path, "ConvNeXt (Liu et al. 2022) as ET++'s ConvNeXt scripts train it") })
+    }
+}
+
+/// facebookresearch/ConvNeXt names → timm's (timm's `checkpoint_filter_fn`):
+/// `downsample_layers.0` is the stem, `downsample_layers.i` stage i's downsample, blocks
+/// sit directly under `stages.i`, `dwconv`/`pwconv1`/`pwconv2` are `conv_dw`/`mlp.fc1`/
+/// `mlp.fc2`, and the final norm and head are `head.norm` / `head.fc`.
+fn official_name(name: &str) -> Option<String> {
+    let mut s: Vec<String> = name.split('.').map(str::to_string).collect();
+    if s.len() > 2 && s[0] == "downsample_layers" {
+        if s[1] == "0" {
+            s.splice(0..2, ["stem".to_string()]);
+        } else {
+            s[0] = "stages".into();
+            s.insert(2, "downsample".into());
+        }
+    } else if s.len() > 2 && s[0] == "stages" && s[2].parse::<usize>().is_ok() {
+        s.insert(2, "blocks".into());
+    } else if s[0] == "head" {
+        s.insert(1, "fc".into());
+    } else if s[0] == "norm" {
+        s.insert(0, "head".into());
+    }
+    for part in s.iter_mut() {
+        *part = match part.as_str() {
+            "dwconv" => "conv_dw".into(),
+            "pwconv1" => "mlp.fc1".into(),
+            "pwconv2" => "mlp.fc2".into(),
+            other => other.into(),
+        };
+    }
+    Some(s.join("."))
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@
 //! apply that rule to the input at every forward (weights do not depend on R). Inputs are
 //! square multiples of 32, as that code assumes; ONNX graphs are exported per size.
 
+use crate::family::{check_heads, check_rate, check_stages, reject_small_stem, Family, LayerIds, Preprocessing, Recipe};
 use crate::layers::{Conv2d, LayerNorm, Linear};
+use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -49,6 +51,31 @@ impl Config {
 
     fn dim(&self, i: usize) -> usize {
         self.embed_dim << i
+    }
+
+    pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
+        if height != width || height % 32 != 0 || height == 0 {
+            return Err("CSWin takes square inputs whose side is a multiple of 32 (stripe widths 1, 2, side/32, side/32), e.g. 96, 128, 160, 192, 224".to_string());
+        }
+        Ok(())
+    }
+
+    /// A config read from a file is checked before a model is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.depths.len() != 4 {
+            return Err(format!("{} stages: CSWin has four", self.depths.len()));
+        }
+        let dims: Vec<usize> = (0..4).map(|i| self.embed_dim << i).collect();
+        check_stages(&self.depths, &dims)?;
+        check_heads(&dims, &self.num_heads)?;
+        // Each branch of stages 1-3 takes half the heads.
+        if self.num_heads[..3].iter().any(|&h| h % 2 != 0) || self.in_chans == 0 {
+            return Err(format!("heads {:?}: the first three stages need an even number (two branches)", self.num_heads));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 16.0) {
+            return Err(format!("mlp_ratio {} (0..=16)", self.mlp_ratio));
+        }
+        check_rate(self.drop_path_rate)
     }
 }
 
@@ -198,6 +225,84 @@ impl CSWin {
         // Mean over tokens: (N, L, C) → (N, C, L, 1) → global average pool.
         let x = o.flatten(&o.global_avg_pool(&o.reshape(&o.permute(&x, &[0, 2, 1])?, &[c, r * r, 1])?)?)?;
         self.head.forward(o, &x)
+    }
+}
+
+/// A registered variant: the official repository's 224-px models.
+struct Variant {
+    name: &'static str,
+    embed_dim: usize,
+    depths: &'static [usize],
+    heads: &'static [usize],
+    /// Drop-path rate of ET++'s 300-epoch recipe.
+    drop_path: f64,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant { name: "CSWin_64_12211_tiny_224", embed_dim: 64, depths: &[1, 2, 21, 1], heads: &[2, 4, 8, 16], drop_path: 0.2 },
+    Variant { name: "CSWin_64_24322_small_224", embed_dim: 64, depths: &[2, 4, 32, 2], heads: &[2, 4, 8, 16], drop_path: 0.4 },
+    Variant { name: "CSWin_96_24322_base_224", embed_dim: 96, depths: &[2, 4, 32, 2], heads: &[4, 8, 16, 32], drop_path: 0.5 },
+];
+
+pub struct CSWinFamily;
+pub static FAMILY: CSWinFamily = CSWinFamily;
+
+impl Family for CSWinFamily {
+    fn name(&self) -> &'static str {
+        "CSWin Transformer"
+    }
+    fn paper(&self) -> &'static str {
+        "https://arxiv.org/abs/2107.00652"
+    }
+    fn code(&self) -> &'static str {
+        "https://github.com/microsoft/CSWin-Transformer (EfficientTrain's copy: models/cswin.py)"
+    }
+    fn variants(&self) -> Vec<&'static str> {
+        VARIANTS.iter().map(|v| v.name).collect()
+    }
+    fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        reject_small_stem(name, opts)?;
+        let mut cfg = Config::new(v.embed_dim, v.depths, v.heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        Ok(ModelConfig::Cswin(cfg))
+    }
+    /// The official `cswin_224` config.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::imagenet(0.9)
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        ["head.weight", "head.bias"]
+    }
+    fn dynamic_input_size(&self) -> bool {
+        false
+    }
+    /// EfficientTrain's `get_num_layer_for_cswin`: 20 layers of two consecutive blocks
+    /// (stage 4 and the last merge at 20), the stem 0, the norm and head 21.
+    fn layer_ids(&self, names: &[String]) -> LayerIds {
+        let id = |n: &str| -> usize {
+            let first = n.split('.').next().unwrap_or("");
+            let block = || n.split('.').nth(1).and_then(|b| b.parse::<usize>().ok()).unwrap_or(0) / 2;
+            match first {
+                "stage1_conv_embed" => 0,
+                "merge1" => 2,
+                "merge2" => 4,
+                "merge3" => 20,
+                "stage1" => 1 + block(),
+                "stage2" => 2 + block(),
+                "stage3" => 4 + block(),
+                "stage4" => 20 + block(),
+                _ => 21,
+            }
+        };
+        LayerIds { ids: names.iter().map(|n| id(n)).collect(), max: 21 }
+    }
+    /// ET++'s CSWin-T and -S scripts: the shared recipe with an EMA of decay 0.9999. (The
+    /// base model's script uses LAMB with eps 1e-6, which the presets do not offer.)
+    fn recipe(&self, name: &str) -> Option<Recipe> {
+        let v = VARIANTS.iter().find(|v| v.name == name && v.embed_dim == 64)?;
+        Some(Recipe { ema_decay: Some(0.9999), ..Recipe::etpp(v.drop_path, "CSWin (Dong et al. 2022) as ET++'s CSWin scripts train it") })
     }
 }
 

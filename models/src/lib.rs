@@ -6,6 +6,7 @@ pub mod caformer;
 pub mod convnext;
 pub mod cswin;
 pub mod error;
+pub mod family;
 pub mod layers;
 pub mod params;
 pub mod pvt_v2;
@@ -18,6 +19,7 @@ pub mod testing;
 pub mod vit;
 
 pub use error::ModelError;
+pub use family::Family;
 pub use et_ops::Ops;
 pub use params::ParamStore;
 pub use registry::{create_model, Model, ModelOptions};

@@ -16,6 +16,8 @@ pub fn is_buffer(name: &str) -> bool {
 #[derive(Default)]
 pub struct ParamStore {
     vars: Mutex<BTreeMap<String, Var>>,
+    /// Names in the order the model created them (PyTorch's registration order).
+    created: Mutex<Vec<String>>,
     seed: u64,
     /// Zeros instead of random values: for counting parameters and FLOPs quickly.
     zeros: bool,
@@ -69,12 +71,12 @@ pub struct LoadReport {
 
 impl ParamStore {
     pub fn new(seed: u64) -> Arc<Self> {
-        Arc::new(ParamStore { vars: Mutex::new(BTreeMap::new()), seed, zeros: false })
+        Arc::new(ParamStore { vars: Mutex::new(BTreeMap::new()), created: Mutex::new(Vec::new()), seed, zeros: false })
     }
 
     /// A store whose parameters are all zero: shapes without the cost of random init.
     pub fn zeros() -> Arc<Self> {
-        Arc::new(ParamStore { vars: Mutex::new(BTreeMap::new()), seed: 0, zeros: true })
+        Arc::new(ParamStore { vars: Mutex::new(BTreeMap::new()), created: Mutex::new(Vec::new()), seed: 0, zeros: true })
     }
 
     pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
@@ -102,6 +104,12 @@ impl ParamStore {
     /// Parameters the optimiser updates (buffers excluded), sorted by name.
     pub fn trainable(&self) -> Vec<(String, Var)> {
         self.all().into_iter().filter(|(k, _)| !is_buffer(k)).collect()
+    }
+
+    /// Names of the trainable parameters in the order the model created them (as PyTorch's
+    /// `named_parameters` lists them for the same module structure).
+    pub fn trainable_in_creation_order(&self) -> Vec<String> {
+        self.created.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|n| !is_buffer(n)).cloned().collect()
     }
 
     pub fn num_trainable(&self) -> usize {
@@ -212,6 +220,7 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
         let var = Var::from_tensor(&init)?;
         let t = var.as_tensor().clone();
         vars.insert(name.to_string(), var);
+        self.0.created.lock().unwrap_or_else(|e| e.into_inner()).push(name.to_string());
         Ok(t)
     }
 

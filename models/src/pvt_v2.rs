@@ -9,7 +9,9 @@
 //! resolution-dependent parameters: any input of at least 32×32 works, and the ONNX graph
 //! takes any size because token ↔ map conversions read H and W at run time.
 
+use crate::family::{captures, check_heads, check_rate, check_stages, group_by_keys, reject_small_stem, Family, GroupKey, LayerIds, Preprocessing};
 use crate::layers::{Conv2d, LayerNorm, Linear};
+use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -44,6 +46,28 @@ impl Config {
     /// Smallest input side: the first stage's map (stride 4) must hold one reduction window.
     pub fn min_input(&self) -> usize {
         4 * self.sr_ratios.first().copied().unwrap_or(1).max(1)
+    }
+
+    pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
+        let min = self.min_input();
+        if height < min || width < min {
+            return Err(format!("the smallest input is {min}x{min} (stride-4 stem and a {0}x{0} spatial reduction in the first stage)", self.sr_ratios.first().copied().unwrap_or(1)));
+        }
+        Ok(())
+    }
+
+    /// A config read from a file is checked before a model is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        check_stages(&self.depths, &self.embed_dims)?;
+        check_heads(&self.embed_dims, &self.num_heads)?;
+        let n = self.depths.len();
+        if self.sr_ratios.len() != n || self.mlp_ratios.len() != n {
+            return Err(format!("{} sr_ratios and {} mlp_ratios for {n} stages", self.sr_ratios.len(), self.mlp_ratios.len()));
+        }
+        if self.sr_ratios.iter().any(|&r| !(1..=32).contains(&r)) || self.mlp_ratios.iter().any(|&r| !(r > 0.0 && r <= 16.0)) || self.in_chans == 0 {
+            return Err(format!("sr_ratios {:?} (1..=32) or mlp_ratios {:?} (0..=16) out of range", self.sr_ratios, self.mlp_ratios));
+        }
+        check_rate(self.drop_path_rate)
     }
 }
 
@@ -176,6 +200,66 @@ impl PvtV2 {
             x = o.tokens_to_map(&stage.norm.forward(o, &t)?, &map)?;
         }
         self.head.forward(o, &o.flatten(&o.global_avg_pool(&x)?)?)
+    }
+}
+
+/// A registered variant: timm's `pvt_v2_b*`.
+struct Variant {
+    name: &'static str,
+    depths: &'static [usize],
+    embed_dims: &'static [usize],
+    heads: &'static [usize],
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant { name: "pvt_v2_b0", depths: &[2, 2, 2, 2], embed_dims: &[32, 64, 160, 256], heads: &[1, 2, 5, 8] },
+    Variant { name: "pvt_v2_b1", depths: &[2, 2, 2, 2], embed_dims: &[64, 128, 320, 512], heads: &[1, 2, 5, 8] },
+    Variant { name: "pvt_v2_b2", depths: &[3, 4, 6, 3], embed_dims: &[64, 128, 320, 512], heads: &[1, 2, 5, 8] },
+];
+
+pub struct PvtV2Family;
+pub static FAMILY: PvtV2Family = PvtV2Family;
+
+impl Family for PvtV2Family {
+    fn name(&self) -> &'static str {
+        "PVT v2"
+    }
+    fn paper(&self) -> &'static str {
+        "https://arxiv.org/abs/2106.13797"
+    }
+    fn code(&self) -> &'static str {
+        "https://github.com/whai362/PVT (timm: timm/models/pvt_v2.py)"
+    }
+    fn variants(&self) -> Vec<&'static str> {
+        VARIANTS.iter().map(|v| v.name).collect()
+    }
+    fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        reject_small_stem(name, opts)?;
+        let mut cfg = Config::new(v.depths, v.embed_dims, v.heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        Ok(ModelConfig::PvtV2(cfg))
+    }
+    /// timm's `pvt_v2_*.in1k`.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::imagenet(0.9)
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        ["head.weight", "head.bias"]
+    }
+    /// timm's `group_matcher`: the patch embedding 0, then one id per stage, the head last.
+    fn layer_ids(&self, names: &[String]) -> LayerIds {
+        let key = |n: &str| {
+            if n.starts_with("patch_embed") {
+                GroupKey::Matched(vec![0])
+            } else if let Some(i) = captures(n, &["stages."]) {
+                GroupKey::Matched(vec![1, i[0]])
+            } else {
+                GroupKey::Unmatched
+            }
+        };
+        group_by_keys(&names.iter().map(|n| key(n)).collect::<Vec<_>>())
     }
 }
 

@@ -1,8 +1,11 @@
-//! ResNet (He et al., 2016) with timm's (= torchvision's) module names: `conv1`, `bn1`,
-//! `layer{1..4}.{i}.conv{1,2,3}` / `bn{1,2,3}` / `downsample.{0,1}`, `fc`. As in timm the
+//! ResNet ([He et al., 2016](https://arxiv.org/abs/1512.03385)) with timm's (=
+//! torchvision's) module names: `conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}` /
+//! `bn{1,2,3}` / `downsample.{0,1}`, `fc`. As in timm (`timm/models/resnet.py`) the
 //! bottleneck's stride sits on its 3×3 conv, and the last norm of each block starts at zero.
 
+use crate::family::{captures, check_rate, group_by_keys, Family, GroupKey, LayerIds, Preprocessing, Recipe};
 use crate::layers::{BatchNorm2d, Conv2d, Linear};
+use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::{Init, VarBuilder};
@@ -48,6 +51,25 @@ impl Config {
             Some(s) => 8 * s,
             None => 32,
         }
+    }
+
+    pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
+        let min = self.min_input();
+        if height < min || width < min {
+            return Err(format!("the smallest input is {min}x{min} (its total stride)"));
+        }
+        Ok(())
+    }
+
+    /// A config read from a file is checked before a model is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.layers.len() != 4 || self.layers.iter().any(|&n| !(1..=64).contains(&n)) {
+            return Err(format!("layers {:?}: four stages of 1 to 64 blocks", self.layers));
+        }
+        if self.small_stem_stride.is_some_and(|s| !(1..=4).contains(&s)) || self.in_chans == 0 {
+            return Err("small_stem_stride must be 1 to 4 and in_chans at least 1".into());
+        }
+        check_rate(self.drop_path_rate)
     }
 }
 
@@ -151,6 +173,72 @@ impl ResNet {
         }
         let x = o.flatten(&o.global_avg_pool(&x)?)?;
         self.fc.forward(o, &x)
+    }
+}
+
+/// A registered variant: timm's `resnet*` (torchvision's layout).
+struct Variant {
+    name: &'static str,
+    block: BlockKind,
+    layers: &'static [usize],
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant { name: "resnet18", block: BlockKind::Basic, layers: &[2, 2, 2, 2] },
+    Variant { name: "resnet34", block: BlockKind::Basic, layers: &[3, 4, 6, 3] },
+    Variant { name: "resnet50", block: BlockKind::Bottleneck, layers: &[3, 4, 6, 3] },
+];
+
+pub struct ResNetFamily;
+pub static FAMILY: ResNetFamily = ResNetFamily;
+
+impl Family for ResNetFamily {
+    fn name(&self) -> &'static str {
+        "ResNet"
+    }
+    fn paper(&self) -> &'static str {
+        "https://arxiv.org/abs/1512.03385"
+    }
+    fn code(&self) -> &'static str {
+        "timm/models/resnet.py (https://github.com/huggingface/pytorch-image-models)"
+    }
+    fn variants(&self) -> Vec<&'static str> {
+        VARIANTS.iter().map(|v| v.name).collect()
+    }
+    fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let mut cfg = Config::new(v.block, v.layers);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.small_stem_stride = opts.stem_stride;
+        Ok(ModelConfig::Resnet(cfg))
+    }
+    /// timm's `resnet*.a1_in1k`.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::imagenet(0.95)
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        ["fc.weight", "fc.bias"]
+    }
+    fn small_image_stem(&self) -> Option<usize> {
+        Some(2)
+    }
+    /// timm's `group_matcher`: the stem, then every residual block in order, the head last.
+    fn layer_ids(&self, names: &[String]) -> LayerIds {
+        let key = |n: &str| {
+            if ["conv1", "bn1", "maxpool"].iter().any(|p| n.starts_with(p)) {
+                GroupKey::Matched(vec![0])
+            } else if let Some(v) = captures(n, &["layer", ""]) {
+                GroupKey::Matched([1].into_iter().chain(v).collect())
+            } else {
+                GroupKey::Unmatched
+            }
+        };
+        group_by_keys(&names.iter().map(|n| key(n)).collect::<Vec<_>>())
+    }
+    /// ET++'s ResNet-50 script: the shared recipe, no drop path.
+    fn recipe(&self, name: &str) -> Option<Recipe> {
+        VARIANTS.iter().any(|v| v.name == name).then(|| Recipe::etpp(0.0, "ET++'s ResNet-50 script (the shared AdamW recipe)"))
     }
 }
 

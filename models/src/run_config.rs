@@ -2,7 +2,7 @@
 //! preprocess images for it, read by et-export and et-eval.
 
 use crate::error::{ModelError, Result};
-use crate::registry::{defaults, model_config, ModelConfig, ModelOptions};
+use crate::registry::{family, ModelConfig, ModelOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -30,6 +30,7 @@ impl RunConfig {
         if cfg.class_names.len() != cfg.num_classes || cfg.model_config.num_classes() != cfg.num_classes {
             return Err(ModelError::BadConfig { path: path.to_path_buf(), reason: "num_classes disagrees with class_names or model_config".into() });
         }
+        cfg.model_config.validate().map_err(|e| ModelError::BadConfig { path: path.to_path_buf(), reason: format!("model_config: {e}") })?;
         Ok(cfg)
     }
 
@@ -72,7 +73,8 @@ impl LoadedRun {
     /// classes is read from the head, preprocessing comes from the registry's defaults and
     /// the classes are unnamed (`class_names` are the indices).
     pub fn from_weights(model: &str, weights: &Path, opts: &ModelOptions, device: &candle_core::Device) -> Result<Self> {
-        let probe = model_config(model, opts)?;
+        let fam = family(model)?;
+        let probe = fam.config(model, opts)?;
         let file = candle_core::safetensors::load(weights, &candle_core::Device::Cpu)
             .map_err(|e| ModelError::BadConfig { path: weights.to_path_buf(), reason: format!("cannot read safetensors weights: {e}") })?;
         let head = probe.head_names()[1];
@@ -81,8 +83,8 @@ impl LoadedRun {
             reason: format!("no '{head}' tensor: not {model} weights with timm names (convert other checkpoints with `et-export convert`)"),
         })?;
         drop(file);
-        let model_config = model_config(model, &ModelOptions { num_classes, ..opts.clone() })?;
-        let d = defaults(model);
+        let model_config = fam.config(model, &ModelOptions { num_classes, ..opts.clone() })?;
+        let d = fam.preprocessing();
         let config = RunConfig {
             model: model.to_string(),
             model_config,

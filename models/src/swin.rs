@@ -14,6 +14,8 @@
 //! (patch size × 2³), the sizes our parity tests cover.
 
 use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT};
+use crate::family::{captures, check_heads, check_rate, check_stages, group_by_keys, Family, GroupKey, LayerIds, OfficialNames, Preprocessing, Recipe, MATCH_PREV};
+use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -68,6 +70,31 @@ impl Config {
 
     fn dim(&self, i: usize) -> usize {
         self.embed_dim << i
+    }
+
+    pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
+        let s = self.stride();
+        if height % s != 0 || width % s != 0 {
+            return Err(format!("height and width must be multiples of {s} (patch size {} × 2^{} patch merges), e.g. 96, 128, 160, 192, 224", self.patch_size, self.depths.len() - 1));
+        }
+        if height < s || width < s {
+            return Err(format!("the smallest input is {s}x{s} (total stride {s})"));
+        }
+        Ok(())
+    }
+
+    /// A config read from a file is checked before a model is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let dims: Vec<usize> = (0..self.depths.len()).map(|i| self.embed_dim << i).collect();
+        check_stages(&self.depths, &dims)?;
+        check_heads(&dims, &self.num_heads)?;
+        if !(1..=16).contains(&self.patch_size) || !(1..=32).contains(&self.window_size) || !(1..=4096).contains(&self.img_size) || self.in_chans == 0 {
+            return Err(format!("patch_size {} (1..=16), window_size {} (1..=32) or img_size {} (1..=4096) out of range", self.patch_size, self.window_size, self.img_size));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 16.0) {
+            return Err(format!("mlp_ratio {} (0..=16)", self.mlp_ratio));
+        }
+        check_rate(self.drop_path_rate)
     }
 }
 
@@ -257,6 +284,110 @@ impl SwinTransformer {
         let x = o.flatten(&o.global_avg_pool(&o.permute(&x, &[0, 3, 1, 2])?)?)?;
         self.head.forward(o, &x)
     }
+}
+
+/// A registered variant: timm's `swin_*_patch4_window7_224`.
+struct Variant {
+    name: &'static str,
+    embed_dim: usize,
+    depths: &'static [usize],
+    heads: &'static [usize],
+    /// Drop-path rate of the official 300-epoch recipe.
+    drop_path: f64,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant { name: "swin_tiny_patch4_window7_224", embed_dim: 96, depths: &[2, 2, 6, 2], heads: &[3, 6, 12, 24], drop_path: 0.2 },
+    Variant { name: "swin_small_patch4_window7_224", embed_dim: 96, depths: &[2, 2, 18, 2], heads: &[3, 6, 12, 24], drop_path: 0.3 },
+    Variant { name: "swin_base_patch4_window7_224", embed_dim: 128, depths: &[2, 2, 18, 2], heads: &[4, 8, 16, 32], drop_path: 0.5 },
+];
+
+pub struct SwinFamily;
+pub static FAMILY: SwinFamily = SwinFamily;
+
+impl Family for SwinFamily {
+    fn name(&self) -> &'static str {
+        "Swin Transformer"
+    }
+    fn paper(&self) -> &'static str {
+        "https://arxiv.org/abs/2103.14030"
+    }
+    fn code(&self) -> &'static str {
+        "https://github.com/microsoft/Swin-Transformer (timm: timm/models/swin_transformer.py)"
+    }
+    fn variants(&self) -> Vec<&'static str> {
+        VARIANTS.iter().map(|v| v.name).collect()
+    }
+    fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let mut cfg = Config::new(v.embed_dim, v.depths, v.heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.patch_size = opts.stem_stride.unwrap_or(4);
+        cfg.img_size = opts.img_size.unwrap_or(224);
+        Ok(ModelConfig::Swin(cfg))
+    }
+    /// timm's `swin_*.ms_in1k`.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::imagenet(0.9)
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        ["head.fc.weight", "head.fc.bias"]
+    }
+    /// A patch size of 2 for small images.
+    fn small_image_stem(&self) -> Option<usize> {
+        Some(2)
+    }
+    fn dynamic_input_size(&self) -> bool {
+        false
+    }
+    /// timm's `group_matcher`: the patch embedding 0, then every block in order (a stage's
+    /// downsample with its first block), the final norm with the last block, the head last.
+    fn layer_ids(&self, names: &[String]) -> LayerIds {
+        let key = |n: &str| {
+            if n.starts_with("patch_embed") {
+                GroupKey::Matched(vec![0])
+            } else if let (Some(i), true) = (captures(n, &["layers."]), n.contains(".downsample")) {
+                GroupKey::Matched(vec![1, i[0], 0])
+            } else if let Some(v) = captures(n, &["layers.", "blocks."]) {
+                GroupKey::Matched(vec![1, v[0], v[1]])
+            } else if n.starts_with("norm") {
+                GroupKey::Matched(vec![1, MATCH_PREV])
+            } else {
+                GroupKey::Unmatched
+            }
+        };
+        group_by_keys(&names.iter().map(|n| key(n)).collect::<Vec<_>>())
+    }
+    fn official_names(&self) -> Option<OfficialNames> {
+        Some(OfficialNames {
+            layout: "official Swin",
+            detect: |names| names.iter().any(|n| n.contains("relative_position_bias_table")) && !names.iter().any(|n| n.starts_with("head.fc.")),
+            map: official_name,
+        })
+    }
+    /// ET++'s Swin scripts: the shared recipe with gradients clipped to norm 5.
+    fn recipe(&self, name: &str) -> Option<Recipe> {
+        let v = VARIANTS.iter().find(|v| v.name == name)?;
+        Some(Recipe { clip_grad: Some(5.0), ..Recipe::etpp(v.drop_path, "Swin (Liu et al. 2021) as ET++'s Swin scripts train it: clipping 5.0") })
+    }
+}
+
+/// microsoft/Swin-Transformer names → timm's: the official patch merging ends stage i
+/// (timm's starts stage i + 1), the head has no `.fc`, and the relative-position index and
+/// attention masks are buffers timm recomputes.
+fn official_name(name: &str) -> Option<String> {
+    let mut s: Vec<String> = name.split('.').map(str::to_string).collect();
+    if s.iter().any(|p| p == "relative_position_index" || p == "attn_mask") {
+        return None;
+    }
+    if s.len() > 2 && s[0] == "layers" && s[2] == "downsample" {
+        let i: usize = s[1].parse().ok()?;
+        s[1] = (i + 1).to_string();
+    } else if s[0] == "head" {
+        s.insert(1, "fc".into());
+    }
+    Some(s.join("."))
 }
 
 #[cfg(test)]

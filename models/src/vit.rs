@@ -7,7 +7,9 @@
 //! `resample_abs_pos_embed`). The resampling is two matrix products, so it is
 //! differentiable and training at a low-resolution stage updates the base embedding.
 
+use crate::family::{captures, check_heads, check_rate, group_by_keys, Family, GroupKey, LayerIds, Preprocessing, Recipe, Warmup, MATCH_PREV};
 use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT};
+use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -34,6 +36,32 @@ impl Config {
 
     pub fn grid(&self) -> usize {
         self.img_size / self.patch_size
+    }
+
+    pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
+        let p = self.patch_size;
+        if height % p != 0 || width % p != 0 {
+            return Err(format!("height and width must be multiples of the patch size {p}"));
+        }
+        if height < p || width < p {
+            return Err(format!("the smallest input is {p}x{p} (patch size {p})"));
+        }
+        Ok(())
+    }
+
+    /// A config read from a file is checked before a model is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        check_heads(&[self.embed_dim], &[self.num_heads])?;
+        if !(1..=8192).contains(&self.embed_dim) || !(1..=256).contains(&self.depth) {
+            return Err(format!("embed_dim {} (1..=8192) or depth {} (1..=256) out of range", self.embed_dim, self.depth));
+        }
+        if !(1..=64).contains(&self.patch_size) || self.img_size % self.patch_size != 0 || !(1..=4096).contains(&self.img_size) || self.in_chans == 0 {
+            return Err(format!("img_size {} must be a multiple of patch_size {} (1..=64), at most 4096", self.img_size, self.patch_size));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 16.0) {
+            return Err(format!("mlp_ratio {} (0..=16)", self.mlp_ratio));
+        }
+        check_rate(self.drop_path_rate)
     }
 }
 
@@ -157,6 +185,97 @@ impl VisionTransformer {
         }
         let x = self.norm.forward(o, &x)?;
         self.head.forward(o, &o.token(&x, 0)?)
+    }
+}
+
+/// A registered variant: timm's `deit_*_patch16_224` (DeiT's weights, no distillation token).
+struct Variant {
+    name: &'static str,
+    embed_dim: usize,
+    depth: usize,
+    heads: usize,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant { name: "deit_tiny_patch16_224", embed_dim: 192, depth: 12, heads: 3 },
+    Variant { name: "deit_small_patch16_224", embed_dim: 384, depth: 12, heads: 6 },
+    Variant { name: "deit_base_patch16_224", embed_dim: 768, depth: 12, heads: 12 },
+];
+
+pub struct DeiTFamily;
+pub static FAMILY: DeiTFamily = DeiTFamily;
+
+impl Family for DeiTFamily {
+    fn name(&self) -> &'static str {
+        "DeiT"
+    }
+    fn paper(&self) -> &'static str {
+        "https://arxiv.org/abs/2012.12877"
+    }
+    fn code(&self) -> &'static str {
+        "https://github.com/facebookresearch/deit (timm: timm/models/vision_transformer.py)"
+    }
+    fn variants(&self) -> Vec<&'static str> {
+        VARIANTS.iter().map(|v| v.name).collect()
+    }
+    fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let mut cfg = Config::new(v.embed_dim, v.depth, v.heads);
+        cfg.num_classes = opts.num_classes;
+        cfg.drop_path_rate = opts.drop_path_rate;
+        cfg.patch_size = opts.stem_stride.unwrap_or(16);
+        cfg.img_size = opts.img_size.unwrap_or(224);
+        if cfg.img_size % cfg.patch_size != 0 {
+            return Err(crate::ModelError::BadResolution {
+                model: name.to_string(),
+                height: cfg.img_size,
+                width: cfg.img_size,
+                reason: format!("the base size must be a multiple of the patch size {}", cfg.patch_size),
+            });
+        }
+        Ok(ModelConfig::Vit(cfg))
+    }
+    /// timm's `deit_*.fb_in1k`.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::imagenet(0.9)
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        ["head.weight", "head.bias"]
+    }
+    /// A patch size of 4 for small images.
+    fn small_image_stem(&self) -> Option<usize> {
+        Some(4)
+    }
+    fn dynamic_input_size(&self) -> bool {
+        false
+    }
+    /// timm's `group_matcher`: embeddings 0, block i → i + 1, the final norm with the last
+    /// block, the head last.
+    fn layer_ids(&self, names: &[String]) -> LayerIds {
+        let key = |n: &str| {
+            if ["cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"].iter().any(|p| n.starts_with(p)) {
+                GroupKey::Matched(vec![0])
+            } else if let Some(b) = captures(n, &["blocks."]) {
+                GroupKey::Matched(vec![1, b[0]])
+            } else if n.starts_with("norm") {
+                GroupKey::Matched(vec![1, MATCH_PREV])
+            } else {
+                GroupKey::Unmatched
+            }
+        };
+        group_by_keys(&names.iter().map(|n| key(n)).collect::<Vec<_>>())
+    }
+    fn etpp_resolutions(&self) -> [usize; 10] {
+        [96, 96, 160, 160, 160, 160, 192, 192, 224, 224]
+    }
+    /// ET++'s DeiT-S script: the shared recipe with 20 % of the budget as warm-up and
+    /// gradients clipped to norm 5.
+    fn recipe(&self, name: &str) -> Option<Recipe> {
+        VARIANTS.iter().any(|v| v.name == name).then(|| Recipe {
+            warmup: Warmup::BudgetShare(0.2),
+            clip_grad: Some(5.0),
+            ..Recipe::etpp(0.1, "DeiT (Touvron et al. 2021) as ET++'s DeiT-S script trains it: 20 % warm-up, clipping 5.0")
+        })
     }
 }
 

@@ -7,7 +7,7 @@
 //! optimiser step), so the RNG state *is* those counters: restoring them, the weights, the
 //! moments and the compute progress (stored bit-exactly) continues the run exactly.
 
-use crate::engine::TrainConfig;
+use crate::config::TrainConfig;
 use crate::schedule::Schedule;
 use crate::TrainError;
 use serde::{Deserialize, Serialize};
@@ -69,7 +69,7 @@ pub struct RngState {
 
 impl TrainState {
     pub fn fresh(config: TrainConfig, schedule: Schedule, compute_threads: usize) -> Self {
-        let seed = config.seed;
+        let seed = config.run.seed;
         TrainState {
             format: FORMAT,
             config,
@@ -111,6 +111,21 @@ impl TrainState {
 
     pub fn add_stage_loss(&mut self, l: f64) {
         self.stage_loss_sum_bits = (self.stage_loss_sum() + l).to_bits();
+    }
+
+    /// Moves on to the next stage after one that took `seconds`. The next stage starts a
+    /// fresh epoch (the loader's position is per stage).
+    pub fn finish_stage(&mut self, seconds: f64) {
+        if self.next_batch > 0 {
+            self.epoch += 1;
+            self.next_batch = 0;
+        }
+        self.stage_seconds.push(seconds);
+        self.stage += 1;
+        self.stage_step = 0;
+        self.stage_images = 0;
+        self.stage_loss_sum_bits = 0f64.to_bits();
+        self.stage_elapsed_s = 0.0;
     }
 }
 
@@ -208,14 +223,14 @@ pub fn run_dir_of(ckpt: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{Family, Schedule};
+    use crate::schedule::Schedule;
 
     #[test]
     fn save_replaces_and_locate_finds_the_latest() {
         let out = std::env::temp_dir().join(format!("et-ckpt-{}", std::process::id()));
         std::fs::create_dir_all(&out).unwrap();
         let cfg = TrainConfig::default();
-        let mut st = TrainState::fresh(cfg, Schedule::et_pp(Family::ConvNeXt, 32, 1.0), 2);
+        let mut st = TrainState::fresh(cfg, Schedule::baseline(32, 1.0), 2);
         st.set_progress(0.1 + 0.2);
         st.step = 3;
         let writer = |d: &Path| std::fs::write(d.join("model.safetensors"), b"x").map_err(|e| io_err(d, e));

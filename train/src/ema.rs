@@ -31,6 +31,14 @@ impl Ema {
         Ok(Ema { decay, store, pairs })
     }
 
+    /// Restarts the average from the live weights (after they were loaded from elsewhere).
+    pub fn reset_to_live(&self) -> Result<()> {
+        for (s, a) in &self.pairs {
+            a.set(&s.as_tensor().copy()?)?;
+        }
+        Ok(())
+    }
+
     pub fn update(&self) -> Result<()> {
         let d = self.decay as f32;
         for (s, a) in &self.pairs {

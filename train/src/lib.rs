@@ -1,20 +1,28 @@
 //! et-train: EfficientTrain / EfficientTrain++ curriculum training in candle.
+//!
+//! A run is resolved from its settings (`config`, `presets`), planned (`schedule`, `plan`)
+//! and executed by the [`trainer::Trainer`], whose optimiser steps are a [`step::Learner`]'s;
+//! checkpoints (`checkpoint`) make it resumable bit for bit.
 
 pub mod checkpoint;
 pub mod config;
+pub mod dry_run;
 pub mod ema;
-pub mod engine;
 pub mod layer_decay;
 pub mod loss;
 pub mod lr;
 pub mod optim;
 pub mod pipeline;
+pub mod plan;
 pub mod plot;
 pub mod presets;
 pub mod replay_io;
 pub mod run_io;
 pub mod schedule;
+pub mod settings;
 pub mod setup;
+pub mod step;
+pub mod trainer;
 
 use std::path::PathBuf;
 

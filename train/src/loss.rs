@@ -1,17 +1,12 @@
 //! Soft-target cross-entropy (timm's `SoftTargetCrossEntropy`), with label smoothing
-//! folded into the targets, built from ops that all have gradients.
+//! folded into the targets (et-data's `smoothing_values`), built from ops that all have
+//! gradients.
 
 use candle_core::{Result, Tensor, D};
 
-/// Smoothed one-hot targets (N, classes): 1 - ε + ε/K on the label, ε/K elsewhere.
+/// Smoothed one-hot targets (N, classes) as a tensor (et-data's `smoothed_targets`).
 pub fn smoothed_targets(labels: &[usize], classes: usize, smoothing: f64, device: &candle_core::Device) -> Result<Tensor> {
-    let off = (smoothing / classes as f64) as f32;
-    let on = (1.0 - smoothing) as f32 + off;
-    let mut t = vec![off; labels.len() * classes];
-    for (i, &l) in labels.iter().enumerate() {
-        t[i * classes + l] = on;
-    }
-    Tensor::from_vec(t, (labels.len(), classes), device)
+    Tensor::from_vec(et_data::mixup::smoothed_targets(labels, classes, smoothing), (labels.len(), classes), device)
 }
 
 /// mean over the batch of −Σ_k target_k · log_softmax(logits)_k.

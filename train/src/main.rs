@@ -1,238 +1,76 @@
 // Candle allocates a fresh buffer per op; glibc returns large ones to the OS at once, so
-// every op page-faults its output in again (40% of a training step). mimalloc keeps them.
+// every op page-faults its output in again. mimalloc keeps them (docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use et_kernels::device::{DeviceSpec, Precision};
-use et_train::optim::OptimizerKind;
-use et_train::engine::{train, Event, TrainConfig};
-use et_train::{checkpoint, presets};
+use et_train::config::{TrainConfig, TrainLayer};
+use et_train::trainer::{train, Event};
+use et_train::{checkpoint, dry_run, presets};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Train a vision backbone with the EfficientTrain++ curriculum: early stages see only the
-/// low-frequency content of each image (Fourier-domain cropping to a smaller input) and
-/// weak RandAugment; both grow stage by stage. With no arguments it trains ConvNeXt-atto
-/// on the CIFAR-10 subset bundled in assets/cifar10-mini.
+/// low-frequency content of each image (Fourier-domain cropping to a smaller input) and weak
+/// RandAugment; both grow stage by stage. With no arguments it trains ConvNeXt-atto on the
+/// CIFAR-10 subset bundled in assets/cifar10-mini.
+///
+/// Settings resolve as defaults < --preset < the command line; --dry-run shows the result.
 #[derive(Parser, Debug)]
 #[command(name = "et-train", version)]
-struct Args {
-    /// ImageFolder dataset: DIR/train/<class>/* (and DIR/val/<class>/* for validation),
-    /// or DIR/<class>/* to train without validation.
-    #[arg(long, value_name = "DIR", default_value = "assets/cifar10-mini")]
-    data: PathBuf,
-    /// Model name from the registry: convnext_{atto,femto,pico,nano,tiny,small,base},
-    /// resnet{18,34,50}.
-    #[arg(long, default_value = "convnext_atto")]
-    model: String,
-    /// Curriculum: et-pp (EfficientTrain++, 10 stages) or baseline (base resolution throughout).
-    #[arg(long, default_value = "et-pp")]
-    schedule: String,
-    /// Training budget in base-resolution-equivalent epochs (low-resolution stages run
-    /// proportionally more epochs for the same compute).
-    #[arg(long, default_value_t = 12.0)]
-    epochs: f64,
-    /// Images per optimiser step (the same in every stage).
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Peak learning rate (AdamW), reached after warm-up, then cosine decay.
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
-    /// Final (and warm-up start) learning rate.
-    #[arg(long, default_value_t = 1e-6)]
-    min_lr: f64,
-    /// Warm-up length in base-resolution-equivalent epochs.
-    #[arg(long, default_value_t = 1.0)]
-    warmup_epochs: f64,
-    /// AdamW weight decay (not applied to norms, biases and other 1-D parameters).
-    #[arg(long, default_value_t = 0.05)]
-    weight_decay: f64,
-    /// Label smoothing of the cross-entropy targets.
-    #[arg(long, default_value_t = 0.1)]
-    label_smoothing: f64,
-    /// Stochastic-depth (drop-path) rate of the last block.
-    #[arg(long, default_value_t = 0.0)]
-    drop_path: f64,
-    /// Small-image stem with this stride (ConvNeXt: 2×2 patchify; ResNet: one 3×3 conv, no
-    /// max-pool) [default: 2 for images under 64 px, else timm's stem].
-    #[arg(long)]
-    stem_stride: Option<usize>,
-    /// Base (final-stage) resolution [default: the first training image's shorter side,
-    /// capped at 224, rounded down to a multiple of 8].
-    #[arg(long)]
-    base_resolution: Option<usize>,
-    /// Smallest area fraction of RandomResizedCrop (timm: 0.08).
-    #[arg(long, default_value_t = 0.25)]
-    crop_min_scale: f64,
-    /// Centre-crop fraction used for validation and recorded for export/eval
-    /// [default: 1.0 under 64 px, else the model's (0.875)].
-    #[arg(long)]
-    crop_pct: Option<f64>,
-    /// Random-erasing probability (timm recipe: 0.25).
-    #[arg(long, default_value_t = 0.0)]
-    reprob: f64,
-    /// Seed of every random choice (initialisation, data order, augmentation, drop path).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Data-loading threads.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Output directory: config.json, model.safetensors, metrics.jsonl.
-    #[arg(long, value_name = "DIR", default_value = "runs/default")]
-    out: PathBuf,
-    /// Print progress every N steps.
-    #[arg(long, default_value_t = 10)]
-    log_every: usize,
-    /// Stop at the first undecodable training or validation image instead of skipping it
-    /// (skipped images are reported and counted in the stage summary).
-    #[arg(long)]
-    strict_data: bool,
-    /// Accepted for older command lines: skipping is now the default.
+struct Cli {
+    #[command(flatten)]
+    settings: TrainLayer,
+    /// Start from the official ImageNet recipe of a model (convnext_*, resnet*, deit_*,
+    /// swin_*, CSWin tiny and small): optimiser, lr 4e-3 at an effective batch of 4096
+    /// scaled linearly, warm-up, drop path scaled by the budget, EMA, clipping,
+    /// Mixup/CutMix, random erasing; it also names the model. Flags given win.
+    #[arg(long, value_name = "MODEL", help_heading = "Run")]
+    preset: Option<String>,
+    /// Continue the run whose directory (or checkpoint directory) is DIR with its saved
+    /// settings; only --threads, --log-every and --device may be given with it.
+    #[arg(long, value_name = "DIR", help_heading = "Run")]
+    resume: Option<PathBuf>,
+    /// With --init-from OWNER/NAME: use the local Hub cache only, no network.
+    #[arg(long, help_heading = "Model")]
+    offline: bool,
+    /// Print the resolved settings, the stage plan (and layer-decay groups) and exit: nothing
+    /// is trained or written.
+    #[arg(long, help_heading = "Run")]
+    dry_run: bool,
+    /// With --dry-run: print one JSON object (settings, stages, layer_decay).
+    #[arg(long, requires = "dry_run", help_heading = "Run")]
+    json: bool,
+    /// Accepted for older command lines: skipping unreadable images is the default.
     #[arg(long, hide = true)]
     skip_corrupt: bool,
-    /// Write a checkpoint (weights, EMA, optimiser state, training state) every N optimiser
-    /// steps, besides the one at every stage end; 0 = stage ends only.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    save_every_steps: usize,
-    /// Continue the run whose directory (or checkpoint directory) is DIR, with its saved
-    /// settings; only --threads, --log-every and --device may be given with it.
-    #[arg(long, value_name = "DIR")]
-    resume: Option<PathBuf>,
-    /// Fix the compute thread count (saved in checkpoints and reused on --resume), so that a
-    /// resumed run ends with bit-identical weights to an uninterrupted one.
-    #[arg(long)]
-    deterministic: bool,
-    /// Compute threads with --deterministic [default: the number of cores].
-    #[arg(long, value_name = "N")]
-    compute_threads: Option<usize>,
-    /// Start from the official recipe of a family (SPEC §3–4): convnext_*, deit_*, resnet*
-    /// (AdamW, lr 4e-3 at an effective batch of 4096 scaled linearly, warm-up, drop path
-    /// scaled by the budget, EMA, clipping, Mixup/CutMix, random erasing); flags given
-    /// explicitly override it. Printed in full at start.
-    #[arg(long, value_name = "MODEL")]
-    preset: Option<String>,
-    /// Images per optimiser step, reached by gradient accumulation over --batch-size
-    /// micro-batches (must be a multiple of it) [default: --batch-size].
-    #[arg(long, value_name = "N")]
-    effective_batch: Option<usize>,
-    /// Optimiser: adamw or lamb.
-    #[arg(long, default_value = "adamw")]
-    optimizer: OptimizerKind,
-    /// Weight decay at the end of a cosine weight-decay schedule [default: constant].
-    #[arg(long)]
-    weight_decay_end: Option<f64>,
-    /// Layer-wise learning-rate decay (fine-tuning), e.g. 0.8: layer i of n gets lr·d^(n−i).
-    #[arg(long)]
-    layer_decay: Option<f64>,
-    /// Clip gradients to this global L2 norm (DeiT / Swin recipe: 5.0).
-    #[arg(long, value_name = "NORM")]
-    clip_grad: Option<f64>,
-    /// Keep an exponential moving average of the weights with this decay (ConvNeXt: 0.9999);
-    /// it is validated after every stage and saved as ema.safetensors.
-    #[arg(long, value_name = "DECAY")]
-    ema_decay: Option<f64>,
-    /// Scale --drop-path by budget / E0 (ET++: E0 = 200 epochs).
-    #[arg(long, value_name = "E0")]
-    drop_path_ref_epochs: Option<f64>,
-    /// Fine-tune from these weights (safetensors, timm names, e.g. a timm checkpoint or an
-    /// earlier run's model.safetensors), or from a run on the Hugging Face Hub
-    /// (OWNER/NAME[@REV], fetched into the Hub cache); a classifier head of another size is
-    /// re-initialised.
-    #[arg(long, value_name = "FILE|OWNER/NAME[@REV]")]
-    init_from: Option<PathBuf>,
-    /// With --init-from OWNER/NAME: use the local Hub cache only, no network.
-    #[arg(long)]
-    offline: bool,
-    /// Mixup alpha (timm batch mode: each image blended with its mirror in the batch,
-    /// λ ~ Beta(α, α), soft targets); 0 = off (timm recipe: 0.8).
-    #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
-    mixup: f64,
-    /// CutMix alpha (a box of the mirror image pasted, λ = 1 − box area); 0 = off (timm recipe: 1.0).
-    #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
-    cutmix: f64,
-    /// Probability of CutMix instead of Mixup when both are on.
-    #[arg(long, default_value_t = 0.5)]
-    mixup_switch_prob: f64,
-    /// Probability of mixing a batch when Mixup or CutMix is on.
-    #[arg(long, default_value_t = 1.0)]
-    mixup_prob: f64,
-    /// Where to train: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
-    device: DeviceSpec,
-    /// Compute precision: f32, or bf16 (CUDA; f32 master weights, optimiser state and loss).
-    #[arg(long, default_value = "f32", value_name = "f32|bf16")]
-    precision: Precision,
+}
+
+/// `--help` shows each setting's default, taken from the one definition of the settings.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for (id, default) in TrainLayer::help_defaults() {
+        cmd = cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{help} [default: {default}]"))
+        });
+    }
+    cmd
 }
 
 fn main() -> ExitCode {
-    let matches = Args::command().get_matches();
-    let args = match Args::from_arg_matches(&matches) {
-        Ok(a) => a,
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(c) => c,
         Err(e) => e.exit(),
     };
-    match run(args, &matches) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("et-train: error: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
-}
-
-/// Flags that may accompany --resume (they change nothing a checkpoint decides).
-const RESUME_OK: &[&str] = &["resume", "threads", "log_every", "device"];
-
-fn given(m: &clap::ArgMatches, id: &str) -> bool {
-    m.try_contains_id(id).unwrap_or(false) && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
-}
-
-fn config_from(a: &Args) -> TrainConfig {
-    TrainConfig {
-        data: a.data.clone(),
-        model: a.model.clone(),
-        schedule: a.schedule.clone(),
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        effective_batch: a.effective_batch,
-        optimizer: a.optimizer,
-        lr: a.lr,
-        min_lr: a.min_lr,
-        warmup_epochs: a.warmup_epochs,
-        weight_decay: a.weight_decay,
-        weight_decay_end: a.weight_decay_end,
-        layer_decay: a.layer_decay,
-        clip_grad: a.clip_grad,
-        ema_decay: a.ema_decay,
-        label_smoothing: a.label_smoothing,
-        drop_path: a.drop_path,
-        drop_path_ref_epochs: a.drop_path_ref_epochs,
-        stem_stride: a.stem_stride,
-        base_resolution: a.base_resolution,
-        crop_min_scale: a.crop_min_scale,
-        crop_pct: a.crop_pct,
-        erasing: a.reprob,
-        seed: a.seed,
-        threads: a.threads,
-        out: a.out.clone(),
-        log_every: a.log_every,
-        strict_data: a.strict_data,
-        save_every_steps: a.save_every_steps,
-        deterministic: a.deterministic,
-        init_from: a.init_from.clone(),
-        mixup: a.mixup,
-        cutmix: a.cutmix,
-        mixup_switch_prob: a.mixup_switch_prob,
-        mixup_prob: a.mixup_prob,
-        preset: None,
-        device: a.device,
-        precision: a.precision,
     }
 }
 
@@ -242,131 +80,87 @@ fn pin_threads(n: usize) -> Result<()> {
     et_kernels::cpu::configure(Some(n)).map_err(|e| anyhow::anyhow!("cannot set up {n} compute threads: {e}"))
 }
 
-fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
-    let (cfg, resume) = match &a.resume {
-        Some(dir) => {
-            let cmd = Args::command();
-            let extra: Vec<String> = cmd.get_arguments().map(|a| a.get_id().as_str()).filter(|id| !RESUME_OK.contains(id) && given(m, id)).map(|id| format!("--{}", id.replace('_', "-"))).collect();
-            if !extra.is_empty() {
-                anyhow::bail!("--resume continues with the run's saved settings: drop {}", extra.join(", "));
-            }
-            let ckpt = checkpoint::locate(dir)?;
-            let state = checkpoint::load_state(&ckpt)?;
-            let mut cfg = state.config.clone();
-            if let Some(run_dir) = checkpoint::run_dir_of(&ckpt) {
-                cfg.out = run_dir;
-            }
-            if given(m, "threads") {
-                cfg.threads = a.threads;
-            }
-            if given(m, "log_every") {
-                cfg.log_every = a.log_every;
-            }
-            if given(m, "device") {
-                cfg.device = a.device;
-            }
-            if cfg.deterministic {
-                pin_threads(state.compute_threads)?;
-            }
-            (cfg, Some((ckpt, state)))
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The settings of a resumed run: the checkpoint's, with the few that may change.
+fn resumed(cli: &Cli, dir: &std::path::Path) -> Result<(TrainConfig, PathBuf, checkpoint::TrainState)> {
+    let mut rest = cli.settings.clone();
+    let mut allowed = TrainLayer::default();
+    allowed.data.threads = rest.data.threads.take();
+    allowed.run.log_every = rest.run.log_every.take();
+    allowed.run.device = rest.run.device.take();
+    let mut extra: Vec<String> = rest.given().iter().map(|f| format!("--{}", f.replace('_', "-"))).collect();
+    extra.extend(cli.preset.as_ref().map(|_| "--preset".to_string()));
+    if !extra.is_empty() {
+        anyhow::bail!("--resume continues with the run's saved settings: drop {}", extra.join(", "));
+    }
+    let ckpt = checkpoint::locate(dir)?;
+    let state = checkpoint::load_state(&ckpt)?;
+    let mut cfg = state.config.clone();
+    allowed.apply_to(&mut cfg);
+    if let Some(run_dir) = checkpoint::run_dir_of(&ckpt) {
+        cfg.run.out = run_dir;
+    }
+    Ok((cfg, ckpt, state))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(dir) = &cli.resume {
+        let (cfg, ckpt, state) = resumed(&cli, dir)?;
+        if cfg.run.deterministic {
+            pin_threads(state.compute_threads)?;
         }
-        None => {
-            if !a.data.exists() && a.data == std::path::Path::new("assets/cifar10-mini") {
-                anyhow::bail!("the bundled dataset assets/cifar10-mini is not in the current directory: run from the repository root or pass --data DIR");
-            }
-            let mut cfg = config_from(&a);
-            if let Some(hub_ref) = cfg.init_from.as_ref().and_then(|p| p.to_str()).filter(|s| et_hub::is_hub_reference(s)) {
-                let repo: et_hub::RepoRef = hub_ref.parse()?;
-                let dir = et_hub::Hub::from_env()?.download_run(&repo, a.offline)?;
-                println!("init-from {repo}: {}", dir.display());
-                cfg.init_from = Some(dir.join(et_hub::WEIGHTS_FILE));
-            } else if a.offline {
-                anyhow::bail!("--offline applies to --init-from OWNER/NAME (a Hub repository)");
-            }
-            if let Some(name) = &a.preset {
-                let p = presets::preset(name).ok_or_else(|| anyhow::anyhow!("no preset for '{name}': use one of {}", presets::NAMES.join(", ")))?;
-                // The first stage's share of the base resolution, for the warm-up rule.
-                let family = et_train::schedule::Family::of_model(&cfg.model);
-                let first = et_train::schedule::Schedule::resolve(&cfg.schedule, family, 224, cfg.epochs).map(|s| s.stages[0].resolution as f64 / 224.0).unwrap_or(1.0);
-                p.apply(&mut cfg, &|f| given(m, f), first);
-                println!("preset {name} ({}):", p.source);
-                let v = serde_json::to_value(&cfg)?;
-                for (k, val) in v.as_object().into_iter().flatten() {
-                    let mark = if given(m, k) || (k == "erasing" && given(m, "reprob")) { "  (given)" } else { "" };
-                    println!("  {k:<22} {val}{mark}");
-                }
-            }
-            if cfg.deterministic {
-                pin_threads(a.compute_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())))?;
-            }
-            (cfg, None)
+        return train_and_report(&cfg, Some((ckpt, state)));
+    }
+    let default_data = TrainConfig::default().data.data;
+    if cli.settings.data.data.is_none() && !default_data.exists() {
+        anyhow::bail!("the bundled dataset {} is not in the current directory: run from the repository root or pass --data DIR", default_data.display());
+    }
+    let preset = cli.preset.as_deref().map(presets::preset).transpose().map_err(anyhow::Error::msg)?;
+    let mut cfg = presets::resolve(&cli.settings, preset.as_ref());
+    let preset_layer = preset.as_ref().map(|p| p.layer(&cli.settings));
+    if cli.dry_run {
+        let plan = dry_run::dry_run(&cfg, preset_layer.as_ref(), &cli.settings)?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", plan.to_text());
         }
-    };
-    let tty = std::io::stderr().is_terminal();
-    let mut bar_open = false;
-    let mut print = |e: &Event| match e {
-        Event::Plan { schedule, train_images, val_images, classes, params, steps, stage_steps, accum, drop_path } => {
-            println!(
-                "{} on {train_images} train / {val_images} val images, {classes} classes, {:.2} M parameters; schedule {} ({} stages, budget {} base epochs at {} px, {steps} steps); drop path {drop_path:.3}; {} {}",
-                cfg.model,
-                *params as f64 / 1e6,
-                schedule.name,
-                schedule.stages.len(),
-                schedule.budget,
-                schedule.base_resolution,
-                cfg.device,
-                cfg.precision
-            );
-            for (i, s) in schedule.stages.iter().enumerate() {
-                let replay = s.replay.map_or(String::new(), |r| format!(", replay x{} (buffer {} batches)", r.times, r.size));
-                println!("  stage {:>2}: {:>3} px, RandAugment m{}, {:.2} epochs, {} steps x {} micro-batches{replay}", i + 1, s.resolution, s.magnitude, s.epochs, stage_steps[i], accum[i]);
-            }
+        return Ok(());
+    }
+    if let Some(hub_ref) = cfg.model.init_from.as_ref().and_then(|p| p.to_str()).filter(|s| et_hub::is_hub_reference(s)) {
+        let repo: et_hub::RepoRef = hub_ref.parse()?;
+        let dir = et_hub::Hub::from_env()?.download_run(&repo, cli.offline)?;
+        println!("init-from {repo}: {}", dir.display());
+        cfg.model.init_from = Some(dir.join(et_hub::WEIGHTS_FILE));
+    } else if cli.offline {
+        anyhow::bail!("--offline applies to --init-from OWNER/NAME (a Hub repository)");
+    }
+    if let (Some(p), Some(layer)) = (&preset, &preset_layer) {
+        println!("preset {} ({}):", p.model, p.recipe.source);
+        let v = serde_json::to_value(&cfg)?;
+        let given = cli.settings.given();
+        for k in layer.given() {
+            let mark = if given.contains(&k) { "  (given)" } else { "" };
+            println!("  {k:<22} {}{mark}", v[k]);
         }
-        Event::Resumed { from, step, stage, stage_step } => println!("resumed from {} at step {step} (stage {}, step {stage_step} of the stage)", from.display(), stage + 1),
-        Event::Step { stage, stages, resolution, magnitude, step, steps, loss, lr, img_per_s, eta_s, progress } => {
-            let line = format!(
-                "stage {}/{stages} | {resolution} px m{magnitude} | step {step}/{steps} ({:.1}%) | loss {loss:.4} | lr {lr:.2e} | {img_per_s:.1} img/s | ETA {}",
-                stage + 1,
-                100.0 * progress,
-                hms(*eta_s)
-            );
-            if tty {
-                eprint!("\r\x1b[2K{line}");
-                bar_open = true;
-            } else {
-                println!("{line}");
-            }
-        }
-        Event::StageEnd { stage, resolution, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped } => {
-            if bar_open {
-                eprintln!();
-                bar_open = false;
-            }
-            println!(
-                "== stage {} done ({resolution} px, {seconds:.1} s): train loss {mean_loss:.4}, val top-1 {}, top-5 {}{}{}",
-                stage + 1,
-                pct(*val_top1),
-                pct(*val_top5),
-                ema_top1.map_or(String::new(), |t| format!(", EMA top-1 {}", pct(Some(t)))),
-                if *skipped > 0 { format!(", {skipped} unreadable images skipped") } else { String::new() }
-            )
-        }
-        Event::Checkpoint { .. } => {}
-        Event::Skipped { path, reason } => {
-            if bar_open {
-                eprintln!();
-                bar_open = false;
-            }
-            eprintln!("et-train: skipped {}: {reason}", path.display())
-        }
-        Event::Initialised { from, loaded, reinitialised } => println!(
-            "initialised {loaded} tensors from {}{}",
-            from.display(),
-            if reinitialised.is_empty() { String::new() } else { format!(" (re-initialised for the new classes: {})", reinitialised.join(", ")) }
-        ),
-    };
+    }
+    if cfg.run.deterministic {
+        pin_threads(cfg.run.compute_threads.unwrap_or_else(all_cores))?;
+    }
+    train_and_report(&cfg, None)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
+}
+
+fn train_and_report(cfg: &TrainConfig, resume: Option<(PathBuf, checkpoint::TrainState)>) -> Result<()> {
+    let mut printer = Printer { cfg, tty: std::io::stderr().is_terminal(), bar_open: false };
     let resume_ref = resume.as_ref().map(|(d, s)| (d.as_path(), s.clone()));
-    let s = train(&cfg, resume_ref, &mut print)?;
+    let s = train(cfg, resume_ref, &mut |e| printer.event(e))?;
     println!(
         "done in {} ({} steps{}): val top-1 {}, top-5 {}{}",
         hms(s.seconds),
@@ -380,8 +174,84 @@ fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
     for (i, (r, t)) in s.stages.iter().enumerate() {
         println!("  stage {:>2} ({r:>3} px): {}", i + 1, hms(*t));
     }
-    println!("wrote {}/{{model.safetensors, config.json, metrics.jsonl, training.png, checkpoints/}}", cfg.out.display());
+    println!("wrote {}/{{model.safetensors, config.json, metrics.jsonl, training.png, checkpoints/}}", cfg.run.out.display());
     Ok(())
+}
+
+/// Prints the trainer's events: a one-line progress bar on a terminal, plain lines otherwise.
+struct Printer<'a> {
+    cfg: &'a TrainConfig,
+    tty: bool,
+    bar_open: bool,
+}
+
+impl Printer<'_> {
+    fn close_bar(&mut self) {
+        if self.bar_open {
+            eprintln!();
+            self.bar_open = false;
+        }
+    }
+
+    fn event(&mut self, e: &Event) {
+        match e {
+            Event::Plan { plan, train_images, val_images, classes, params, drop_path } => {
+                let (s, c) = (&plan.schedule, self.cfg);
+                println!(
+                    "{} on {train_images} train / {val_images} val images, {classes} classes, {:.2} M parameters; schedule {} ({} stages, budget {} base epochs at {} px, {} steps); drop path {drop_path:.3}; {} {}",
+                    c.model.model,
+                    *params as f64 / 1e6,
+                    s.name,
+                    s.stages.len(),
+                    s.budget,
+                    s.base_resolution,
+                    plan.total_steps,
+                    c.run.device,
+                    c.run.precision
+                );
+                for (i, (st, p)) in s.stages.iter().zip(&plan.stages).enumerate() {
+                    let replay = st.replay.map_or(String::new(), |r| format!(", replay x{} (buffer {} batches)", r.times, r.size));
+                    println!("  stage {:>2}: {:>3} px, RandAugment m{}, {:.2} epochs, {} steps x {} micro-batches{replay}", i + 1, st.resolution, st.magnitude, st.epochs, p.steps, p.accumulation);
+                }
+            }
+            Event::Resumed { from, step, stage, stage_step } => println!("resumed from {} at step {step} (stage {}, step {stage_step} of the stage)", from.display(), stage + 1),
+            Event::Step { stage, stages, resolution, magnitude, step, steps, loss, lr, img_per_s, eta_s, progress } => {
+                let line = format!(
+                    "stage {}/{stages} | {resolution} px m{magnitude} | step {step}/{steps} ({:.1}%) | loss {loss:.4} | lr {lr:.2e} | {img_per_s:.1} img/s | ETA {}",
+                    stage + 1,
+                    100.0 * progress,
+                    hms(*eta_s)
+                );
+                if self.tty {
+                    eprint!("\r\x1b[2K{line}");
+                    self.bar_open = true;
+                } else {
+                    println!("{line}");
+                }
+            }
+            Event::StageEnd { stage, resolution, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped } => {
+                self.close_bar();
+                println!(
+                    "== stage {} done ({resolution} px, {seconds:.1} s): train loss {mean_loss:.4}, val top-1 {}, top-5 {}{}{}",
+                    stage + 1,
+                    pct(*val_top1),
+                    pct(*val_top5),
+                    ema_top1.map_or(String::new(), |t| format!(", EMA top-1 {}", pct(Some(t)))),
+                    if *skipped > 0 { format!(", {skipped} unreadable images skipped") } else { String::new() }
+                )
+            }
+            Event::Checkpoint { .. } => {}
+            Event::Skipped { path, reason } => {
+                self.close_bar();
+                eprintln!("et-train: skipped {}: {reason}", path.display())
+            }
+            Event::Initialised { from, loaded, reinitialised } => println!(
+                "initialised {loaded} tensors from {}{}",
+                from.display(),
+                if reinitialised.is_empty() { String::new() } else { format!(" (re-initialised for the new classes: {})", reinitialised.join(", ")) }
+            ),
+        }
+    }
 }
 
 fn hms(s: f64) -> String {

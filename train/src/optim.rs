@@ -21,6 +21,15 @@ pub enum OptimizerKind {
     Lamb,
 }
 
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Lamb => "lamb",
+        })
+    }
+}
+
 impl std::str::FromStr for OptimizerKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

@@ -1,4 +1,4 @@
-//! The per-image training transform of one curriculum stage (SPEC.md §2–4): random
+//! The per-image training transform of one curriculum stage (docs/algorithm.md): random
 //! resized crop at the base resolution, flip, RandAugment of the stage's magnitude, then
 //! the exact low-frequency crop down to the stage's resolution, normalisation and
 //! (optionally) random erasing.
@@ -21,7 +21,7 @@ pub struct TrainTransform {
     pub erasing: f64,
 }
 
-/// timm's policy string for a stage of magnitude `m` (SPEC.md: `rand-m{m}-mstd0.5-inc1`).
+/// timm's policy string for a stage of magnitude `m` (`rand-m{m}-mstd0.5-inc1`, as the official scripts).
 pub fn policy(magnitude: f64) -> String {
     format!("rand-m{magnitude}-mstd0.5-inc1")
 }

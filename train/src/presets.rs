@@ -1,122 +1,105 @@
-//! The official recipes' hyper-parameters per family (SPEC.md §3–4), for `--preset`.
-//! Values are for ImageNet at an effective batch of 4096; the learning rate scales
-//! linearly when the effective batch differs (as DeiT's `lr × batch / 512`).
+//! `--preset MODEL`: the official ImageNet recipe of a variant (its family's `recipe`) as a
+//! settings layer between the defaults and the command line. Recipes are given for an
+//! effective batch of 4096; the learning rate scales linearly with the effective batch used
+//! (as DeiT's `lr × batch / 512`), and the warm-up follows the recipe's rule.
 
-use crate::engine::TrainConfig;
+use crate::config::{TrainConfig, TrainLayer};
 use crate::optim::OptimizerKind;
-use crate::schedule::Family;
+use crate::schedule::Schedule;
+use et_models::family::{Recipe, RecipeOptimizer, Warmup};
+use et_models::registry::{family, model_names};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preset {
-    pub name: &'static str,
-    pub optimizer: OptimizerKind,
-    /// Peak lr at `effective_batch`.
-    pub lr: f64,
-    pub effective_batch: usize,
-    pub min_lr: f64,
-    pub weight_decay: f64,
-    /// Warm-up: 20 epochs of the first stage (in its rescaled epochs), or a share of the budget.
-    pub warmup: Warmup,
-    pub drop_path: f64,
-    pub clip_grad: Option<f64>,
-    pub ema_decay: Option<f64>,
-    pub label_smoothing: f64,
-    pub mixup: f64,
-    pub cutmix: f64,
-    pub reprob: f64,
-    pub crop_min_scale: f64,
-    pub source: &'static str,
+    /// The registered model the recipe is for.
+    pub model: &'static str,
+    pub recipe: Recipe,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Warmup {
-    FirstStageEpochs(f64),
-    BudgetShare(f64),
+/// Registered models that have a recipe.
+pub fn names() -> Vec<&'static str> {
+    model_names().into_iter().filter(|m| family(m).is_ok_and(|f| f.recipe(m).is_some())).collect()
 }
 
-pub const NAMES: &[&str] = &["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small", "convnext_base", "deit_tiny", "deit_small", "deit_base", "resnet18", "resnet34", "resnet50"];
-
-/// The preset for a model name (`convnext_tiny`, `deit_small_patch16_224`, …) or a preset name.
-pub fn preset(name: &str) -> Option<Preset> {
-    let family = Family::of_model(name);
-    let common = |name, drop_path, source| Preset {
-        name,
-        optimizer: OptimizerKind::AdamW,
-        lr: 4e-3,
-        effective_batch: 4096,
-        min_lr: 1e-6,
-        weight_decay: 0.05,
-        warmup: Warmup::FirstStageEpochs(20.0),
-        drop_path,
-        clip_grad: None,
-        ema_decay: None,
-        label_smoothing: 0.1,
-        mixup: 0.8,
-        cutmix: 1.0,
-        reprob: 0.25,
-        crop_min_scale: 0.08,
-        source,
+/// The preset for a registered model name, or a unique prefix of one ending before an
+/// underscore (`deit_small` for `deit_small_patch16_224`).
+pub fn preset(name: &str) -> Result<Preset, String> {
+    let all = names();
+    let matches: Vec<&'static str> = all.iter().copied().filter(|m| *m == name || m.starts_with(&format!("{name}_"))).collect();
+    let model = match matches.as_slice() {
+        [m] => *m,
+        _ => match all.iter().find(|m| **m == name) {
+            Some(m) => *m,
+            None => return Err(format!("no preset for '{name}': presets exist for {}", all.join(", "))),
+        },
     };
-    let key = name.trim_end_matches("_patch16_224");
-    match family {
-        Family::ConvNeXt => {
-            // ConvNeXt's official drop path (T 0.1, S 0.4, B 0.5; the small variants 0.0–0.1);
-            // EMA 0.9999 as in the ConvNeXt / ET++ ConvNeXt scripts.
-            let dp = match key {
-                "convnext_tiny" => 0.1,
-                "convnext_small" => 0.4,
-                "convnext_base" => 0.5,
-                "convnext_atto" | "convnext_femto" => 0.0,
-                "convnext_pico" | "convnext_nano" => 0.1,
-                _ => return None,
-            };
-            Some(Preset { ema_decay: Some(0.9999), ..common("convnext", dp, "ConvNeXt (Liu et al. 2022) / ET++ ConvNeXt scripts") })
-        }
-        Family::DeiT => {
-            let ok = matches!(key, "deit_tiny" | "deit_small" | "deit_base");
-            ok.then(|| Preset {
-                warmup: Warmup::BudgetShare(0.2),
-                clip_grad: Some(5.0),
-                ..common("deit", 0.1, "DeiT (Touvron et al. 2021) with ET++'s 4096 batch, 20 % warm-up, clip 5.0")
-            })
-        }
-        Family::Other => matches!(key, "resnet18" | "resnet34" | "resnet50").then(|| common("resnet", if key == "resnet50" { 0.05 } else { 0.0 }, "ET++ AdamW recipe (as for the other families)")),
-    }
+    let recipe = family(model).ok().and_then(|f| f.recipe(model)).ok_or_else(|| format!("no preset for '{name}'"))?;
+    Ok(Preset { model, recipe })
 }
 
 impl Preset {
-    /// Applies the preset to `cfg`, leaving alone the settings for which `given(field)` says the
-    /// user chose a value. `first_stage_fraction` is the first stage's resolution / base.
-    pub fn apply(&self, cfg: &mut TrainConfig, given: &dyn Fn(&str) -> bool, first_stage_fraction: f64) {
-        if !given("effective_batch") {
-            cfg.effective_batch = Some(self.effective_batch);
-        }
-        let eff = cfg.effective_batch.unwrap_or(cfg.batch_size) as f64;
-        let mut set = |field: &str, f: &mut dyn FnMut(&mut TrainConfig)| {
-            if !given(field) {
-                f(cfg)
-            }
-        };
-        set("optimizer", &mut |c| c.optimizer = self.optimizer);
-        set("lr", &mut |c| c.lr = self.lr * eff / self.effective_batch as f64);
-        set("min_lr", &mut |c| c.min_lr = self.min_lr);
-        set("weight_decay", &mut |c| c.weight_decay = self.weight_decay);
-        set("warmup_epochs", &mut |c| {
-            c.warmup_epochs = match self.warmup {
-                Warmup::FirstStageEpochs(e) => e * first_stage_fraction * first_stage_fraction,
-                Warmup::BudgetShare(s) => s * c.epochs,
-            }
+    /// The settings the recipe fixes, whatever the rest of the run.
+    fn fixed(&self) -> TrainLayer {
+        let r = &self.recipe;
+        let mut l = TrainLayer::default();
+        l.model.model = Some(self.model.to_string());
+        l.model.drop_path = Some(r.drop_path);
+        // ET++ scales the 300-epoch drop-path rate by budget / 200.
+        l.model.drop_path_ref_epochs = Some(200.0);
+        l.optim.optimizer = Some(match r.optimizer {
+            RecipeOptimizer::AdamW => OptimizerKind::AdamW,
+            RecipeOptimizer::Lamb => OptimizerKind::Lamb,
         });
-        set("drop_path", &mut |c| c.drop_path = self.drop_path);
-        set("drop_path_ref_epochs", &mut |c| c.drop_path_ref_epochs = Some(200.0));
-        set("clip_grad", &mut |c| c.clip_grad = self.clip_grad);
-        set("ema_decay", &mut |c| c.ema_decay = self.ema_decay);
-        set("label_smoothing", &mut |c| c.label_smoothing = self.label_smoothing);
-        set("mixup", &mut |c| c.mixup = self.mixup);
-        set("cutmix", &mut |c| c.cutmix = self.cutmix);
-        set("reprob", &mut |c| c.erasing = self.reprob);
-        set("crop_min_scale", &mut |c| c.crop_min_scale = self.crop_min_scale);
-        cfg.preset = Some(self.name.to_string());
+        l.optim.effective_batch = Some(r.effective_batch);
+        l.optim.min_lr = Some(r.min_lr);
+        l.optim.weight_decay = Some(r.weight_decay);
+        l.optim.clip_grad = r.clip_grad;
+        l.optim.ema_decay = r.ema_decay;
+        l.optim.label_smoothing = Some(r.label_smoothing);
+        l.data.mixup = Some(r.mixup);
+        l.data.cutmix = Some(r.cutmix);
+        l.data.erasing = Some(r.reprob);
+        l.data.crop_min_scale = Some(r.crop_min_scale);
+        l
+    }
+
+    /// The preset's layer for a run whose command line is `cli`: the learning rate scaled to
+    /// the effective batch the run will use, the warm-up by the recipe's rule for the run's
+    /// budget and first-stage resolution.
+    pub fn layer(&self, cli: &TrainLayer) -> TrainLayer {
+        let mut l = self.fixed();
+        let probe = TrainConfig::resolve(&[&l, cli]);
+        let r = &self.recipe;
+        l.optim.lr = Some(r.lr * probe.effective_batch() as f64 / r.effective_batch as f64);
+        l.optim.warmup_epochs = Some(match r.warmup {
+            Warmup::FirstStageEpochs(e) => {
+                // The scripts count warm-up epochs at the first stage's resolution; in
+                // base-equivalent epochs that is e · (r0 / base)².
+                let f = first_stage_fraction(&probe);
+                e * f * f
+            }
+            Warmup::BudgetShare(s) => s * probe.schedule.epochs,
+        });
+        l
+    }
+}
+
+/// The first stage's resolution over the base, for the run's schedule (1 where the schedule
+/// cannot be resolved here; the run itself reports why).
+fn first_stage_fraction(cfg: &TrainConfig) -> f64 {
+    let Ok(fam) = family(&cfg.model.model) else { return 1.0 };
+    Schedule::resolve(&cfg.schedule.schedule, fam.etpp_resolutions(), 224, cfg.schedule.epochs).map_or(1.0, |s| s.stages[0].resolution as f64 / 224.0)
+}
+
+/// Resolves a run's settings: defaults < preset < command line.
+pub fn resolve(cli: &TrainLayer, preset: Option<&Preset>) -> TrainConfig {
+    match preset {
+        None => TrainConfig::resolve(&[cli]),
+        Some(p) => {
+            let mut c = TrainConfig::resolve(&[&p.layer(cli), cli]);
+            c.preset = Some(p.model.to_string());
+            c
+        }
     }
 }
 
@@ -125,26 +108,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presets_follow_the_spec_and_respect_given_flags() {
-        for n in NAMES {
-            assert!(preset(n).is_some(), "{n}");
+    fn presets_follow_the_recipes_and_the_command_line_wins() {
+        for n in ["convnext_tiny", "deit_small", "resnet50", "swin_tiny", "CSWin_64_12211_tiny_224"] {
+            assert!(preset(n).is_ok(), "{n}");
         }
-        assert!(preset("swin_tiny").is_none());
-        let p = preset("deit_small_patch16_224").unwrap();
-        assert_eq!(p.clip_grad, Some(5.0));
-        let mut cfg = TrainConfig { epochs: 100.0, batch_size: 64, ..Default::default() };
-        p.apply(&mut cfg, &|f| f == "mixup", 96.0 / 224.0);
-        assert_eq!(cfg.effective_batch, Some(4096));
-        assert_eq!(cfg.lr, 4e-3);
-        assert!((cfg.warmup_epochs - 20.0).abs() < 1e-12, "DeiT: 20 % of the budget");
-        assert_eq!(cfg.mixup, 0.0, "a given flag wins");
-        assert_eq!(cfg.cutmix, 1.0);
-        let mut cfg = TrainConfig { epochs: 200.0, batch_size: 64, ..Default::default() };
-        preset("convnext_tiny").unwrap().apply(&mut cfg, &|f| f == "effective_batch", 160.0 / 224.0);
-        assert_eq!(cfg.effective_batch, None);
-        assert!((cfg.lr - 4e-3 * 64.0 / 4096.0).abs() < 1e-15, "lr scales with the effective batch");
-        assert!((cfg.warmup_epochs - 20.0 * (160.0f64 / 224.0).powi(2)).abs() < 1e-12);
-        assert_eq!(cfg.ema_decay, Some(0.9999));
-        assert_eq!(cfg.drop_path_ref_epochs, Some(200.0));
+        assert!(preset("pvt_v2_b0").unwrap_err().contains("no preset"));
+        assert!(preset("convnext").is_err(), "an ambiguous prefix is refused");
+
+        let deit = preset("deit_small").unwrap();
+        let mut cli = TrainLayer::default();
+        cli.schedule.epochs = Some(100.0);
+        cli.data.mixup = Some(0.0);
+        let c = resolve(&cli, Some(&deit));
+        assert_eq!(c.model.model, "deit_small_patch16_224", "the preset names the model");
+        assert_eq!(c.optim.effective_batch, Some(4096));
+        assert_eq!(c.optim.lr, 4e-3);
+        assert!((c.optim.warmup_epochs - 20.0).abs() < 1e-12, "DeiT: 20 % of the budget");
+        assert_eq!(c.optim.clip_grad, Some(5.0));
+        assert_eq!(c.data.mixup, 0.0, "a given flag wins");
+        assert_eq!(c.data.cutmix, 1.0);
+        assert_eq!(c.preset.as_deref(), Some("deit_small_patch16_224"));
+
+        let mut cli = TrainLayer::default();
+        cli.schedule.epochs = Some(200.0);
+        cli.optim.effective_batch = Some(64);
+        let c = resolve(&cli, Some(&preset("convnext_tiny").unwrap()));
+        assert_eq!(c.optim.effective_batch, Some(64));
+        assert!((c.optim.lr - 4e-3 * 64.0 / 4096.0).abs() < 1e-15, "lr scales with the effective batch");
+        assert!((c.optim.warmup_epochs - 20.0 * (160.0f64 / 224.0).powi(2)).abs() < 1e-12);
+        assert_eq!(c.optim.ema_decay, Some(0.9999));
+        assert_eq!(c.model.drop_path_ref_epochs, Some(200.0));
+        assert_eq!(preset("resnet50").unwrap().recipe.drop_path, 0.0, "ET++'s ResNet-50 script: no drop path");
     }
 }

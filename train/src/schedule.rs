@@ -1,4 +1,4 @@
-//! Curriculum schedules (SPEC.md §3) as pure data: per stage, the input resolution, the
+//! Curriculum schedules (docs/algorithm.md) as pure data: per stage, the input resolution, the
 //! RandAugment magnitude and how many passes over the data it gets.
 //!
 //! `budget` is in base-resolution-equivalent epochs. ET++ gives every stage an equal
@@ -6,36 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// Model family, for the family-specific ET++ resolution lists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    ConvNeXt,
-    DeiT,
-    /// ResNet, Swin, CSWin (and the default for other models).
-    Other,
-}
-
-impl Family {
-    pub fn of_model(name: &str) -> Family {
-        if name.starts_with("convnext") {
-            Family::ConvNeXt
-        } else if name.starts_with("deit") || name.starts_with("vit") {
-            Family::DeiT
-        } else {
-            Family::Other
-        }
-    }
-
-    /// ET++ resolutions at base 224, one per stage.
-    fn etpp_resolutions(self) -> [usize; 10] {
-        match self {
-            Family::ConvNeXt => [160, 160, 160, 160, 160, 160, 224, 224, 224, 224],
-            Family::DeiT => [96, 96, 160, 160, 160, 160, 192, 192, 224, 224],
-            Family::Other => [96, 96, 160, 160, 160, 160, 224, 224, 224, 224],
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
@@ -48,7 +18,7 @@ pub struct Stage {
     /// effective batch stays fixed, so gradient accumulation adapts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
-    /// ET++ replay buffer for this stage (SPEC.md §3).
+    /// ET++ replay buffer for this stage (docs/algorithm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<Replay>,
 }
@@ -92,10 +62,10 @@ pub fn scale_resolution(r224: usize, base: usize) -> usize {
 }
 
 impl Schedule {
-    /// EfficientTrain++: ten stages of equal compute, magnitude = stage index.
-    pub fn et_pp(family: Family, base: usize, budget: f64) -> Schedule {
-        let stages = family
-            .etpp_resolutions()
+    /// EfficientTrain++: ten stages of equal compute, magnitude = stage index, at the
+    /// family's resolutions (`Family::etpp_resolutions`, given for a base of 224).
+    pub fn et_pp(resolutions: [usize; 10], base: usize, budget: f64) -> Schedule {
+        let stages = resolutions
             .iter()
             .enumerate()
             .map(|(i, &r224)| {
@@ -128,9 +98,9 @@ impl Schedule {
         Schedule { name: "et-v1".into(), base_resolution: base, budget, stages }
     }
 
-    pub fn by_name(name: &str, family: Family, base: usize, budget: f64) -> Option<Schedule> {
+    pub fn by_name(name: &str, etpp: [usize; 10], base: usize, budget: f64) -> Option<Schedule> {
         match name {
-            "et-pp" | "etpp" => Some(Schedule::et_pp(family, base, budget)),
+            "et-pp" | "etpp" => Some(Schedule::et_pp(etpp, base, budget)),
             "et-v1" | "etv1" => Some(Schedule::et_v1(base, budget)),
             "baseline" => Some(Schedule::baseline(base, budget)),
             _ => None,
@@ -138,8 +108,8 @@ impl Schedule {
     }
 
     /// A built-in schedule by name, or a custom one from a `.toml` file (see [`CustomSchedule`]).
-    pub fn resolve(spec: &str, family: Family, base: usize, budget: f64) -> Result<Schedule, String> {
-        if let Some(s) = Schedule::by_name(spec, family, base, budget) {
+    pub fn resolve(spec: &str, etpp: [usize; 10], base: usize, budget: f64) -> Result<Schedule, String> {
+        if let Some(s) = Schedule::by_name(spec, etpp, base, budget) {
             return Ok(s);
         }
         if spec.ends_with(".toml") || Path::new(spec).is_file() {
@@ -234,10 +204,12 @@ impl CustomSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use et_models::family::ETPP_RESOLUTIONS;
+    use et_models::Family;
 
     #[test]
     fn etpp_at_224_matches_the_paper() {
-        let s = Schedule::et_pp(Family::Other, 224, 200.0);
+        let s = Schedule::et_pp(ETPP_RESOLUTIONS, 224, 200.0);
         let res: Vec<usize> = s.stages.iter().map(|s| s.resolution).collect();
         assert_eq!(res, vec![96, 96, 160, 160, 160, 160, 224, 224, 224, 224]);
         let mags: Vec<f64> = s.stages.iter().map(|s| s.magnitude).collect();
@@ -247,9 +219,9 @@ mod tests {
         for i in 0..10 {
             assert!((s.stage_compute(i) - 20.0).abs() < 1e-9);
         }
-        let c = Schedule::et_pp(Family::ConvNeXt, 224, 200.0);
+        let c = Schedule::et_pp(et_models::convnext::FAMILY.etpp_resolutions(), 224, 200.0);
         assert_eq!(c.stages.iter().filter(|s| s.resolution == 160).count(), 6);
-        let d = Schedule::et_pp(Family::DeiT, 224, 100.0);
+        let d = Schedule::et_pp(et_models::vit::FAMILY.etpp_resolutions(), 224, 100.0);
         assert_eq!(d.stages[6].resolution, 192);
     }
 
@@ -258,7 +230,7 @@ mod tests {
         assert_eq!(scale_resolution(160, 32), 24);
         assert_eq!(scale_resolution(224, 32), 32);
         assert_eq!(scale_resolution(96, 32), 16);
-        let s = Schedule::et_pp(Family::ConvNeXt, 32, 10.0);
+        let s = Schedule::et_pp(et_models::convnext::FAMILY.etpp_resolutions(), 32, 10.0);
         assert_eq!(s.stages[0].resolution, 24);
         assert!((s.stages[0].epochs - 1.0 * (32.0f64 / 24.0).powi(2)).abs() < 1e-9);
         assert!((s.stages[9].epochs - 1.0).abs() < 1e-9);
@@ -308,6 +280,6 @@ mod tests {
         let both: CustomSchedule = toml::from_str("[[stage]]\nresolution = 16\nfraction = 0.5\nmagnitude = 1\ncompute = 1").unwrap();
         assert!(both.build("x", 32, 1.0).unwrap_err().contains("exactly one"));
         assert!(toml::from_str::<CustomSchedule>("[[stage]]\nresolutoin = 16").is_err(), "typos are refused");
-        assert!(Schedule::resolve("nope", Family::Other, 32, 1.0).unwrap_err().contains("unknown schedule"));
+        assert!(Schedule::resolve("nope", ETPP_RESOLUTIONS, 32, 1.0).unwrap_err().contains("unknown schedule"));
     }
 }

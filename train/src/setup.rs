@@ -1,64 +1,59 @@
 //! Everything a run needs before its first step, checked cheapest first: the data, the
-//! schedule, the model (and its EMA twin), preprocessing facts; and the validation pass.
+//! schedule, the model (and its EMA twin) and the facts saved for export and evaluation.
 
-use crate::engine::TrainConfig;
-use crate::schedule::{Family, Schedule};
+use crate::config::TrainConfig;
+use crate::schedule::Schedule;
 use crate::TrainError;
-use candle_core::{DType, Device, Tensor};
-use et_data::evaluation::{evaluate_folder, EvalOptions, Preprocess};
+use candle_core::{DType, Device};
 use et_data::folder::{ImageFolder, Sample};
-use et_data::mixup::MixupConfig;
-use et_data::resample::Filter;
 use et_data::{decode, DataError};
-use et_models::registry::{defaults, model_config, ModelOptions};
-use et_models::registry::ModelConfig;
-use et_kernels::device::Precision;
-use et_kernels::CandleOps;
-use et_models::{Model, ParamStore, RunConfig};
+use et_models::registry::{family, ModelConfig, ModelOptions};
+use et_models::{Family, Model, ParamStore, RunConfig};
 use std::sync::Arc;
 
-pub struct Setup {
-    pub schedule: Schedule,
-    pub train_set: ImageFolder,
-    pub val_set: Option<ImageFolder>,
-    pub classes: usize,
+/// The training images (and validation images, when the dataset has a `val/` split).
+pub struct Data {
+    pub train: ImageFolder,
+    pub val: Option<ImageFolder>,
+    /// The final stage's resolution.
     pub base: usize,
-    pub params: Arc<ParamStore>,
-    pub model: Model,
-    pub model_cfg: ModelConfig,
-    pub ema_params: Option<Arc<ParamStore>>,
-    pub ema_model: Option<Model>,
-    pub run_config: RunConfig,
-    pub mix: MixupConfig,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    pub pre: Preprocess,
-    /// The drop-path rate used (after budget scaling).
-    pub drop_path: f64,
-    pub device: Device,
 }
 
-impl Setup {
-    /// The model that a training step runs: the f32 model itself, or in bf16 a model built
-    /// from the same f32 masters cast for this step (the casts carry the gradients back).
-    /// `None`: use [`Setup::model`].
-    pub fn cast_model(&self, precision: Precision) -> Result<Option<Model>, TrainError> {
-        match precision {
-            Precision::F32 => Ok(None),
-            p => Ok(Some(Model::new(&self.model_cfg, self.params.var_builder_cast(p.dtype(), &self.device))?)),
-        }
+impl Data {
+    pub fn open(cfg: &TrainConfig) -> Result<Data, TrainError> {
+        let train = ImageFolder::open(&ImageFolder::split_root(&cfg.data.data, "train"))?;
+        let val_dir = cfg.data.data.join("val");
+        let val = if val_dir.is_dir() { Some(ImageFolder::with_classes(&val_dir, &train.classes)?) } else { None };
+        let base = match cfg.schedule.base_resolution {
+            Some(b) => b,
+            None => infer_base_resolution(&train.samples)?,
+        };
+        Ok(Data { train, val, base })
+    }
+
+    pub fn classes(&self) -> usize {
+        self.train.classes.len()
     }
 }
 
-/// Base resolution from the data: the shorter side of the first image, capped at 224 and
-/// rounded down to a multiple of 8 (32 for CIFAR, 224 for ImageNet-sized photos).
-pub fn infer_base_resolution(first: &Sample) -> Result<usize, DataError> {
-    let img = decode::decode_rgb(&first.path)?;
-    let side = img.width().min(img.height()) as usize;
-    Ok((side.min(224) / 8 * 8).max(8))
+/// Base resolution from the data: the shorter side of the first readable image, capped at
+/// 224 and rounded down to a multiple of 8 (32 for CIFAR, 224 for ImageNet-sized photos).
+pub fn infer_base_resolution(samples: &[Sample]) -> Result<usize, DataError> {
+    let mut first_error = None;
+    // A damaged first image is skipped here as during training; only if none of the first
+    // few can be read is the dataset refused.
+    for s in samples.iter().take(16) {
+        match decode::decode_rgb(&s.path) {
+            Ok(img) => return Ok((img.width().min(img.height()) as usize).min(224) / 8 * 8).map(|b| b.max(8)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| DataError::Invalid("the training set is empty".into())))
 }
 
-/// SPEC §3: ET++ scales the drop-path rate with the budget (E/200 of the 300-epoch rate).
+/// ET++ scales the drop-path rate with the budget: E/E0 of the reference (E0 = 200) rate.
 pub fn scaled_drop_path(rate: f64, budget: f64, ref_epochs: Option<f64>) -> f64 {
     match ref_epochs {
         Some(e0) => (rate * budget / e0).clamp(0.0, 0.9),
@@ -66,78 +61,56 @@ pub fn scaled_drop_path(rate: f64, budget: f64, ref_epochs: Option<f64>) -> f64 
     }
 }
 
-pub fn prepare(cfg: &TrainConfig) -> Result<Setup, TrainError> {
-    let family = Family::of_model(&cfg.model);
-    let train_set = ImageFolder::open(&ImageFolder::split_root(&cfg.data, "train"))?;
-    let val_dir = cfg.data.join("val");
-    let val_set = if val_dir.is_dir() { Some(ImageFolder::with_classes(&val_dir, &train_set.classes)?) } else { None };
-    if train_set.samples.len() < cfg.batch_size {
-        return Err(TrainError::Config(format!(
-            "the training set has {} images, fewer than --batch-size {}: lower --batch-size",
-            train_set.samples.len(),
-            cfg.batch_size
-        )));
-    }
-    let base = match cfg.base_resolution {
-        Some(b) => b,
-        None => infer_base_resolution(&train_set.samples[0])?,
-    };
-    let schedule = Schedule::resolve(&cfg.schedule, family, base, cfg.epochs).map_err(TrainError::Config)?;
-    let classes = train_set.classes.len();
-    let mix = MixupConfig {
-        mixup_alpha: cfg.mixup,
-        cutmix_alpha: cfg.cutmix,
-        switch_prob: cfg.mixup_switch_prob,
-        prob: cfg.mixup_prob,
-        label_smoothing: cfg.label_smoothing,
-        num_classes: classes,
-    };
-    // Small images keep timm's layout but a finer stem (see models/src/convnext.rs), where
-    // the model has one; the others take small inputs with their own stem (≥ 32 px).
-    let auto_stem = base < 64 && et_models::registry::has_small_stem(&cfg.model);
-    let stem_stride = cfg.stem_stride.or(auto_stem.then_some(if family == Family::DeiT { 4 } else { 2 }));
-    let drop_path = scaled_drop_path(cfg.drop_path, cfg.epochs, cfg.drop_path_ref_epochs);
-    let opts = ModelOptions { num_classes: classes, drop_path_rate: drop_path, stem_stride, img_size: Some(base) };
-    let model_cfg = model_config(&cfg.model, &opts)?;
-    for s in &schedule.stages {
-        model_cfg.check_input(&cfg.model, s.resolution, s.resolution)?;
-    }
-    let d = defaults(&cfg.model);
-    let crop_pct = cfg.crop_pct.unwrap_or(if base < 64 { 1.0 } else { d.crop_pct });
-    let run_config = RunConfig {
-        model: cfg.model.clone(),
-        model_config: model_cfg.clone(),
-        num_classes: classes,
-        class_names: train_set.classes.clone(),
-        base_resolution: base,
-        mean: d.mean,
-        std: d.std,
-        interpolation: d.interpolation.to_string(),
-        crop_pct,
-    };
-    let device = cfg.device.open().map_err(|e| TrainError::Config(e.to_string()))?;
-    let params = ParamStore::new(cfg.seed);
-    let model = Model::new(&model_cfg, params.var_builder(DType::F32, &device))?;
-    let (ema_params, ema_model) = if cfg.ema_decay.is_some() {
-        let p = ParamStore::new(cfg.seed);
-        let m = Model::new(&model_cfg, p.var_builder(DType::F32, &device))?;
-        (Some(p), Some(m))
-    } else {
-        (None, None)
-    };
-    let pre = Preprocess { mean: d.mean, std: d.std, crop_pct, filter: Filter::Bicubic };
-    Ok(Setup { schedule, train_set, val_set, classes, base, params, model, model_cfg, ema_params, ema_model, run_config, mix, mean: d.mean, std: d.std, pre, drop_path, device })
+/// The network being trained: its parameters, the model built on them, what it is.
+pub struct Network {
+    pub family: &'static dyn Family,
+    pub config: ModelConfig,
+    pub params: Arc<ParamStore>,
+    pub model: Model,
 }
 
-/// Top-1, top-5 and the number of unreadable images skipped, on `val` at the base resolution.
-pub fn evaluate(val: &ImageFolder, s: &Setup, model: &Model, cfg: &TrainConfig) -> Result<(f64, f64, usize), TrainError> {
-    let device = &s.device;
-    let eval_opts = EvalOptions { batch_size: cfg.batch_size.max(64), threads: cfg.threads.max(1), skip_corrupt: !cfg.strict_data };
-    let out = evaluate_folder::<TrainError, _>(val, s.base, s.classes, &s.pre, &eval_opts, |images, shape| {
-        let x = Tensor::from_slice(images, shape.as_slice(), device)?;
-        Ok(model.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1::<f32>()?)
-    })?;
-    Ok((out.totals.top1_frac(), out.totals.top5_frac(), out.skipped.len()))
+impl Network {
+    pub fn new(family: &'static dyn Family, config: ModelConfig, seed: u64, device: &Device) -> Result<Network, TrainError> {
+        let params = ParamStore::new(seed);
+        let model = Model::new(&config, params.var_builder(DType::F32, device))?;
+        Ok(Network { family, config, params, model })
+    }
+}
+
+/// The model of a run: family, architecture (checked against every stage's resolution),
+/// drop path after budget scaling, and the `config.json` that export and evaluation read.
+pub struct ModelPlan {
+    pub family: &'static dyn Family,
+    pub config: ModelConfig,
+    pub drop_path: f64,
+    pub run_config: RunConfig,
+}
+
+pub fn model_plan(cfg: &TrainConfig, data: &Data, schedule: &Schedule) -> Result<ModelPlan, TrainError> {
+    let name = &cfg.model.model;
+    let fam = family(name)?;
+    let base = data.base;
+    // Small images keep the reference layout with a finer stem where the family has one.
+    let stem_stride = cfg.model.stem_stride.or(if base < 64 { fam.small_image_stem() } else { None });
+    let drop_path = scaled_drop_path(cfg.model.drop_path, cfg.schedule.epochs, cfg.model.drop_path_ref_epochs);
+    let opts = ModelOptions { num_classes: data.classes(), drop_path_rate: drop_path, stem_stride, img_size: Some(base) };
+    let config = fam.config(name, &opts)?;
+    for s in &schedule.stages {
+        config.check_input(name, s.resolution, s.resolution)?;
+    }
+    let p = fam.preprocessing();
+    let run_config = RunConfig {
+        model: name.clone(),
+        model_config: config.clone(),
+        num_classes: data.classes(),
+        class_names: data.train.classes.clone(),
+        base_resolution: base,
+        mean: p.mean,
+        std: p.std,
+        interpolation: p.interpolation.to_string(),
+        crop_pct: cfg.data.crop_pct.unwrap_or(if base < 64 { 1.0 } else { p.crop_pct }),
+    };
+    Ok(ModelPlan { family: fam, config, drop_path, run_config })
 }
 
 #[cfg(test)]

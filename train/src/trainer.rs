@@ -1,0 +1,467 @@
+//! The training loop: the stages of the curriculum, optimiser steps made of one or more
+//! micro-batches (gradient accumulation to a fixed effective batch), the EMA, validation
+//! and a checkpoint at every stage end (and every `save_every_steps`), `metrics.jsonl`
+//! throughout. A run resumed from a checkpoint continues exactly (`checkpoint.rs`).
+
+use crate::checkpoint::{self, TrainState, EMA_FILE, OPTIMIZER_FILE, REPLAY_FILE};
+use crate::config::{validate, TrainConfig};
+use crate::ema::Ema;
+use crate::layer_decay::layer_scales;
+use crate::loss::smoothed_targets;
+use crate::optim::{OptimConfig, Optimizer};
+use crate::pipeline::{policy, TrainTransform};
+use crate::plan::Plan;
+use crate::run_io::{check_space, check_writable, Metrics};
+use crate::schedule::{Schedule, Stage};
+use crate::setup::{model_plan, Data, Network};
+use crate::step::{EmaNet, Learner};
+use crate::TrainError;
+use candle_core::{Device, Tensor};
+use et_data::evaluation::{evaluate_folder, EvalOptions, Preprocess};
+use et_data::folder::{ImageFolder, Sample};
+use et_data::loader::{Batch, BatchIter, Loader, LoaderConfig};
+use et_data::mixup::{self, MixupConfig};
+use et_data::randaugment::RandAugment;
+use et_data::replay::ReplayBuffer;
+use et_data::resample::Filter;
+use et_data::transform::RandomResizedCrop;
+use et_data::{DataError, Rng};
+use et_kernels::CandleOps;
+use et_models::run_config::{CONFIG_FILE, WEIGHTS_FILE};
+use et_models::{Model, RunConfig};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the loop reports to its caller (the CLI prints these).
+#[derive(Debug)]
+pub enum Event<'a> {
+    Plan { plan: &'a Plan, train_images: usize, val_images: usize, classes: usize, params: usize, drop_path: f64 },
+    Resumed { from: &'a Path, step: usize, stage: usize, stage_step: usize },
+    Step { stage: usize, stages: usize, resolution: usize, magnitude: f64, step: usize, steps: usize, loss: f64, lr: f64, img_per_s: f64, eta_s: f64, progress: f64 },
+    StageEnd { stage: usize, resolution: usize, seconds: f64, val_top1: Option<f64>, val_top5: Option<f64>, ema_top1: Option<f64>, mean_loss: f64, skipped: usize },
+    Checkpoint { dir: &'a Path, step: usize },
+    Skipped { path: &'a Path, reason: &'a str },
+    Initialised { from: &'a Path, loaded: usize, reinitialised: &'a [String] },
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub seconds: f64,
+    pub val_top1: Option<f64>,
+    pub val_top5: Option<f64>,
+    pub ema_top1: Option<f64>,
+    pub steps: usize,
+    pub skipped: usize,
+    /// (resolution, wall seconds) of each stage.
+    pub stages: Vec<(usize, f64)>,
+}
+
+/// Trains from scratch (`resume = None`) or continues the checkpoint `resume` (whose
+/// `config` must be `cfg`'s, apart from threads, logging and device).
+pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &mut dyn FnMut(&Event)) -> Result<Summary, TrainError> {
+    Trainer::new(cfg, resume, on_event)?.run()
+}
+
+type SampleTransform = dyn Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync;
+
+/// Micro-batches across epoch boundaries, tracking the loader's position in the state.
+struct Stream {
+    loader: Loader,
+    transform: Arc<SampleTransform>,
+    chw: [usize; 3],
+    iter: Option<BatchIter>,
+}
+
+impl Stream {
+    fn next(&mut self, st: &mut TrainState) -> Result<Batch, TrainError> {
+        loop {
+            let iter = self.iter.get_or_insert_with(|| self.loader.epoch_from(st.epoch, st.next_batch, self.chw, self.transform.clone()));
+            match iter.next() {
+                Some(b) => {
+                    st.next_batch += 1;
+                    return Ok(b?);
+                }
+                None => {
+                    st.epoch += 1;
+                    st.next_batch = 0;
+                    self.iter = None;
+                }
+            }
+        }
+    }
+}
+
+/// A stage in progress.
+struct StageRun {
+    index: usize,
+    stream: Stream,
+    replay: Option<ReplayBuffer>,
+    started: Instant,
+    elapsed_before: f64,
+    /// Compute progress per image of this stage's resolution.
+    compute_per_image: f64,
+    window: (Instant, usize),
+    recent: Vec<f64>,
+    skipped: usize,
+}
+
+pub struct Trainer<'e> {
+    cfg: TrainConfig,
+    data: Data,
+    plan: Plan,
+    learner: Learner,
+    mix: MixupConfig,
+    pre: Preprocess,
+    state: TrainState,
+    metrics: Metrics,
+    on_event: &'e mut dyn FnMut(&Event),
+    started: Instant,
+    elapsed_before: f64,
+    resume_dir: Option<PathBuf>,
+    last_checkpoint: Option<PathBuf>,
+}
+
+impl<'e> Trainer<'e> {
+    /// Checks everything cheap first (settings, data, plan, output directory), builds the
+    /// model, and initialises it (`--init-from`) or restores the checkpoint.
+    pub fn new(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &'e mut dyn FnMut(&Event)) -> Result<Self, TrainError> {
+        let started = Instant::now();
+        validate(cfg)?;
+        let data = Data::open(cfg)?;
+        if data.train.samples.len() < cfg.optim.batch_size {
+            return Err(TrainError::Config(format!("the training set has {} images, fewer than --batch-size {}: lower --batch-size", data.train.samples.len(), cfg.optim.batch_size)));
+        }
+        let family = et_models::registry::family(&cfg.model.model)?;
+        let schedule = Schedule::resolve(&cfg.schedule.schedule, family.etpp_resolutions(), data.base, cfg.schedule.epochs).map_err(TrainError::Config)?;
+        let mp = model_plan(cfg, &data, &schedule)?;
+        let plan = Plan::new(cfg, &schedule, data.train.samples.len())?;
+        let out = &cfg.run.out;
+        check_writable(out)?;
+        let device = cfg.run.device.open().map_err(|e| TrainError::Config(e.to_string()))?;
+        let net = Network::new(mp.family, mp.config.clone(), cfg.run.seed, &device)?;
+        // The final weights and one checkpoint (weights, EMA, two moments), with a margin for
+        // the overlap while a new checkpoint replaces the old one.
+        let param_bytes = net.params.all().iter().map(|(_, v)| v.elem_count() as u64 * 4).sum::<u64>();
+        let copies = 2 + 2 + u64::from(cfg.optim.ema_decay.is_some()) * 2;
+        check_space(out, param_bytes * copies + param_bytes / 2 + (16 << 20))?;
+        mp.run_config.save(&out.join(CONFIG_FILE))?;
+        let learner = build_learner(cfg, net, &device)?;
+        let p = mp.family.preprocessing();
+        let mix = MixupConfig { mixup_alpha: cfg.data.mixup, cutmix_alpha: cfg.data.cutmix, switch_prob: cfg.data.mixup_switch_prob, prob: cfg.data.mixup_prob, label_smoothing: cfg.optim.label_smoothing, num_classes: data.classes() };
+        let pre = Preprocess { mean: p.mean, std: p.std, crop_pct: mp.run_config.crop_pct, filter: Filter::Bicubic };
+        let metrics_path = out.join("metrics.jsonl");
+        let compute_threads = rayon::current_num_threads();
+        let mut t = match resume {
+            None => {
+                let st = TrainState::fresh(cfg.clone(), schedule, compute_threads);
+                let metrics = Metrics::open(&metrics_path, None)?;
+                Trainer { cfg: cfg.clone(), data, plan, learner, mix, pre, state: st, metrics, on_event, started, elapsed_before: 0.0, resume_dir: None, last_checkpoint: None }
+            }
+            Some((dir, st)) => {
+                let metrics = Metrics::open(&metrics_path, Some(st.metrics_len))?;
+                let elapsed_before = st.elapsed_s;
+                Trainer { cfg: cfg.clone(), data, plan, learner, mix, pre, state: st, metrics, on_event, started, elapsed_before, resume_dir: Some(dir.to_path_buf()), last_checkpoint: None }
+            }
+        };
+        t.initialise(mp.run_config, mp.drop_path)?;
+        Ok(t)
+    }
+
+    /// Weights from `--init-from` or the checkpoint, the EMA's start, the plan reported.
+    fn initialise(&mut self, run_config: RunConfig, drop_path: f64) -> Result<(), TrainError> {
+        match self.resume_dir.clone() {
+            None => {
+                if let Some(path) = self.cfg.model.init_from.clone() {
+                    let report = self.learner.params.load(&path, &run_config.model_config.head_names())?;
+                    (self.on_event)(&Event::Initialised { from: &path, loaded: report.loaded, reinitialised: &report.reinitialised });
+                }
+            }
+            Some(dir) => {
+                self.learner.params.load(&dir.join(WEIGHTS_FILE), &[])?;
+                let file = dir.join(OPTIMIZER_FILE);
+                let moments = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", file.display())))?;
+                self.learner.opt.load_state(&moments, self.state.step as u64)?;
+                let st = &self.state;
+                (self.on_event)(&Event::Resumed { from: &dir, step: st.step, stage: st.stage, stage_step: st.stage_step });
+            }
+        }
+        // The average starts from the weights training starts from, or is the checkpoint's.
+        if let Some(e) = &mut self.learner.ema {
+            e.ema.reset_to_live()?;
+            if let Some(dir) = &self.resume_dir {
+                e.ema.store.load(&dir.join(EMA_FILE), &[])?;
+            }
+        }
+        self.report_plan(drop_path)
+    }
+
+    fn report_plan(&mut self, drop_path: f64) -> Result<(), TrainError> {
+        let val_images = self.data.val.as_ref().map_or(0, |v| v.samples.len());
+        let (train_images, classes, params) = (self.data.train.samples.len(), self.data.classes(), self.learner.params.num_trainable());
+        (self.on_event)(&Event::Plan { plan: &self.plan, train_images, val_images, classes, params, drop_path });
+        let (st, c, p) = (&self.state, &self.cfg, &self.plan);
+        if st.step == 0 && st.stage == 0 {
+            let stage_steps: Vec<usize> = p.stages.iter().map(|s| s.steps).collect();
+            self.metrics.log(json!({"event": "plan", "schedule": &p.schedule, "train_images": train_images, "classes": classes, "params": params, "steps": p.total_steps, "stage_steps": stage_steps, "batch_size": c.optim.batch_size, "effective_batch": p.effective_batch, "lr": c.optim.lr, "seed": c.run.seed, "mixup": c.data.mixup, "cutmix": c.data.cutmix, "config": c}))
+        } else {
+            self.metrics.log(json!({"event": "resume", "step": st.step, "stage": st.stage}))
+        }
+    }
+
+    /// Runs the remaining stages and returns the summary.
+    pub fn run(mut self) -> Result<Summary, TrainError> {
+        for si in self.state.stage..self.plan.schedule.stages.len() {
+            let mut stage = self.start_stage(si)?;
+            while self.state.stage_step < self.plan.stages[si].steps {
+                self.step(&mut stage)?;
+            }
+            self.end_stage(stage)?;
+        }
+        self.finish()
+    }
+
+    fn stage(&self, si: usize) -> &Stage {
+        &self.plan.schedule.stages[si]
+    }
+
+    /// The loader, per-image transform and replay buffer of stage `si`.
+    fn start_stage(&mut self, si: usize) -> Result<StageRun, TrainError> {
+        let (c, st, base) = (&self.cfg, self.stage(si), self.data.base);
+        let r = st.resolution;
+        let loader = Loader::new(
+            Arc::new(self.data.train.samples.clone()),
+            LoaderConfig { batch_size: self.plan.stages[si].fresh, shuffle: true, drop_last: true, seed: c.run.seed, threads: c.data.threads.max(1), prefetch: 2, skip_corrupt: !c.data.strict_data },
+        );
+        let mut replay = match st.replay {
+            Some(rp) if rp.times > 1 => Some(ReplayBuffer::new(rp.size, rp.split)),
+            _ => None,
+        };
+        // A checkpoint taken mid-stage holds the stage's replay buffer.
+        if let (Some(buf), Some(dir), true) = (&mut replay, &self.resume_dir, self.state.stage_step > 0) {
+            *buf = crate::replay_io::load(&dir.join(REPLAY_FILE), buf.capacity() / buf.split(), buf.split())?;
+        }
+        let mut crop = RandomResizedCrop::new(base as u32);
+        crop.scale = (c.data.crop_min_scale, 1.0);
+        let tf = TrainTransform { base, resolution: r, crop, hflip: 0.5, randaugment: Some(RandAugment::parse(&policy(st.magnitude))?), mean: self.pre.mean, std: self.pre.std, erasing: c.data.erasing };
+        // Exact crop-aware decode: rows below the crop are never decoded.
+        let transform: Arc<SampleTransform> = Arc::new(move |smp: &Sample, rng: &mut Rng, out: &mut [f32]| tf.apply_path_into(&smp.path, rng, false, out));
+        let compute_per_image = (r as f64 / base as f64).powi(2) / (self.data.train.samples.len() as f64 * c.schedule.epochs);
+        Ok(StageRun {
+            index: si,
+            stream: Stream { loader, transform, chw: [3, r, r], iter: None },
+            replay,
+            started: Instant::now(),
+            elapsed_before: self.state.stage_elapsed_s,
+            compute_per_image,
+            window: (Instant::now(), 0),
+            recent: Vec::new(),
+            skipped: 0,
+        })
+    }
+
+    /// The next loaded batch; a batch whose every image was unreadable is skipped whole.
+    fn next_batch(&mut self, stage: &mut StageRun) -> Result<Batch, TrainError> {
+        loop {
+            let b = stage.stream.next(&mut self.state)?;
+            for (path, reason) in &b.skipped {
+                self.state.skipped += 1;
+                stage.skipped += 1;
+                (self.on_event)(&Event::Skipped { path, reason });
+            }
+            if !b.labels.is_empty() {
+                return Ok(b);
+            }
+        }
+    }
+
+    /// Micro-batch `k` of the current step: replayed chunks added, mixed, as tensors.
+    fn micro_batch_input(&mut self, stage: &mut StageRun, k: usize) -> Result<(Tensor, Tensor, usize), TrainError> {
+        let mut batch = self.next_batch(stage)?;
+        let (seed, step) = (self.cfg.run.seed, self.state.step);
+        let key = |stream: u64| step_rng(seed, step, stream, k);
+        let times = self.stage(stage.index).replay.map_or(1, |rp| rp.times.max(1));
+        let (mut images, labels, shape) = match &mut stage.replay {
+            Some(buf) => buf.step_batch(&batch.images, batch.shape, &batch.labels, times, &mut key(0x7270))?,
+            None => (std::mem::take(&mut batch.images), batch.labels.clone(), batch.shape),
+        };
+        let (n, classes, device) = (labels.len(), self.data.classes(), self.learner.device.clone());
+        let targets = if self.mix.enabled() {
+            let soft = mixup::apply(&self.mix, &mut images, shape, &labels, &mut key(0x6d78));
+            Tensor::from_vec(soft, (n, classes), &device)?
+        } else {
+            smoothed_targets(&labels, classes, self.cfg.optim.label_smoothing, &device)?
+        };
+        let x = Tensor::from_vec(images, shape.as_slice(), &device)?;
+        Ok((x, targets, n))
+    }
+
+    /// One optimiser step: the stage's micro-batches, then the update.
+    fn step(&mut self, stage: &mut StageRun) -> Result<(), TrainError> {
+        let accum = self.plan.stages[stage.index].accumulation;
+        let (mut step_loss, mut step_images) = (0.0, 0usize);
+        for k in 0..accum {
+            let (x, targets, n) = self.micro_batch_input(stage, k)?;
+            let seed = step_rng(self.cfg.run.seed, self.state.step, 0x6470, k).next_u64();
+            let mb = self.learner.micro_batch(&x, &targets, seed, 1.0 / accum as f32)?;
+            if !mb.loss.is_finite() {
+                return Err(self.non_finite(stage.index, mb.loss));
+            }
+            step_loss += mb.loss / accum as f64;
+            step_images += n;
+        }
+        let progress = self.state.progress();
+        let lr = self.plan.lr.at(progress);
+        self.learner.update(lr, self.plan.wd.at(progress), self.cfg.optim.clip_grad)?;
+        let st = &mut self.state;
+        st.set_progress(progress + step_images as f64 * stage.compute_per_image);
+        st.step += 1;
+        st.stage_step += 1;
+        st.stage_images += step_images;
+        st.add_stage_loss(step_loss);
+        stage.window.1 += step_images;
+        stage.recent.push(step_loss);
+        let stage_done = st.stage_step == self.plan.stages[stage.index].steps;
+        if st.step % self.cfg.run.log_every.max(1) == 0 || stage_done {
+            self.log_step(stage, lr)?;
+        }
+        let every = self.cfg.run.save_every_steps;
+        if every > 0 && self.state.step % every == 0 && !stage_done {
+            self.state.stage_elapsed_s = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
+            self.checkpoint(stage.replay.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn non_finite(&mut self, stage: usize, loss: f64) -> TrainError {
+        let step = self.state.step;
+        if let Err(e) = self.metrics.log(json!({"event": "error", "step": step, "stage": stage, "loss": loss.to_string()})) {
+            return e;
+        }
+        let last = self.last_checkpoint.clone().or_else(|| checkpoint::locate(&self.cfg.run.out).ok());
+        TrainError::NonFinite { step, stage, loss, last_checkpoint: last }
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
+    }
+
+    fn log_step(&mut self, stage: &mut StageRun, lr: f64) -> Result<(), TrainError> {
+        let img_per_s = stage.window.1 as f64 / stage.window.0.elapsed().as_secs_f64().max(1e-9);
+        let loss = stage.recent.iter().sum::<f64>() / stage.recent.len() as f64;
+        let (elapsed, p) = (self.elapsed(), self.state.progress());
+        let eta_s = if p > 0.0 { elapsed * (1.0 - p.min(1.0)) / p } else { 0.0 };
+        let (si, step) = (stage.index, self.state.step);
+        let (resolution, magnitude) = (self.stage(si).resolution, self.stage(si).magnitude);
+        let (stages, steps) = (self.plan.stages.len(), self.plan.total_steps);
+        (self.on_event)(&Event::Step { stage: si, stages, resolution, magnitude, step, steps, loss, lr, img_per_s, eta_s, progress: p });
+        self.metrics.log(json!({"event": "step", "step": step, "stage": si, "resolution": resolution, "loss": loss, "lr": lr, "progress": p, "img_per_s": img_per_s, "time_s": elapsed}))?;
+        stage.window = (Instant::now(), 0);
+        stage.recent.clear();
+        Ok(())
+    }
+
+    /// Top-1, top-5 and the number of unreadable images skipped, on the validation split at
+    /// the base resolution.
+    fn evaluate(&self, val: &ImageFolder, model: &Model) -> Result<(f64, f64, usize), TrainError> {
+        let c = &self.cfg;
+        let device = &self.learner.device;
+        let opts = EvalOptions { batch_size: c.optim.batch_size.max(64), threads: c.data.threads.max(1), skip_corrupt: !c.data.strict_data };
+        let out = evaluate_folder::<TrainError, _>(val, self.data.base, self.data.classes(), &self.pre, &opts, |images, shape| {
+            let x = Tensor::from_slice(images, shape.as_slice(), device)?;
+            Ok(model.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1::<f32>()?)
+        })?;
+        Ok((out.totals.top1_frac(), out.totals.top5_frac(), out.skipped.len()))
+    }
+
+    /// Validation (live weights, then the EMA), the weights saved, metrics, plot, checkpoint.
+    fn end_stage(&mut self, mut stage: StageRun) -> Result<(), TrainError> {
+        let si = stage.index;
+        let val_start = Instant::now();
+        let (mut val_top1, mut val_top5, mut ema_top1) = (None, None, None);
+        if let Some(val) = &self.data.val {
+            let (t1, t5, sk) = self.evaluate(val, &self.learner.model)?;
+            (val_top1, val_top5) = (Some(t1), Some(t5));
+            stage.skipped += sk;
+            self.state.skipped += sk;
+            if let Some(e) = &self.learner.ema {
+                ema_top1 = Some(self.evaluate(val, &e.model)?.0);
+            }
+        }
+        (self.state.val_top1, self.state.val_top5, self.state.ema_top1) = (val_top1, val_top5, ema_top1);
+        let val_seconds = val_start.elapsed().as_secs_f64();
+        let out = self.cfg.run.out.clone();
+        self.learner.params.save(&out.join(WEIGHTS_FILE))?;
+        if let Some(e) = &self.learner.ema {
+            e.ema.store.save(&out.join(EMA_FILE))?;
+        }
+        let seconds = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
+        let mean_loss = self.state.stage_loss_sum() / self.state.stage_step.max(1) as f64;
+        let (resolution, magnitude) = (self.stage(si).resolution, self.stage(si).magnitude);
+        (self.on_event)(&Event::StageEnd { stage: si, resolution, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped: stage.skipped });
+        let progress = self.state.progress();
+        self.metrics.log(json!({"event": "stage_end", "stage": si, "resolution": resolution, "magnitude": magnitude, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": progress, "skipped": stage.skipped, "step": self.state.step}))?;
+        let curves = crate::plot::read_metrics(&out.join("metrics.jsonl"), &self.plan.schedule.name)?;
+        crate::plot::write_png(&[curves], &out.join("training.png"))?;
+        self.state.finish_stage(seconds);
+        self.checkpoint(None)?;
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the run as it stands (with the stage's replay buffer mid-stage).
+    fn checkpoint(&mut self, replay: Option<&ReplayBuffer>) -> Result<PathBuf, TrainError> {
+        self.state.elapsed_s = self.elapsed();
+        self.state.metrics_len = self.metrics.position()?;
+        let l = &self.learner;
+        let write = |dir: &Path| -> Result<(), TrainError> {
+            l.params.save(&dir.join(WEIGHTS_FILE))?;
+            et_models::params::save_tensors(&l.opt.state_tensors()?, &dir.join(OPTIMIZER_FILE))?;
+            if let Some(e) = &l.ema {
+                e.ema.store.save(&dir.join(EMA_FILE))?;
+            }
+            if let Some(buf) = replay {
+                crate::replay_io::save(buf, &dir.join(REPLAY_FILE))?;
+            }
+            Ok(())
+        };
+        let dir = checkpoint::save(&self.cfg.run.out, &self.state, &write)?;
+        (self.on_event)(&Event::Checkpoint { dir: &dir, step: self.state.step });
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    fn finish(mut self) -> Result<Summary, TrainError> {
+        let seconds = self.elapsed();
+        let st = &self.state;
+        let stages: Vec<(usize, f64)> = self.plan.schedule.stages.iter().map(|x| x.resolution).zip(st.stage_seconds.iter().copied()).collect();
+        let summary = Summary { seconds, val_top1: st.val_top1, val_top5: st.val_top5, ema_top1: st.ema_top1, steps: st.step, skipped: st.skipped, stages };
+        self.metrics.log(json!({"event": "done", "seconds": seconds, "val_top1": summary.val_top1, "val_top5": summary.val_top5, "ema_top1": summary.ema_top1, "steps": st.step, "skipped": st.skipped, "stage_seconds": &st.stage_seconds}))?;
+        Ok(summary)
+    }
+}
+
+/// Every random draw of a step (replay, mixing, drop path) is keyed by (seed, step,
+/// stream[, micro-batch k > 0]), so a resumed run draws the same.
+fn step_rng(seed: u64, step: usize, stream: u64, k: usize) -> Rng {
+    if k == 0 {
+        Rng::from_keys(&[seed, step as u64, stream])
+    } else {
+        Rng::from_keys(&[seed, step as u64, stream, k as u64])
+    }
+}
+
+/// The optimiser (with layer-wise lr scales) and the EMA twin around the network.
+fn build_learner(cfg: &TrainConfig, net: Network, device: &Device) -> Result<Learner, TrainError> {
+    let scales = cfg.optim.layer_decay.map(|d| layer_scales(net.family, &net.params.trainable_in_creation_order(), d));
+    let scale_of = |n: &str| scales.as_ref().map_or(1.0, |m| m.get(n).copied().unwrap_or(1.0));
+    let opt = Optimizer::new(net.params.trainable(), OptimConfig { kind: cfg.optim.optimizer, ..Default::default() }, &scale_of);
+    let ema = match cfg.optim.ema_decay {
+        Some(d) => {
+            let twin = Network::new(net.family, net.config.clone(), cfg.run.seed, device)?;
+            Some(EmaNet { ema: Ema::new(&net.params, twin.params, d)?, model: twin.model })
+        }
+        None => None,
+    };
+    Ok(Learner::new(net.params, net.model, net.config, opt, ema, device.clone(), cfg.run.precision))
+}
