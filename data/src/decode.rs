@@ -44,7 +44,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
                 let d = j.decode_window(1, [0, 0, w, h])?;
                 let (sw, sh, columns) = (d.width, d.height, d.columns);
                 let span = RgbImage::from_raw(sw, sh, d.rgb).ok_or_else(|| "JPEG decoder returned a short image".to_string())?;
-                return Ok(if columns == (0, sw) { span } else { crate::transform::crop(&span, 0, columns.0 as i64, sh, columns.1) });
+                return Ok(if columns == (0, sw) { span } else { crate::pixels::crop(&span, 0, columns.0 as i64, sh, columns.1) });
             }
         }
     }
@@ -70,7 +70,7 @@ impl Cropped {
         if self.columns == (0, self.img.width()) {
             return self.img.clone();
         }
-        crate::transform::crop(&self.img, 0, self.columns.0 as i64, self.img.height(), self.columns.1)
+        crate::pixels::crop(&self.img, 0, self.columns.0 as i64, self.img.height(), self.columns.1)
     }
 
     /// `resize_box(&self.window(), self.region, width, height, filter)` without copying
@@ -128,7 +128,7 @@ pub fn decode_crop(bytes: &[u8], reduce_to: Option<u32>, plan: impl FnOnce(u32, 
     let _ = reduce_to;
     let full = decode_bytes(bytes)?;
     let (top, left, height, width) = plan(full.width(), full.height());
-    let img = crate::transform::crop(&full, top as i64, left as i64, height, width);
+    let img = crate::pixels::crop(&full, top as i64, left as i64, height, width);
     Ok(Cropped { columns: (0, img.width()), img, region: [0.0, 0.0, width as f64, height as f64], denom: 1 })
 }
 
@@ -403,13 +403,13 @@ mod tests {
             box_
         })
         .unwrap();
-        assert_eq!(c.window(), crate::transform::crop(&full, 17, 33, 150, 161));
+        assert_eq!(c.window(), crate::pixels::crop(&full, 17, 33, 150, 161));
         assert_eq!((c.denom, c.region), (1, [0.0, 0.0, 161.0, 150.0]));
         // Windows at image edges, iMCU boundaries and odd offsets (libjpeg decodes only
         // the columns around them): every pixel as in the full decode.
         for (top, left, h, w) in [(0, 0, 192, 256), (0, 0, 5, 7), (3, 1, 40, 16), (8, 16, 16, 16), (50, 100, 142, 156), (100, 240, 92, 16), (7, 15, 33, 17), (191, 255, 1, 1)] {
             let c = decode_crop(&jpg, None, |_, _| (top, left, h, w)).unwrap();
-            assert_eq!(c.window(), crate::transform::crop(&full, top as i64, left as i64, h, w), "window {top},{left} {h}x{w}");
+            assert_eq!(c.window(), crate::pixels::crop(&full, top as i64, left as i64, h, w), "window {top},{left} {h}x{w}");
             // Resampling the window in place equals resampling it copied out.
             let copied = crate::resample::resize_box(&c.window(), c.region, 37, 23, crate::resample::Filter::Bicubic);
             assert_eq!(c.resize(37, 23, crate::resample::Filter::Bicubic), copied, "window {top},{left} {h}x{w}");
@@ -417,7 +417,7 @@ mod tests {
         // Output 32 from a 161x150 crop: 1/4 scale where libjpeg is available.
         let c = decode_crop(&jpg, Some(32), |_, _| box_).unwrap();
         let fast = c.resize(32, 32, crate::resample::Filter::Bicubic);
-        let exact = crate::resample::resize(&crate::transform::crop(&full, 17, 33, 150, 161), 32, 32, crate::resample::Filter::Bicubic);
+        let exact = crate::resample::resize(&crate::pixels::crop(&full, 17, 33, 150, 161), 32, 32, crate::resample::Filter::Bicubic);
         let mad = fast.as_raw().iter().zip(exact.as_raw()).map(|(&a, &b)| a.abs_diff(b) as f64).sum::<f64>() / fast.as_raw().len() as f64;
         assert!(mad < 3.0, "mean abs diff {mad} (denominator {})", c.denom);
         #[cfg(et_libjpeg)]

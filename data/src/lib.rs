@@ -24,6 +24,7 @@ macro_rules! avx2_dispatch {
 }
 
 pub mod error;
+pub mod pixels;
 pub mod folder;
 pub mod decode;
 #[cfg(et_libjpeg)]

@@ -113,5 +113,5 @@ pub fn format_table(results: &[ResolutionResult]) -> String {
 
 pub fn write_json(results: &[ResolutionResult], path: &Path) -> Result<(), EvalError> {
     let text = serde_json::to_string_pretty(&Report { results: results.to_vec() }).map_err(|e| EvalError::Runtime(e.to_string()))?;
-    std::fs::write(path, text + "\n").map_err(|e| EvalError::Input(format!("cannot write {}: {e}", path.display())))
+    et_runfiles::write(path, (text + "\n").as_bytes()).map_err(|e| EvalError::Input(format!("cannot write {}: {e}", path.display())))
 }

@@ -22,7 +22,13 @@ use std::process::ExitCode;
 /// resolutions. Preprocessing is timm's eval transform: resize the shorter side to
 /// int(r / crop_pct) (bicubic), centre-crop r×r, normalise.
 #[derive(Parser, Debug)]
-#[command(name = "et-eval", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "et-eval",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    group = clap::ArgGroup::new("model").required(true).multiple(true).args(["onnx", "run", "weights", "from_hub"])
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -58,7 +64,7 @@ enum Cmd {
 }
 
 #[derive(clap::Args, Debug)]
-#[group(id = "model", required = true, multiple = true, args = ["onnx", "run", "weights", "from_hub"])]
+#[group(skip)]
 struct Args {
     /// ONNX model to evaluate with ONNX Runtime (as written by `et-export --onnx`). Give it
     /// once per resolution as R=FILE to evaluate fixed-size files (e.g. ViTs) together.
@@ -105,10 +111,10 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
     /// Normalisation mean, three comma-separated values [default: the model's, else ImageNet's].
-    #[arg(long, value_delimiter = ',', num_args = 3, value_name = "R,G,B")]
+    #[arg(long, value_delimiter = ',', value_name = "R,G,B")]
     mean: Option<Vec<f32>>,
     /// Normalisation std, three comma-separated values [default: the model's, else ImageNet's].
-    #[arg(long, value_delimiter = ',', num_args = 3, value_name = "R,G,B")]
+    #[arg(long, value_delimiter = ',', value_name = "R,G,B")]
     std: Option<Vec<f32>>,
     /// Centre-crop fraction [default: the model's, else 0.875].
     #[arg(long)]
@@ -128,8 +134,15 @@ struct Args {
     tolerance: f64,
 }
 
-fn three(v: Option<Vec<f32>>) -> Option<[f32; 3]> {
-    v.and_then(|v| v.try_into().ok())
+/// A `--mean` / `--std` value: exactly three numbers.
+fn three(flag: &str, v: &Option<Vec<f32>>) -> Result<Option<[f32; 3]>> {
+    match v {
+        None => Ok(None),
+        Some(v) => match <[f32; 3]>::try_from(v.as_slice()) {
+            Ok(a) if a.iter().all(|x| x.is_finite()) && (flag == "--mean" || a.iter().all(|&x| x > 0.0)) => Ok(Some(a)),
+            _ => bail!("{flag} takes three comma-separated numbers (R,G,B{}), got {v:?}", if flag == "--std" { ", each positive" } else { "" }),
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -267,10 +280,10 @@ fn run(args: Args) -> Result<bool> {
     let c = &src.carried;
     let interp = args.interpolation.clone().or(c.interpolation.clone()).unwrap_or_else(|| "bicubic".into());
     let pre = Preprocess {
-        mean: three(args.mean.clone()).or(c.mean).unwrap_or(IMAGENET_MEAN),
-        std: three(args.std.clone()).or(c.std).unwrap_or(IMAGENET_STD),
+        mean: three("--mean", &args.mean)?.or(c.mean).unwrap_or(IMAGENET_MEAN),
+        std: three("--std", &args.std)?.or(c.std).unwrap_or(IMAGENET_STD),
         crop_pct: args.crop_pct.or(c.crop_pct).unwrap_or(0.875),
-        filter: Filter::parse(&interp).with_context(|| format!("--interpolation {interp}"))?,
+        filter: Filter::parse(&interp).map_err(|e| anyhow::anyhow!("--interpolation {interp}: {e}"))?,
     };
     if !(pre.crop_pct > 0.0 && pre.crop_pct <= 1.0) {
         bail!("--crop-pct must be in (0, 1], got {}", pre.crop_pct);

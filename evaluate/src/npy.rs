@@ -59,7 +59,7 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), Strin
     out.extend((header.len() as u16).to_le_bytes());
     out.extend(header.as_bytes());
     out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    et_runfiles::write(path, &out).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

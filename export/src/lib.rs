@@ -108,9 +108,6 @@ pub fn export_onnx(run: &LoadedRun, resolution: usize, path: &Path) -> Result<Ex
     let proto = build_model_proto(run, resolution)?;
     let graph = proto.graph.as_ref().map(|g| (g.node.len(), g.initializer.len())).unwrap_or_default();
     let bytes = proto.encode_to_vec();
-    let err = |reason: String| ExportError::Write { path: path.to_path_buf(), reason };
-    let tmp = path.with_extension("onnx.tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+    et_runfiles::write(path, &bytes).map_err(|e| ExportError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
     Ok(ExportSummary { path: path.to_path_buf(), nodes: graph.0, initializers: graph.1, bytes: bytes.len() })
 }

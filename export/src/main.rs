@@ -137,15 +137,13 @@ fn push(dir: &Path, repo: &RepoRef, onnx: &[PathBuf], eval_json: Option<&Path>) 
         }
         None => {
             let base = config.get("base_resolution").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-            std::fs::read_to_string(dir.join("metrics.jsonl")).ok().and_then(|t| final_metric_from_jsonl(&t, base)).into_iter().collect()
+            std::fs::read_to_string(dir.join(et_runfiles::METRICS_FILE)).ok().and_then(|t| final_metric_from_jsonl(&t, base)).into_iter().collect()
         }
     };
     let names: Vec<String> = onnx.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
-    let card = dir.join("README.md");
-    let tmp = dir.join("README.md.tmp");
-    std::fs::write(&tmp, model_card(&repo.id(), &config, &names, &metrics)).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &card).with_context(|| format!("cannot write {}", card.display()))?;
-    let mut files = vec![(dir.join(WEIGHTS_FILE), WEIGHTS_FILE.to_string()), (dir.join(CONFIG_FILE), CONFIG_FILE.to_string()), (card, "README.md".to_string())];
+    let card = dir.join(et_runfiles::MODEL_CARD);
+    et_runfiles::write(&card, model_card(&repo.id(), &config, &names, &metrics).as_bytes()).with_context(|| format!("cannot write {}", card.display()))?;
+    let mut files = vec![(dir.join(WEIGHTS_FILE), WEIGHTS_FILE.to_string()), (dir.join(CONFIG_FILE), CONFIG_FILE.to_string()), (card, et_runfiles::MODEL_CARD.to_string())];
     files.extend(onnx.iter().zip(&names).map(|(p, n)| (p.clone(), n.clone())));
     let hub = Hub::from_env()?;
     let commit = hub.upload(repo, &files, &format!("Upload {} from efficienttrain-rs", config.get("model").and_then(|v| v.as_str()).unwrap_or("model")))?;

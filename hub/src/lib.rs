@@ -16,8 +16,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub use et_runfiles::{CONFIG_FILE, WEIGHTS_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {

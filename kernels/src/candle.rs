@@ -209,7 +209,7 @@ impl Ops for CandleOps {
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let _r = self.rec(x)?;
         if self.kernels_for(x) {
-            return super::linear::linear(x, w, &bias_or_zeros(b, w.dim(0)?, x)?);
+            return super::linear::linear(x, w, b);
         }
         // Leading dimensions folded into one 2-D matmul: a broadcast matmul's weight gradient
         // is a reduction over the broadcast batch, several times the matmul's cost.

@@ -17,6 +17,8 @@ struct Geom {
     /// One GEMM over all rows, spread over threads by the GEMM, instead of one GEMM per
     /// row block ([`whole_gemm`]).
     whole: bool,
+    /// Whether a bias is added (and its gradient computed).
+    bias: bool,
 }
 
 /// Rows per block if the rows were cut into four blocks per thread.
@@ -56,7 +58,7 @@ struct LinearFwd {
 struct LinearGradInput {
     g: Geom,
 }
-/// (dy, x) -> [dW = dyᵀ · x, db = Σ rows of dy].
+/// (dy, x) -> [dW = dyᵀ · x, db = Σ rows of dy (with a bias)].
 struct LinearGradWeight {
     g: Geom,
 }
@@ -64,17 +66,20 @@ struct LinearGradWeight {
 impl Kernel for LinearFwd {
     const NAME: &'static str = "linear";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
-        let (x, w, b, g) = (i[0], i[1], i[2], self.g);
+        let (x, w, g) = (i[0], i[1], self.g);
+        // Without a bias the GEMM writes its output directly (no zero bias to add).
+        let b = if g.bias { Some(i[2]) } else { None };
         let rows = block_rows(g.m);
         written(g.m * g.o, |y| {
             if g.whole {
+                let (xm, wt) = (Mat { data: x, rs: g.k as isize, cs: 1 }, Mat { data: w, rs: 1, cs: g.k as isize });
+                let Some(b) = b else { return gemm_uninit_parallel(g.m, g.o, g.k, y, xm, wt) };
                 y.par_chunks_mut(rows * g.o).for_each(|y| {
                     fill_bias(y, b);
                 });
                 // SAFETY: every element was set to the bias just above.
                 let y = unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [T]) };
-                let wt = Mat { data: w, rs: 1, cs: g.k as isize };
-                gemm_parallel(g.m, g.o, g.k, y, Mat { data: x, rs: g.k as isize, cs: 1 }, wt, true);
+                gemm_parallel(g.m, g.o, g.k, y, xm, wt, true);
                 return;
             }
             // Each block's GEMM packs the weight into panels along o; read from W (o×k)
@@ -84,8 +89,11 @@ impl Kernel for LinearFwd {
             let wt = Mat { data: &w_t[..], rs: g.o as isize, cs: 1 };
             y.par_chunks_mut(rows * g.o).zip(x.par_chunks(rows * g.k)).for_each(|(y, x)| {
                 let r = x.len() / g.k;
-                let y = fill_bias(y, b);
-                gemm(r, g.o, g.k, y, Mat { data: x, rs: g.k as isize, cs: 1 }, wt, true);
+                let xm = Mat { data: x, rs: g.k as isize, cs: 1 };
+                match b {
+                    Some(b) => gemm(r, g.o, g.k, fill_bias(y, b), xm, wt, true),
+                    None => gemm_uninit(r, g.o, g.k, y, xm, wt),
+                }
             });
         })
     }
@@ -113,7 +121,7 @@ impl Kernel for LinearGradWeight {
     const NAME: &'static str = "linear grad";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (dy, x, g) = (i[0], i[1], self.g);
-        let size = g.o * g.k + g.o;
+        let size = g.o * g.k + if g.bias { g.o } else { 0 };
         let rows = block_rows(g.m);
         let mut all = ordered_sum(g.m.div_ceil(rows), size, || (), |acc: &mut [T], _, blocks| {
             let (dw, db) = acc.split_at_mut(g.o * g.k);
@@ -124,8 +132,10 @@ impl Kernel for LinearGradWeight {
                     let x = &x[b * rows * g.k..(b * rows + r) * g.k];
                     gemm(g.o, g.k, r, dw, Mat { data: dy, rs: 1, cs: g.o as isize }, Mat { data: x, rs: g.k as isize, cs: 1 }, true);
                 }
-                for row in dy.chunks(g.o) {
-                    db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                if g.bias {
+                    for row in dy.chunks(g.o) {
+                        db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                    }
                 }
             }
         });
@@ -155,6 +165,25 @@ impl CustomOp3 for LinearFwd {
     }
 }
 
+/// The layer without a bias: (x, w).
+impl CustomOp2 for LinearFwd {
+    fn name(&self) -> &'static str {
+        "linear-no-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from((self.g.m, self.g.o))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.g;
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(w, &LinearGradInput { g })?;
+        let dw = grad.apply_op2_no_bwd(x, &LinearGradWeight { g })?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
 impl CustomOp2 for LinearGradInput {
     fn name(&self) -> &'static str {
         "linear-grad-input"
@@ -171,28 +200,32 @@ impl CustomOp2 for LinearGradWeight {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(self.g.o * self.g.k + self.g.o)))
+        Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, Shape::from(self.g.o * self.g.k + if self.g.bias { self.g.o } else { 0 })))
     }
 }
 
 /// `x @ wᵀ + b` over the last dimension of `x` (any rank ≥ 1); `w` is (out, in).
-pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     linear_with(x, w, b, None)
 }
 
 /// [`linear`], with the GEMM strategy forced (tests run both on any machine).
-fn linear_with(x: &Tensor, w: &Tensor, b: &Tensor, whole: Option<bool>) -> Result<Tensor> {
+fn linear_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, whole: Option<bool>) -> Result<Tensor> {
     let (o, k) = w.dims2()?;
     let dims = x.dims();
-    if dims.last() != Some(&k) || b.elem_count() != o {
-        candle_core::bail!("linear: weight {:?} / bias {:?} do not fit input {:?}", w.shape(), b.shape(), x.shape())
+    if dims.last() != Some(&k) || b.is_some_and(|b| b.elem_count() != o) {
+        candle_core::bail!("linear: weight {:?} / bias {:?} do not fit input {:?}", w.shape(), b.map(|b| b.shape()), x.shape())
     }
     let m = x.elem_count() / k.max(1);
     let mut out = dims.to_vec();
     *out.last_mut().expect("rank ≥ 1") = o;
-    let args = [&x.contiguous()?.reshape((m, k))?, &w.contiguous()?, &b.flatten_all()?.contiguous()?];
-    let g = Geom { m, k, o, whole: whole.unwrap_or_else(|| whole_gemm(m)) };
-    super::tape::reshape(&super::tape::apply3([x, w, b], args, LinearFwd { g })?, out)
+    let g = Geom { m, k, o, whole: whole.unwrap_or_else(|| whole_gemm(m)), bias: b.is_some() };
+    let (x2, w2) = (x.contiguous()?.reshape((m, k))?, w.contiguous()?);
+    let y = match b {
+        Some(b) => super::tape::apply3([x, w, b], [&x2, &w2, &b.flatten_all()?.contiguous()?], LinearFwd { g })?,
+        None => super::tape::apply2([x, w], [&x2, &w2], LinearFwd { g })?,
+    };
+    super::tape::reshape(&y, out)
 }
 
 #[cfg(test)]
@@ -204,24 +237,27 @@ mod tests {
     #[test]
     fn matches_matmul_with_correct_gradients() -> Result<()> {
         let dev = Device::Cpu;
-        for whole in [false, true] {
-            let lin = |v: &[&Tensor]| linear_with(v[0], v[1], v[2], Some(whole));
+        for (whole, bias) in [(false, true), (true, true), (false, false), (true, false)] {
+            // With `bias` off the layer takes (x, w) and never sees the last input.
+            let lin = |v: &[&Tensor]| linear_with(v[0], v[1], bias.then_some(v[2]), Some(whole));
             let x = seeded(&[3, 70, 9], 1, &dev, DType::F32)?;
             let (w, b) = (seeded(&[5, 9], 2, &dev, DType::F32)?, seeded(&[5], 3, &dev, DType::F32)?);
-            let refr = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+            let refr = x.broadcast_matmul(&w.t()?)?;
+            let refr = if bias { refr.broadcast_add(&b)? } else { refr };
             let d = (lin(&[&x, &w, &b])? - refr)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(d < 1e-5, "{d}");
+            let grads = |x: &Var, w: &Var, b: &Var| if bias { check_grads(&[x, w, b], |v| lin(v)) } else { check_grads(&[x, w], |v| lin(&[v[0], v[1], b.as_tensor()])) };
             for shape in [vec![4, 3], vec![2, 3, 3], vec![1, 1, 3]] {
                 let x = Var::from_tensor(&seeded(&shape, 4, &dev, DType::F64)?)?;
                 let w = Var::from_tensor(&seeded(&[2, 3], 5, &dev, DType::F64)?)?;
                 let b = Var::from_tensor(&seeded(&[2], 6, &dev, DType::F64)?)?;
-                check_grads(&[&x, &w, &b], |v| lin(v))?;
+                grads(&x, &w, &b)?;
             }
             // Many rows (several row blocks per thread).
             let x = Var::from_tensor(&seeded(&[300, 2], 7, &dev, DType::F64)?)?;
             let w = Var::from_tensor(&seeded(&[3, 2], 8, &dev, DType::F64)?)?;
             let b = Var::from_tensor(&seeded(&[3], 9, &dev, DType::F64)?)?;
-            check_grads(&[&x, &w, &b], |v| lin(v))?;
+            grads(&x, &w, &b)?;
         }
         Ok(())
     }

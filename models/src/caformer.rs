@@ -11,7 +11,7 @@
 //! depends on the resolution: any input of at least 32×32 works, one ONNX graph for all.
 
 use crate::family::{check_rate, check_stages, reject_small_stem, Family, LayerIds, Preprocessing};
-use crate::layers::{Conv2d, LayerNorm, Linear};
+use crate::layers::{Conv2d, LayerNorm, Linear, drop_path_rate};
 use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
@@ -208,7 +208,7 @@ pub struct CaFormer {
 impl CaFormer {
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let total: usize = cfg.depths.iter().sum();
-        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let rate = |i: usize| drop_path_rate(cfg.drop_path_rate, i, total);
         let mut stages = Vec::new();
         let mut block_idx = 0;
         for (i, &dim) in cfg.dims.iter().enumerate() {

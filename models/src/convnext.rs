@@ -5,7 +5,7 @@
 //! the linear weights, which avoids two transposes per block. Weights keep timm's shapes.
 
 use crate::family::{captures, check_rate, check_stages, Family, LayerIds, OfficialNames, Preprocessing, Recipe};
-use crate::layers::{Conv2d, LayerNorm};
+use crate::layers::{Conv2d, LayerNorm, drop_path_rate};
 use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
@@ -129,8 +129,7 @@ impl ConvNeXt {
             LayerNorm::new(vb.pp("stem.1"), cfg.dims[0], LN_EPS)?,
         );
         let total: usize = cfg.depths.iter().sum();
-        // Stochastic depth grows linearly with block index over the whole network, as in timm.
-        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let rate = |i: usize| drop_path_rate(cfg.drop_path_rate, i, total);
         let mut stages = Vec::new();
         let mut block_idx = 0;
         for (i, (&depth, &dim)) in cfg.depths.iter().zip(&cfg.dims).enumerate() {

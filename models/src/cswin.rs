@@ -21,7 +21,7 @@
 //! square multiples of 32, as that code assumes; ONNX graphs are exported per size.
 
 use crate::family::{check_heads, check_rate, check_stages, reject_small_stem, Family, LayerIds, Preprocessing, Recipe};
-use crate::layers::{Conv2d, LayerNorm, Linear};
+use crate::layers::{Conv2d, LayerNorm, Linear, drop_path_rate};
 use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
@@ -179,7 +179,7 @@ impl CSWin {
             LayerNorm::new(vb.pp("stage1_conv_embed.2"), d0, LN_EPS)?,
         );
         let total: usize = cfg.depths.iter().sum();
-        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let rate = |i: usize| drop_path_rate(cfg.drop_path_rate, i, total);
         let (mut merges, mut stages, mut block_idx) = (Vec::new(), Vec::new(), 0);
         let last = cfg.depths.len() - 1;
         for (i, &depth) in cfg.depths.iter().enumerate() {

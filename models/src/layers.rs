@@ -5,6 +5,16 @@ use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+/// The drop-path rate of block `i` of `total`: stochastic depth grows linearly with the
+/// block index over the whole network, from 0 to `rate` (timm's `linspace(0, rate, total)`).
+pub fn drop_path_rate(rate: f64, i: usize, total: usize) -> f64 {
+    if total > 1 {
+        rate * i as f64 / (total - 1) as f64
+    } else {
+        0.0
+    }
+}
+
 /// timm's `trunc_normal_(std=.02)` for conv and linear weights.
 pub const WEIGHT_INIT: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
 

@@ -197,12 +197,10 @@ impl ParamStore {
     }
 }
 
-/// Atomic safetensors write (temp file in the same directory, then rename).
+/// Writes tensors as safetensors, atomically (et-runfiles).
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let err = |reason: String| ModelError::Write { path: path.to_path_buf(), reason };
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    et_runfiles::write_with(path, |tmp| candle_core::safetensors::save(tensors, tmp).map_err(std::io::Error::other))
+        .map_err(|e| ModelError::Write { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 struct Backend(Arc<ParamStore>);

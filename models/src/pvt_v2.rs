@@ -10,7 +10,7 @@
 //! takes any size because token ↔ map conversions read H and W at run time.
 
 use crate::family::{captures, check_heads, check_rate, check_stages, group_by_keys, reject_small_stem, Family, GroupKey, LayerIds, Preprocessing};
-use crate::layers::{Conv2d, LayerNorm, Linear};
+use crate::layers::{Conv2d, LayerNorm, Linear, drop_path_rate};
 use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
@@ -164,7 +164,7 @@ pub struct PvtV2 {
 impl PvtV2 {
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let total: usize = cfg.depths.iter().sum();
-        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let rate = |i: usize| drop_path_rate(cfg.drop_path_rate, i, total);
         let mut stages = Vec::new();
         let mut block_idx = 0;
         for (i, &dim) in cfg.embed_dims.iter().enumerate() {

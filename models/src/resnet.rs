@@ -4,7 +4,7 @@
 //! bottleneck's stride sits on its 3×3 conv, and the last norm of each block starts at zero.
 
 use crate::family::{captures, check_rate, group_by_keys, Family, GroupKey, LayerIds, Preprocessing, Recipe};
-use crate::layers::{BatchNorm2d, Conv2d, Linear};
+use crate::layers::{BatchNorm2d, Conv2d, Linear, drop_path_rate};
 use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
@@ -141,7 +141,7 @@ impl ResNet {
         };
         let bn1 = BatchNorm2d::new(vb.pp("bn1"), 64)?;
         let total: usize = cfg.layers.iter().sum();
-        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let rate = |i: usize| drop_path_rate(cfg.drop_path_rate, i, total);
         let mut blocks = Vec::new();
         let mut c_in = 64;
         let mut idx = 0;

@@ -34,13 +34,11 @@ impl RunConfig {
         Ok(cfg)
     }
 
-    /// Atomic write (temp + rename).
+    /// Writes the config atomically (et-runfiles).
     pub fn save(&self, path: &Path) -> Result<()> {
         let err = |reason: String| ModelError::Write { path: path.to_path_buf(), reason };
         let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n").map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+        et_runfiles::write(path, (text + "\n").as_bytes()).map_err(|e| err(e.to_string()))
     }
 }
 
@@ -51,8 +49,7 @@ pub struct LoadedRun {
     pub model: crate::registry::Model,
 }
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub use et_runfiles::{CONFIG_FILE, WEIGHTS_FILE};
 
 impl LoadedRun {
     pub fn open(dir: &Path, device: &candle_core::Device) -> Result<Self> {

@@ -13,7 +13,7 @@
 //! on the window, so one checkpoint serves every resolution. We accept multiples of 32
 //! (patch size × 2³), the sizes our parity tests cover.
 
-use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT};
+use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT, drop_path_rate};
 use crate::family::{captures, check_heads, check_rate, check_stages, group_by_keys, Family, GroupKey, LayerIds, OfficialNames, Preprocessing, Recipe, MATCH_PREV};
 use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
@@ -138,6 +138,10 @@ struct Block {
     qkv: Linear,
     proj: Linear,
     bias_table: Tensor,
+    /// The table row of every (query, key) pair of a window, built once.
+    rel_index: Tensor,
+    /// Shifted-window masks by padded map size, built on first use.
+    masks: std::sync::Mutex<Vec<((usize, usize), Tensor)>>,
     norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
@@ -151,11 +155,15 @@ struct Block {
 impl Block {
     fn new(vb: VarBuilder, cfg: &Config, dim: usize, heads: usize, window: usize, shift: usize, drop_path: f64) -> Result<Self> {
         let hidden = (dim as f64 * cfg.mlp_ratio) as usize;
+        let l = window * window;
+        let rel_index = Tensor::from_vec(relative_position_index(window), l * l, vb.device())?;
         Ok(Block {
             norm1: LayerNorm::new(vb.pp("norm1"), dim, LN_EPS)?,
             qkv: Linear::new(vb.pp("attn.qkv"), dim, 3 * dim, true)?,
             proj: Linear::new(vb.pp("attn.proj"), dim, dim, true)?,
             bias_table: vb.get_with_hints(((2 * window - 1) * (2 * window - 1), heads), "attn.relative_position_bias_table", WEIGHT_INIT)?,
+            rel_index,
+            masks: std::sync::Mutex::new(Vec::new()),
             norm2: LayerNorm::new(vb.pp("norm2"), dim, LN_EPS)?,
             fc1: Linear::new(vb.pp("mlp.fc1"), dim, hidden, true)?,
             fc2: Linear::new(vb.pp("mlp.fc2"), hidden, dim, true)?,
@@ -170,16 +178,26 @@ impl Block {
     /// Attention bias (G, heads, L, L): the relative position bias, plus the mask of each of
     /// the G windows of a shifted block. A function of the table, so the table learns.
     fn attention_bias(&self, hp: usize, wp: usize) -> Result<Tensor> {
-        let (w, l) = (self.window, self.window * self.window);
-        let dev = self.bias_table.device();
-        let idx = Tensor::from_vec(relative_position_index(w), l * l, dev)?;
-        let rel = self.bias_table.index_select(&idx, 0)?.reshape((l, l, self.heads))?.permute((2, 0, 1))?.unsqueeze(0)?;
+        let l = self.window * self.window;
+        let rel = self.bias_table.index_select(&self.rel_index, 0)?.reshape((l, l, self.heads))?.permute((2, 0, 1))?.unsqueeze(0)?;
         if self.shift == 0 {
             return rel.contiguous();
         }
+        rel.broadcast_add(&self.mask(hp, wp)?.to_dtype(rel.dtype())?)
+    }
+
+    /// The shifted-window mask (G, 1, L, L) of an hp×wp padded map.
+    fn mask(&self, hp: usize, wp: usize) -> Result<Tensor> {
+        // A poisoned lock only means another thread panicked mid-insert of a finished tensor.
+        let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = masks.iter().find(|(k, _)| *k == (hp, wp)) {
+            return Ok(m.clone());
+        }
+        let (w, l) = (self.window, self.window * self.window);
         let g = (hp / w) * (wp / w);
-        let mask = Tensor::from_vec(shifted_window_mask(hp, wp, w, self.shift), (g, 1, l, l), dev)?.to_dtype(rel.dtype())?;
-        rel.broadcast_add(&mask)
+        let m = Tensor::from_vec(shifted_window_mask(hp, wp, w, self.shift), (g, 1, l, l), self.bias_table.device())?;
+        masks.push(((hp, wp), m.clone()));
+        Ok(m)
     }
 
     /// `x`: (N, h, w, C).
@@ -233,7 +251,7 @@ impl SwinTransformer {
         let patch_embed = Conv2d::new(vb.pp("patch_embed.proj"), cfg.in_chans, cfg.embed_dim, p, ConvGeom { stride: p, padding: 0, groups: 1 }, true)?;
         let patch_norm = LayerNorm::new(vb.pp("patch_embed.norm"), cfg.embed_dim, LN_EPS)?;
         let total: usize = cfg.depths.iter().sum();
-        let rate = |i: usize| if total > 1 { cfg.drop_path_rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+        let rate = |i: usize| drop_path_rate(cfg.drop_path_rate, i, total);
         let mut stages = Vec::new();
         let mut block_idx = 0;
         for (i, (&depth, &heads)) in cfg.depths.iter().zip(&cfg.num_heads).enumerate() {

@@ -8,7 +8,7 @@
 //! differentiable and training at a low-resolution stage updates the base embedding.
 
 use crate::family::{captures, check_heads, check_rate, group_by_keys, Family, GroupKey, LayerIds, Preprocessing, Recipe, Warmup, MATCH_PREV};
-use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT};
+use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT, drop_path_rate};
 use crate::registry::{ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
@@ -67,34 +67,10 @@ impl Config {
 
 const LN_EPS: f64 = 1e-6;
 
-/// Row-stochastic (out × in) matrix of antialiased bicubic resampling (a = -0.5, Pillow's
-/// and PyTorch's `antialias=True` kernel, half-pixel centres).
+/// Row-stochastic (out × in) matrix of antialiased bicubic resampling (PyTorch's
+/// `antialias=True` bicubic, which is Pillow's).
 pub fn bicubic_aa_matrix(input: usize, output: usize) -> Vec<f32> {
-    fn cubic(x: f64) -> f64 {
-        let (a, x) = (-0.5, x.abs());
-        if x < 1.0 {
-            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-        } else if x < 2.0 {
-            (((x - 5.0) * x + 8.0) * x - 4.0) * a
-        } else {
-            0.0
-        }
-    }
-    let scale = input as f64 / output as f64;
-    let filter_scale = scale.max(1.0);
-    let support = 2.0 * filter_scale;
-    let mut m = vec![0f32; output * input];
-    for i in 0..output {
-        let center = (i as f64 + 0.5) * scale;
-        let lo = ((center - support + 0.5).trunc().max(0.0)) as usize;
-        let hi = ((center + support + 0.5).trunc() as usize).min(input);
-        let w: Vec<f64> = (lo..hi).map(|j| cubic((j as f64 - center + 0.5) / filter_scale)).collect();
-        let total: f64 = w.iter().sum();
-        for (j, wj) in (lo..hi).zip(w) {
-            m[i * input + j] = (wj / total) as f32;
-        }
-    }
-    m
+    et_interp::matrix(input, output, et_interp::Filter::Bicubic)
 }
 
 /// The position embedding (1, prefix + g², C) resampled to an (h × w) grid.
@@ -167,7 +143,7 @@ impl VisionTransformer {
         let patch_embed = Conv2d::new(vb.pp("patch_embed.proj"), cfg.in_chans, d, p, ConvGeom { stride: p, padding: 0, groups: 1 }, true)?;
         let cls_token = vb.get_with_hints((1, 1, d), "cls_token", Init::Randn { mean: 0.0, stdev: 1e-6 })?;
         let pos_embed = vb.get_with_hints((1, 1 + cfg.grid() * cfg.grid(), d), "pos_embed", WEIGHT_INIT)?;
-        let rate = |i: usize| if cfg.depth > 1 { cfg.drop_path_rate * i as f64 / (cfg.depth - 1) as f64 } else { 0.0 };
+        let rate = |i: usize| drop_path_rate(cfg.drop_path_rate, i, cfg.depth);
         let blocks = (0..cfg.depth).map(|i| Block::new(vb.pp(format!("blocks.{i}")), cfg, rate(i))).collect::<Result<Vec<_>>>()?;
         let norm = LayerNorm::new(vb.pp("norm"), d, LN_EPS)?;
         let head = Linear::new(vb.pp("head"), d, cfg.num_classes, true)?;

@@ -11,15 +11,9 @@ use crate::config::TrainConfig;
 use crate::schedule::Schedule;
 use crate::TrainError;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
-pub const LATEST: &str = "latest";
-pub const STATE_FILE: &str = "state.json";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const EMA_FILE: &str = "ema.safetensors";
-pub const REPLAY_FILE: &str = "replay.safetensors";
+pub use et_runfiles::{CHECKPOINTS_DIR, EMA_FILE, LATEST, OPTIMIZER_FILE, REPLAY_FILE, STATE_FILE};
 const FORMAT: u32 = 1;
 
 /// Where the run is: enough, with the tensors, to continue it bit-exactly.
@@ -133,16 +127,8 @@ fn io_err(what: &Path, e: std::io::Error) -> TrainError {
     TrainError::Output(format!("cannot write checkpoint {}: {e}", what.display()))
 }
 
-fn sync_file(path: &Path) -> Result<(), TrainError> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| io_err(path, e))
-}
-
-/// Writes `name` in `dir` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    et_runfiles::write(path, bytes).map_err(|e| io_err(path, e))
 }
 
 /// Writes a checkpoint of `state` under `out/checkpoints/step-NNNNNNNN/`: `write_tensors`
@@ -157,19 +143,17 @@ pub fn save(out: &Path, state: &TrainState, write_tensors: &dyn Fn(&Path) -> Res
         std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    // Every file is written atomically (flushed to the disk) before the directory is renamed.
     write_tensors(&tmp)?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Internal(format!("training state: {e}")))?;
-    std::fs::write(tmp.join(STATE_FILE), json).map_err(|e| io_err(&tmp, e))?;
-    for entry in std::fs::read_dir(&tmp).map_err(|e| io_err(&tmp, e))? {
-        sync_file(&entry.map_err(|e| io_err(&tmp, e))?.path())?;
-    }
+    write_atomic(&tmp.join(STATE_FILE), &json)?;
     let dir = root.join(&name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
     }
     std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
+    et_runfiles::sync_dir(&root).map_err(|e| io_err(&root, e))?;
     write_atomic(&root.join(LATEST), name.as_bytes())?;
-    sync_file(&root)?;
     // Only `latest` is ever read; anything else is a superseded checkpoint or a leftover.
     for entry in std::fs::read_dir(&root).map_err(|e| io_err(&root, e))?.flatten() {
         let p = entry.path();

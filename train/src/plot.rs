@@ -222,7 +222,7 @@ pub fn write_png(runs: &[Curves], path: &Path) -> Result<(), TrainError> {
         }
     }
     text(&mut img, w as i64 / 2 - 120, h as i64 - 14, "compute progress (share of the budget)", black);
-    img.save(path).map_err(|e| TrainError::Output(format!("cannot write {}: {e}", path.display())))
+    et_runfiles::write_with(path, |tmp| img.save_with_format(tmp, image::ImageFormat::Png).map_err(std::io::Error::other)).map_err(|e| TrainError::Output(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

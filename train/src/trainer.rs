@@ -151,7 +151,7 @@ impl<'e> Trainer<'e> {
         let p = mp.family.preprocessing();
         let mix = MixupConfig { mixup_alpha: cfg.data.mixup, cutmix_alpha: cfg.data.cutmix, switch_prob: cfg.data.mixup_switch_prob, prob: cfg.data.mixup_prob, label_smoothing: cfg.optim.label_smoothing, num_classes: data.classes() };
         let pre = Preprocess { mean: p.mean, std: p.std, crop_pct: mp.run_config.crop_pct, filter: Filter::Bicubic };
-        let metrics_path = out.join("metrics.jsonl");
+        let metrics_path = out.join(et_runfiles::METRICS_FILE);
         let compute_threads = rayon::current_num_threads();
         let mut t = match resume {
             None => {
@@ -402,8 +402,8 @@ impl<'e> Trainer<'e> {
         (self.on_event)(&Event::StageEnd { stage: si, resolution, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped: stage.skipped });
         let progress = self.state.progress();
         self.metrics.log(json!({"event": "stage_end", "stage": si, "resolution": resolution, "magnitude": magnitude, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": progress, "skipped": stage.skipped, "step": self.state.step}))?;
-        let curves = crate::plot::read_metrics(&out.join("metrics.jsonl"), &self.plan.schedule.name)?;
-        crate::plot::write_png(&[curves], &out.join("training.png"))?;
+        let curves = crate::plot::read_metrics(&out.join(et_runfiles::METRICS_FILE), &self.plan.schedule.name)?;
+        crate::plot::write_png(&[curves], &out.join(et_runfiles::PLOT_FILE))?;
         self.state.finish_stage(seconds);
         self.checkpoint(None)?;
         Ok(())

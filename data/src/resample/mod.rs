@@ -15,129 +15,12 @@ use crate::DataError;
 use image::RgbImage;
 use pass8::{pass_h8, pass_v8};
 
-/// Resampling filters with Pillow's kernels and supports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Filter {
-    Nearest,
-    Box,
-    Bilinear,
-    Bicubic,
-    Lanczos,
-}
+pub use et_interp::Filter;
+pub(crate) use et_interp::{taps, taps_box, Taps};
 
-impl Filter {
-    /// Parses timm / torchvision interpolation names.
-    pub fn parse(name: &str) -> Result<Filter, DataError> {
-        match name.to_ascii_lowercase().as_str() {
-            "nearest" => Ok(Filter::Nearest),
-            "box" => Ok(Filter::Box),
-            "bilinear" => Ok(Filter::Bilinear),
-            "bicubic" => Ok(Filter::Bicubic),
-            "lanczos" => Ok(Filter::Lanczos),
-            _ => Err(DataError::Invalid(format!(
-                "unknown interpolation '{name}': expected bicubic, bilinear, nearest, lanczos or box"
-            ))),
-        }
-    }
-
-    /// Kernel radius at scale 1 (Pillow's `filter.support`).
-    fn support(self) -> f64 {
-        match self {
-            Filter::Nearest | Filter::Box => 0.5,
-            Filter::Bilinear => 1.0,
-            Filter::Bicubic => 2.0,
-            Filter::Lanczos => 3.0,
-        }
-    }
-
-    /// The kernels, including Pillow's half-open interval conventions, which decide
-    /// which tap a sample exactly on the support boundary belongs to.
-    fn kernel(self, x: f64) -> f64 {
-        match self {
-            Filter::Nearest | Filter::Box => {
-                if x > -0.5 && x <= 0.5 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            Filter::Bilinear => {
-                let x = x.abs();
-                if x < 1.0 {
-                    1.0 - x
-                } else {
-                    0.0
-                }
-            }
-            Filter::Bicubic => {
-                // Keys' cubic with a = -0.5, as Pillow (not -0.75 as OpenCV).
-                const A: f64 = -0.5;
-                let x = x.abs();
-                if x < 1.0 {
-                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
-                } else {
-                    0.0
-                }
-            }
-            Filter::Lanczos => {
-                if (-3.0..3.0).contains(&x) {
-                    sinc(x) * sinc(x / 3.0)
-                } else {
-                    0.0
-                }
-            }
-        }
-    }
-}
-
-fn sinc(x: f64) -> f64 {
-    if x == 0.0 {
-        1.0
-    } else {
-        let x = x * std::f64::consts::PI;
-        x.sin() / x
-    }
-}
-
-/// Per-output-pixel taps: the first input index and the normalised weights.
-pub(crate) struct Taps {
-    pub(crate) start: Vec<usize>,
-    pub(crate) weights: Vec<Vec<f64>>,
-}
-
-/// Pillow's `precompute_coeffs` for the full-image box.
-fn taps(in_size: usize, out_size: usize, filter: Filter) -> Taps {
-    taps_box(0.0, in_size as f64, in_size, out_size, filter)
-}
-
-/// Pillow's `precompute_coeffs` for the source interval `[in0, in1)` of an axis
-/// `in_size` long (its `box` argument): taps may reach outside the interval, as far as
-/// the image goes.
-pub(crate) fn taps_box(in0: f64, in1: f64, in_size: usize, out_size: usize, filter: Filter) -> Taps {
-    let scale = (in1 - in0) / out_size as f64;
-    // Down-scaling widens the kernel so that it also low-passes (anti-aliasing).
-    let filterscale = scale.max(1.0);
-    let support = filter.support() * filterscale;
-    let ss = 1.0 / filterscale;
-    let mut start = Vec::with_capacity(out_size);
-    let mut weights = Vec::with_capacity(out_size);
-    for xx in 0..out_size {
-        let center = in0 + (xx as f64 + 0.5) * scale;
-        // C's `(int)` truncates toward zero; both bounds are then clamped to the image.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize;
-        let mut k: Vec<f64> =
-            (xmin..xmax).map(|x| filter.kernel((x as f64 - center + 0.5) * ss)).collect();
-        let ww: f64 = k.iter().sum();
-        if ww != 0.0 {
-            k.iter_mut().for_each(|w| *w /= ww);
-        }
-        start.push(xmin);
-        weights.push(k);
-    }
-    Taps { start, weights }
+/// Parses timm / torchvision interpolation names.
+pub fn parse_filter(name: &str) -> Result<Filter, DataError> {
+    Filter::parse(name).map_err(DataError::Invalid)
 }
 
 /// Pillow 13's pass order (python-pillow/Pillow#9549): the vertical pass runs first
@@ -174,7 +57,7 @@ pub fn resize_window(img: &RgbImage, columns: (u32, u32), region: [f64; 4], widt
         if (x0, w) == (0, img.width() as usize) {
             std::borrow::Cow::Borrowed(img)
         } else {
-            std::borrow::Cow::Owned(crate::transform::crop(img, 0, x0 as i64, h as u32, w as u32))
+            std::borrow::Cow::Owned(crate::pixels::crop(img, 0, x0 as i64, h as u32, w as u32))
         }
     };
     if (ow, oh) == (w, h) && full_x && full_y {
@@ -190,7 +73,7 @@ pub fn resize_window(img: &RgbImage, columns: (u32, u32), region: [f64; 4], widt
         }
         let (x0, y0) = (region[0].round() as i64, region[1].round() as i64);
         let (cw, ch) = (((region[2] - region[0]).round() as u32).max(1), ((region[3] - region[1]).round() as u32).max(1));
-        return nearest(&crate::transform::crop(&img, y0, x0, ch, cw), width, height);
+        return nearest(&crate::pixels::crop(&img, y0, x0, ch, cw), width, height);
     }
     let src = Plane { raw: img.as_raw(), stride: 3 * img.width() as usize, offset: 3 * x0, width: w };
     let tx = || taps_box(region[0], region[2], w, ow, filter);
@@ -370,10 +253,10 @@ mod tests {
 
     #[test]
     fn parse_names() {
-        assert_eq!(Filter::parse("bicubic").unwrap(), Filter::Bicubic);
-        assert_eq!(Filter::parse("BILINEAR").unwrap(), Filter::Bilinear);
-        assert_eq!(Filter::parse("box").unwrap(), Filter::Box);
-        assert!(matches!(Filter::parse("hamming2"), Err(DataError::Invalid(_))));
+        assert_eq!(parse_filter("bicubic").unwrap(), Filter::Bicubic);
+        assert_eq!(parse_filter("BILINEAR").unwrap(), Filter::Bilinear);
+        assert_eq!(parse_filter("box").unwrap(), Filter::Box);
+        assert!(matches!(parse_filter("hamming2"), Err(DataError::Invalid(_))));
     }
 
     #[test]

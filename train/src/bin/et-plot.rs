@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let curves: Result<Vec<_>, _> = a
         .runs
         .iter()
-        .map(|d| et_train::plot::read_metrics(&d.join("metrics.jsonl"), &d.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned())))
+        .map(|d| et_train::plot::read_metrics(&d.join(et_runfiles::METRICS_FILE), &d.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned())))
         .collect();
     match curves.and_then(|c| et_train::plot::write_png(&c, &a.out)) {
         Ok(()) => ExitCode::SUCCESS,
