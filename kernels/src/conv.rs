@@ -5,7 +5,7 @@
 //! and ViT's patchify stems (kernel = stride) and every strided or padded stem/downsampling
 //! conv take this path.
 
-use super::kernel::{dispatch, fill_rows, gather, gemm, gemm_uninit, group_size, ordered_sum, rewrite, scatter, split, sum, written, Kernel, Mat};
+use super::kernel::{dispatch, fill_rows, gather, gemm, gemm_uninit, group_size, Kernel, layer_grads, LayerGrads, Mat, ordered_sum, rewrite, scatter, sum, written};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -253,12 +253,9 @@ impl CustomOp3 for ConvFwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((g.n, g.o, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<LayerGrads> {
         let g = self.g;
-        let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &ConvGradInput { g })?;
-        let [dw, db] = split(&grad.apply_op2_no_bwd(x, &ConvGradWeight { g })?, [w.shape(), b.shape()])?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        layer_grads(x, w, b, grad, &ConvGradInput { g }, &ConvGradWeight { g })
     }
 }
 

@@ -6,7 +6,7 @@
 //! loops are branch-free row updates (vectorised for stride 1); small planes are grouped into
 //! larger rayon tasks.
 
-use super::kernel::{dispatch, split, sum, Kernel, WindowGeom as Geom};
+use super::kernel::{dispatch, Kernel, layer_grads, LayerGrads, sum, WindowGeom as Geom};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -354,12 +354,9 @@ impl CustomOp3 for DepthwiseFwd {
         Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<LayerGrads> {
         let g = self.g;
-        let grad = grad.contiguous()?;
-        let gx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
-        let [gw, gb] = split(&grad.apply_op2_no_bwd(x, &DepthwiseGradWeight { g })?, [w.shape(), b.shape()])?;
-        Ok((Some(gx), Some(gw), Some(gb)))
+        layer_grads(x, w, b, grad, &DepthwiseGradInput { g }, &DepthwiseGradWeight { g })
     }
 }
 

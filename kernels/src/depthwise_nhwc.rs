@@ -8,7 +8,7 @@
 //! Channels are the contiguous axis, so every tap is a vector multiply-add over a block of
 //! channels held in registers; borders only shorten the tap ranges.
 
-use super::kernel::{dispatch, ordered_sum, split, written, Kernel};
+use super::kernel::{dispatch, Kernel, layer_grads, LayerGrads, ordered_sum, written};
 use super::simd::avx2;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -218,12 +218,9 @@ impl CustomOp3 for Fwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((g.n, g.ho * g.wo, g.c))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<LayerGrads> {
         let g = self.g;
-        let grad = grad.contiguous()?;
-        let gx = grad.apply_op2_no_bwd(w, &GradInput { g })?;
-        let [gw, gb] = split(&grad.apply_op2_no_bwd(x, &GradWeight { g })?, [w.shape(), b.shape()])?;
-        Ok((Some(gx), Some(gw), Some(gb)))
+        layer_grads(x, w, b, grad, &GradInput { g }, &GradWeight { g })
     }
 }
 

@@ -2,7 +2,7 @@
 //! one dtype dispatch, so each op only writes its generic kernel.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType, CustomOp2};
 use std::mem::MaybeUninit;
 
 pub(crate) fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
@@ -79,6 +79,17 @@ pub(crate) fn split<const N: usize>(all: &Tensor, shapes: [&Shape; N]) -> Result
         start += s.elem_count();
     }
     Ok(pieces.try_into().unwrap_or_else(|_| unreachable!("one piece per shape")))
+}
+
+/// Gradients of a layer y = f(x, w) + b: the input's from op `input` on (dy, w), the
+/// weight's and bias's from op `params` on (dy, x), which writes them into one buffer.
+pub(crate) type LayerGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+pub(crate) fn layer_grads(x: &Tensor, w: &Tensor, b: &Tensor, grad: &Tensor, input: &impl CustomOp2, params: &impl CustomOp2) -> Result<LayerGrads> {
+    let grad = grad.contiguous()?;
+    let gx = grad.apply_op2_no_bwd(w, input)?;
+    let [gw, gb] = split(&grad.apply_op2_no_bwd(x, params)?, [w.shape(), b.shape()])?;
+    Ok((Some(gx), Some(gw), Some(gb)))
 }
 
 /// A kernel generic over the float type, applied to contiguous inputs of one dtype.

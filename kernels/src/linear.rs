@@ -4,7 +4,7 @@
 //! the main op of every transformer block (qkv, projection, MLP).
 
 use super::transpose::transposed;
-use super::kernel::{dispatch, gemm, gemm_parallel, gemm_uninit, gemm_uninit_parallel, ordered_sum, split, written, Kernel, Mat};
+use super::kernel::{dispatch, gemm, gemm_parallel, gemm_uninit, gemm_uninit_parallel, Kernel, layer_grads, LayerGrads, Mat, ordered_sum, written};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -156,12 +156,9 @@ impl CustomOp3 for LinearFwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((self.g.m, self.g.o))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<LayerGrads> {
         let g = self.g;
-        let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &LinearGradInput { g })?;
-        let [dw, db] = split(&grad.apply_op2_no_bwd(x, &LinearGradWeight { g })?, [w.shape(), b.shape()])?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        layer_grads(x, w, b, grad, &LinearGradInput { g }, &LinearGradWeight { g })
     }
 }
 

@@ -2,7 +2,7 @@
 //! backward that is two more GEMMs per image. Through candle (`broadcast_matmul` on a
 //! broadcast weight) the backward was ~7x the forward; here it is ~2x.
 
-use super::kernel::{dispatch, fill_rows, gather, gemm, gemm_uninit, group_size, ordered_sum, rewrite, scatter, split, sum, written, Kernel, Mat};
+use super::kernel::{dispatch, fill_rows, gather, gemm, gemm_uninit, group_size, Kernel, layer_grads, LayerGrads, Mat, ordered_sum, rewrite, scatter, sum, written};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -124,12 +124,9 @@ impl CustomOp3 for PointwiseFwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, Shape::from((g.n, g.c_out, self.hw.0, self.hw.1))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<LayerGrads> {
         let g = self.g;
-        let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &PointwiseGradInput { g, hw: self.hw })?;
-        let [dw, db] = split(&grad.apply_op2_no_bwd(x, &PointwiseGradWeight { g })?, [w.shape(), b.shape()])?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        layer_grads(x, w, b, grad, &PointwiseGradInput { g, hw: self.hw }, &PointwiseGradWeight { g })
     }
 }
 

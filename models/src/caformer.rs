@@ -10,9 +10,9 @@
 //! bias except the head's; convolutions and linears in blocks have none either. Nothing
 //! depends on the resolution: any input of at least 32×32 works, one ONNX graph for all.
 
-use crate::family::{check_rate, check_stages, reject_small_stem, Family, LayerIds, Preprocessing};
+use crate::family::{About, ETPP_RESOLUTIONS, Family, LayerIds, Preprocessing, check_min_input, check_rate, check_stages, reject_small_stem};
 use crate::layers::{Conv2d, LayerNorm, Linear, drop_path_rate};
-use crate::registry::{ModelConfig, ModelOptions};
+use crate::registry::{unknown, ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -41,11 +41,7 @@ impl Config {
     }
 
     pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
-        let min = self.min_input();
-        if height < min || width < min {
-            return Err(format!("the smallest input is {min}x{min} (its total stride)"));
-        }
-        Ok(())
+        check_min_input(height, width, self.min_input(), "its total stride")
     }
 
     /// A config read from a file is checked before a model is built from it.
@@ -283,33 +279,21 @@ const VARIANTS: &[Variant] = &[
 pub struct CaFormerFamily;
 pub static FAMILY: CaFormerFamily = CaFormerFamily;
 
+static ABOUT: About = About {
+    name: "CAFormer", paper: "https://arxiv.org/abs/2210.13452",
+    code: "https://github.com/sail-sg/metaformer (timm: timm/models/metaformer.py)",
+    preprocessing: Preprocessing::imagenet(1.0), // timm's caformer_*.sail_in1k
+    head: ["head.fc.fc2.weight", "head.fc.fc2.bias"], small_image_stem: None, dynamic_input_size: true,
+    etpp_resolutions: ETPP_RESOLUTIONS,
+};
+
 impl Family for CaFormerFamily {
-    fn name(&self) -> &'static str {
-        "CAFormer"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2210.13452"
-    }
-    fn code(&self) -> &'static str {
-        "https://github.com/sail-sg/metaformer (timm: timm/models/metaformer.py)"
-    }
-    fn variants(&self) -> Vec<&'static str> {
-        VARIANTS.iter().map(|v| v.name).collect()
-    }
+    fn about(&self) -> &'static About { &ABOUT }
+    fn variants(&self) -> Vec<&'static str> { VARIANTS.iter().map(|v| v.name).collect() }
     fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
-        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| unknown(name))?;
         reject_small_stem(name, opts)?;
-        let mut cfg = Config::new(v.depths, v.dims);
-        cfg.num_classes = opts.num_classes;
-        cfg.drop_path_rate = opts.drop_path_rate;
-        Ok(ModelConfig::Caformer(cfg))
-    }
-    /// timm's `caformer_*.sail_in1k`.
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing::imagenet(1.0)
-    }
-    fn head_names(&self) -> [&'static str; 2] {
-        ["head.fc.fc2.weight", "head.fc.fc2.bias"]
+        Ok(ModelConfig::Caformer(Config::new(v.depths, v.dims)).with_common(opts))
     }
     /// timm has no `group_matcher` for MetaFormers and falls back to `auto_group_layers`:
     /// the parameters outside the classifier (`head.fc.fc2`), in the order the model
@@ -336,24 +320,13 @@ impl Family for CaFormerFamily {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use et_kernels::CandleOps;
-    use crate::params::ParamStore;
-    use candle_core::{DType, Device};
 
     #[test]
     fn every_parameter_gets_a_gradient() -> Result<()> {
         let mut cfg = Config::new(&[1, 1, 2, 1], &[8, 16, 32, 64]);
         cfg.head_dim = 8;
-        cfg.num_classes = 3;
-        cfg.drop_path_rate = 0.1;
-        let ps = ParamStore::new(1);
-        let model = CaFormer::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
-        let x = seeded(&[2, 3, 64, 48], 2, &Device::Cpu, DType::F32)?;
-        let y = model.forward(&CandleOps::train(3), &x)?;
-        assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps.trainable(), &y)?;
-        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
+        (cfg.num_classes, cfg.drop_path_rate) = (3, 0.1);
+        crate::test_support::assert_trains(ModelConfig::Caformer(cfg), &[2, 3, 64, 48])?;
         Ok(())
     }
 }

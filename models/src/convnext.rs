@@ -4,9 +4,9 @@
 //! LayerNorm → Linear → GELU → Linear → permute) equal channel LayerNorm + 1×1 convs with
 //! the linear weights, which avoids two transposes per block. Weights keep timm's shapes.
 
-use crate::family::{captures, check_rate, check_stages, Family, LayerIds, OfficialNames, Preprocessing, Recipe};
+use crate::family::{About, Family, LayerIds, OfficialNames, Preprocessing, Recipe, captures, check_min_input, check_rate, check_stages};
 use crate::layers::{Conv2d, LayerNorm, drop_path_rate};
-use crate::registry::{ModelConfig, ModelOptions};
+use crate::registry::{unknown, ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -51,11 +51,7 @@ impl Config {
 
     /// Whether an input of this size fits, and why not.
     pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
-        let min = self.min_input();
-        if height < min || width < min {
-            return Err(format!("the smallest input is {min}x{min} (stem stride {} and {} stages)", self.stem_stride, self.dims.len()));
-        }
-        Ok(())
+        check_min_input(height, width, self.min_input(), &format!("stem stride {} and {} stages", self.stem_stride, self.dims.len()))
     }
 
     /// A config read from a file is checked before a model is built from it.
@@ -204,36 +200,22 @@ fn variant(name: &str) -> Option<&'static Variant> {
 pub struct ConvNeXtFamily;
 pub static FAMILY: ConvNeXtFamily = ConvNeXtFamily;
 
+static ABOUT: About = About {
+    name: "ConvNeXt", paper: "https://arxiv.org/abs/2201.03545",
+    code: "https://github.com/facebookresearch/ConvNeXt (timm: timm/models/convnext.py)",
+    preprocessing: Preprocessing::imagenet(0.875), // timm's convnext_*.fb_in1k
+    head: ["head.fc.weight", "head.fc.bias"], small_image_stem: Some(2), dynamic_input_size: true,
+    etpp_resolutions: [160, 160, 160, 160, 160, 160, 224, 224, 224, 224],
+};
+
 impl Family for ConvNeXtFamily {
-    fn name(&self) -> &'static str {
-        "ConvNeXt"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2201.03545"
-    }
-    fn code(&self) -> &'static str {
-        "https://github.com/facebookresearch/ConvNeXt (timm: timm/models/convnext.py)"
-    }
-    fn variants(&self) -> Vec<&'static str> {
-        VARIANTS.iter().map(|v| v.name).collect()
-    }
+    fn about(&self) -> &'static About { &ABOUT }
+    fn variants(&self) -> Vec<&'static str> { VARIANTS.iter().map(|v| v.name).collect() }
     fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
-        let v = variant(name).ok_or_else(|| crate::registry::unknown(name))?;
+        let v = variant(name).ok_or_else(|| unknown(name))?;
         let mut cfg = Config::new(v.depths, v.dims, v.conv_mlp);
-        cfg.num_classes = opts.num_classes;
-        cfg.drop_path_rate = opts.drop_path_rate;
         cfg.stem_stride = opts.stem_stride.unwrap_or(cfg.stem_stride);
-        Ok(ModelConfig::Convnext(cfg))
-    }
-    /// timm's `convnext_*.fb_in1k`.
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing::imagenet(0.875)
-    }
-    fn head_names(&self) -> [&'static str; 2] {
-        ["head.fc.weight", "head.fc.bias"]
-    }
-    fn small_image_stem(&self) -> Option<usize> {
-        Some(2)
+        Ok(ModelConfig::Convnext(cfg).with_common(opts))
     }
     /// The official `get_num_layer_for_convnext` (as EfficientTrain's optim_factory.py): 12
     /// layers, stage 3's blocks three to a layer, the head 13.
@@ -258,9 +240,6 @@ impl Family for ConvNeXtFamily {
     }
     fn official_names(&self) -> Option<OfficialNames> {
         Some(OfficialNames { layout: "official ConvNeXt", detect: |names| names.iter().any(|n| n.contains("downsample_layers.")), map: official_name })
-    }
-    fn etpp_resolutions(&self) -> [usize; 10] {
-        [160, 160, 160, 160, 160, 160, 224, 224, 224, 224]
     }
     /// ET++'s ConvNeXt scripts: the shared recipe with an EMA of decay 0.9999.
     fn recipe(&self, name: &str) -> Option<Recipe> {

@@ -20,9 +20,9 @@
 //! apply that rule to the input at every forward (weights do not depend on R). Inputs are
 //! square multiples of 32, as that code assumes; ONNX graphs are exported per size.
 
-use crate::family::{check_heads, check_rate, check_stages, reject_small_stem, Family, LayerIds, Preprocessing, Recipe};
+use crate::family::{About, ETPP_RESOLUTIONS, Family, LayerIds, Preprocessing, Recipe, check_heads, check_rate, check_stages, reject_small_stem};
 use crate::layers::{Conv2d, LayerNorm, Linear, drop_path_rate};
-use crate::registry::{ModelConfig, ModelOptions};
+use crate::registry::{unknown, ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -247,36 +247,21 @@ const VARIANTS: &[Variant] = &[
 pub struct CSWinFamily;
 pub static FAMILY: CSWinFamily = CSWinFamily;
 
+static ABOUT: About = About {
+    name: "CSWin Transformer", paper: "https://arxiv.org/abs/2107.00652",
+    code: "https://github.com/microsoft/CSWin-Transformer (EfficientTrain's copy: models/cswin.py)",
+    preprocessing: Preprocessing::imagenet(0.9), // the official cswin_224 config
+    head: ["head.weight", "head.bias"], small_image_stem: None, dynamic_input_size: false,
+    etpp_resolutions: ETPP_RESOLUTIONS,
+};
+
 impl Family for CSWinFamily {
-    fn name(&self) -> &'static str {
-        "CSWin Transformer"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2107.00652"
-    }
-    fn code(&self) -> &'static str {
-        "https://github.com/microsoft/CSWin-Transformer (EfficientTrain's copy: models/cswin.py)"
-    }
-    fn variants(&self) -> Vec<&'static str> {
-        VARIANTS.iter().map(|v| v.name).collect()
-    }
+    fn about(&self) -> &'static About { &ABOUT }
+    fn variants(&self) -> Vec<&'static str> { VARIANTS.iter().map(|v| v.name).collect() }
     fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
-        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| unknown(name))?;
         reject_small_stem(name, opts)?;
-        let mut cfg = Config::new(v.embed_dim, v.depths, v.heads);
-        cfg.num_classes = opts.num_classes;
-        cfg.drop_path_rate = opts.drop_path_rate;
-        Ok(ModelConfig::Cswin(cfg))
-    }
-    /// The official `cswin_224` config.
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing::imagenet(0.9)
-    }
-    fn head_names(&self) -> [&'static str; 2] {
-        ["head.weight", "head.bias"]
-    }
-    fn dynamic_input_size(&self) -> bool {
-        false
+        Ok(ModelConfig::Cswin(Config::new(v.embed_dim, v.depths, v.heads)).with_common(opts))
     }
     /// EfficientTrain's `get_num_layer_for_cswin`: 20 layers of two consecutive blocks
     /// (stage 4 and the last merge at 20), the stem 0, the norm and head 21.
@@ -309,24 +294,16 @@ impl Family for CSWinFamily {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
+    use et_kernels::testing::seeded;
     use et_kernels::CandleOps;
-    use crate::params::ParamStore;
     use candle_core::{DType, Device};
 
     #[test]
     fn every_parameter_gets_a_gradient() -> Result<()> {
         let mut cfg = Config::new(8, &[1, 1, 2, 1], &[2, 2, 4, 4]);
-        cfg.num_classes = 3;
-        cfg.drop_path_rate = 0.1;
-        let ps = ParamStore::new(1);
-        let model = CSWin::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+        (cfg.num_classes, cfg.drop_path_rate) = (3, 0.1);
         // 64 px: maps 16, 8, 4, 2 with stripes 1, 2, 2 and a full last stage.
-        let x = seeded(&[2, 3, 64, 64], 2, &Device::Cpu, DType::F32)?;
-        let y = model.forward(&CandleOps::train(3), &x)?;
-        assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps.trainable(), &y)?;
-        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
+        let (_, model, _) = crate::test_support::assert_trains(ModelConfig::Cswin(cfg), &[2, 3, 64, 64])?;
         assert!(model.forward(&CandleOps::eval(), &seeded(&[1, 3, 64, 96], 2, &Device::Cpu, DType::F32)?).is_err());
         Ok(())
     }

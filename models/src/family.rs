@@ -170,31 +170,35 @@ impl Recipe {
 /// the paper gives no list for).
 pub const ETPP_RESOLUTIONS: [usize; 10] = [96, 96, 160, 160, 160, 160, 224, 224, 224, 224];
 
-/// The facts of one model family. Families implement what differs from the defaults.
-pub trait Family: Sync {
+/// The plain facts of a family, one table per family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct About {
     /// The family's name for people ("ConvNeXt").
-    fn name(&self) -> &'static str;
-    /// The paper and the reference code.
-    fn paper(&self) -> &'static str;
-    fn code(&self) -> &'static str;
+    pub name: &'static str,
+    pub paper: &'static str,
+    /// The reference code (timm's file where the weights come from there).
+    pub code: &'static str,
+    /// Preprocessing of the reference weights.
+    pub preprocessing: Preprocessing,
+    /// The classifier's weight and bias (re-initialised for another number of classes).
+    pub head: [&'static str; 2],
+    /// The stem stride et-train gives images under 64 px where the family has a small-image
+    /// stem (`ModelOptions::stem_stride`); `None`: only the reference stem, inputs ≥ 32 px.
+    pub small_image_stem: Option<usize>,
+    /// Whether one exported graph takes any input size (convolutional families); position
+    /// embeddings, windows and stripes fix the others to the export size.
+    pub dynamic_input_size: bool,
+    /// ET++'s resolution per stage at a base of 224 px.
+    pub etpp_resolutions: [usize; 10],
+}
+
+/// A family: its facts, variants, and the rules that need code.
+pub trait Family: Sync {
+    fn about(&self) -> &'static About;
     /// Registered variant names, smallest first.
     fn variants(&self) -> Vec<&'static str>;
     /// The architecture of `variant` (one of [`Family::variants`]) with `opts`.
     fn config(&self, variant: &str, opts: &ModelOptions) -> Result<ModelConfig>;
-    /// Preprocessing of the reference weights.
-    fn preprocessing(&self) -> Preprocessing;
-    /// The classifier's weight and bias (re-initialised for another number of classes).
-    fn head_names(&self) -> [&'static str; 2];
-    /// The stem stride et-train gives images under 64 px where the family has a small-image
-    /// stem (`ModelOptions::stem_stride`); `None`: only the reference stem, inputs ≥ 32 px.
-    fn small_image_stem(&self) -> Option<usize> {
-        None
-    }
-    /// Whether one exported graph takes any input size (convolutional families); position
-    /// embeddings, windows and stripes fix the others to the export size.
-    fn dynamic_input_size(&self) -> bool {
-        true
-    }
     /// Layer ids for layer-wise lr decay of the trainable parameters `names`, given in the
     /// order the model creates them (the order of PyTorch's `named_parameters`).
     fn layer_ids(&self, names: &[String]) -> LayerIds;
@@ -202,13 +206,28 @@ pub trait Family: Sync {
     fn official_names(&self) -> Option<OfficialNames> {
         None
     }
-    /// ET++'s resolution per stage at a base of 224 px.
-    fn etpp_resolutions(&self) -> [usize; 10] {
-        ETPP_RESOLUTIONS
-    }
     /// The official ImageNet training recipe of `variant`, where the project has it.
     fn recipe(&self, _variant: &str) -> Option<Recipe> {
         None
+    }
+
+    fn name(&self) -> &'static str {
+        self.about().name
+    }
+    fn preprocessing(&self) -> Preprocessing {
+        self.about().preprocessing.clone()
+    }
+    fn head_names(&self) -> [&'static str; 2] {
+        self.about().head
+    }
+    fn small_image_stem(&self) -> Option<usize> {
+        self.about().small_image_stem
+    }
+    fn dynamic_input_size(&self) -> bool {
+        self.about().dynamic_input_size
+    }
+    fn etpp_resolutions(&self) -> [usize; 10] {
+        self.about().etpp_resolutions
     }
 }
 
@@ -236,6 +255,15 @@ pub fn check_heads(dims: &[usize], heads: &[usize]) -> std::result::Result<(), S
         Some((d, h)) => Err(format!("{h} heads cannot split a width of {d}")),
         None => Ok(()),
     }
+}
+
+/// Whether an input of `height` × `width` is at least `min` on both sides (`why`: what sets
+/// the minimum, for the message).
+pub fn check_min_input(height: usize, width: usize, min: usize, why: &str) -> std::result::Result<(), String> {
+    if height < min || width < min {
+        return Err(format!("the smallest input is {min}x{min} ({why})"));
+    }
+    Ok(())
 }
 
 /// A drop-path rate in [0, 1).

@@ -14,6 +14,8 @@ pub mod registry;
 pub mod resnet;
 pub mod run_config;
 pub mod swin;
+#[cfg(test)]
+mod test_support;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod vit;

@@ -9,9 +9,9 @@
 //! resolution-dependent parameters: any input of at least 32×32 works, and the ONNX graph
 //! takes any size because token ↔ map conversions read H and W at run time.
 
-use crate::family::{captures, check_heads, check_rate, check_stages, group_by_keys, reject_small_stem, Family, GroupKey, LayerIds, Preprocessing};
+use crate::family::{About, ETPP_RESOLUTIONS, Family, GroupKey, LayerIds, Preprocessing, captures, check_heads, check_min_input, check_rate, check_stages, group_by_keys, reject_small_stem};
 use crate::layers::{Conv2d, LayerNorm, Linear, drop_path_rate};
-use crate::registry::{ModelConfig, ModelOptions};
+use crate::registry::{unknown, ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -49,11 +49,8 @@ impl Config {
     }
 
     pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
-        let min = self.min_input();
-        if height < min || width < min {
-            return Err(format!("the smallest input is {min}x{min} (stride-4 stem and a {0}x{0} spatial reduction in the first stage)", self.sr_ratios.first().copied().unwrap_or(1)));
-        }
-        Ok(())
+        let sr = self.sr_ratios.first().copied().unwrap_or(1);
+        check_min_input(height, width, self.min_input(), &format!("stride-4 stem and a {sr}x{sr} spatial reduction in the first stage"))
     }
 
     /// A config read from a file is checked before a model is built from it.
@@ -220,33 +217,21 @@ const VARIANTS: &[Variant] = &[
 pub struct PvtV2Family;
 pub static FAMILY: PvtV2Family = PvtV2Family;
 
+static ABOUT: About = About {
+    name: "PVT v2", paper: "https://arxiv.org/abs/2106.13797",
+    code: "https://github.com/whai362/PVT (timm: timm/models/pvt_v2.py)",
+    preprocessing: Preprocessing::imagenet(0.9), // timm's pvt_v2_*.in1k
+    head: ["head.weight", "head.bias"], small_image_stem: None, dynamic_input_size: true,
+    etpp_resolutions: ETPP_RESOLUTIONS,
+};
+
 impl Family for PvtV2Family {
-    fn name(&self) -> &'static str {
-        "PVT v2"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2106.13797"
-    }
-    fn code(&self) -> &'static str {
-        "https://github.com/whai362/PVT (timm: timm/models/pvt_v2.py)"
-    }
-    fn variants(&self) -> Vec<&'static str> {
-        VARIANTS.iter().map(|v| v.name).collect()
-    }
+    fn about(&self) -> &'static About { &ABOUT }
+    fn variants(&self) -> Vec<&'static str> { VARIANTS.iter().map(|v| v.name).collect() }
     fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
-        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| unknown(name))?;
         reject_small_stem(name, opts)?;
-        let mut cfg = Config::new(v.depths, v.embed_dims, v.heads);
-        cfg.num_classes = opts.num_classes;
-        cfg.drop_path_rate = opts.drop_path_rate;
-        Ok(ModelConfig::PvtV2(cfg))
-    }
-    /// timm's `pvt_v2_*.in1k`.
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing::imagenet(0.9)
-    }
-    fn head_names(&self) -> [&'static str; 2] {
-        ["head.weight", "head.bias"]
+        Ok(ModelConfig::PvtV2(Config::new(v.depths, v.embed_dims, v.heads)).with_common(opts))
     }
     /// timm's `group_matcher`: the patch embedding 0, then one id per stage, the head last.
     fn layer_ids(&self, names: &[String]) -> LayerIds {
@@ -266,25 +251,14 @@ impl Family for PvtV2Family {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use et_kernels::CandleOps;
-    use crate::params::ParamStore;
-    use candle_core::{DType, Device};
 
     #[test]
     fn every_parameter_gets_a_gradient() -> Result<()> {
         let mut cfg = Config::new(&[1, 2, 1, 1], &[8, 16, 24, 32], &[1, 2, 3, 4]);
-        cfg.num_classes = 3;
-        cfg.drop_path_rate = 0.1;
-        let ps = ParamStore::new(1);
-        let model = PvtV2::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+        (cfg.num_classes, cfg.drop_path_rate) = (3, 0.1);
         // Not square, odd maps after the stem (18×17, 9×9, 5×5, 3×3), and every reduced map
         // keeps more than one key (with a single key, q cannot learn: softmax of one score).
-        let x = seeded(&[2, 3, 72, 68], 2, &Device::Cpu, DType::F32)?;
-        let y = model.forward(&CandleOps::train(3), &x)?;
-        assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps.trainable(), &y)?;
-        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
+        crate::test_support::assert_trains(ModelConfig::PvtV2(cfg), &[2, 3, 72, 68])?;
         Ok(())
     }
 }

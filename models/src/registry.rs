@@ -66,6 +66,23 @@ pub fn model_config(name: &str, opts: &ModelOptions) -> Result<ModelConfig> {
     family(name)?.config(name, opts)
 }
 
+impl ModelConfig {
+    /// `self` with the options every family takes: classes and the drop-path rate.
+    pub(crate) fn with_common(mut self, opts: &ModelOptions) -> ModelConfig {
+        let (classes, rate) = (opts.num_classes, opts.drop_path_rate);
+        match &mut self {
+            ModelConfig::Convnext(c) => (c.num_classes, c.drop_path_rate) = (classes, rate),
+            ModelConfig::Resnet(c) => (c.num_classes, c.drop_path_rate) = (classes, rate),
+            ModelConfig::Vit(c) => (c.num_classes, c.drop_path_rate) = (classes, rate),
+            ModelConfig::Swin(c) => (c.num_classes, c.drop_path_rate) = (classes, rate),
+            ModelConfig::PvtV2(c) => (c.num_classes, c.drop_path_rate) = (classes, rate),
+            ModelConfig::Caformer(c) => (c.num_classes, c.drop_path_rate) = (classes, rate),
+            ModelConfig::Cswin(c) => (c.num_classes, c.drop_path_rate) = (classes, rate),
+        }
+        self
+    }
+}
+
 pub enum Model {
     ConvNeXt(ConvNeXt),
     ResNet(ResNet),

@@ -3,9 +3,9 @@
 //! `bn{1,2,3}` / `downsample.{0,1}`, `fc`. As in timm (`timm/models/resnet.py`) the
 //! bottleneck's stride sits on its 3×3 conv, and the last norm of each block starts at zero.
 
-use crate::family::{captures, check_rate, group_by_keys, Family, GroupKey, LayerIds, Preprocessing, Recipe};
+use crate::family::{About, ETPP_RESOLUTIONS, Family, GroupKey, LayerIds, Preprocessing, Recipe, captures, check_min_input, check_rate, group_by_keys};
 use crate::layers::{BatchNorm2d, Conv2d, Linear, drop_path_rate};
-use crate::registry::{ModelConfig, ModelOptions};
+use crate::registry::{unknown, ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::Result;
 use candle_nn::{Init, VarBuilder};
@@ -54,11 +54,7 @@ impl Config {
     }
 
     pub fn check_input(&self, height: usize, width: usize) -> std::result::Result<(), String> {
-        let min = self.min_input();
-        if height < min || width < min {
-            return Err(format!("the smallest input is {min}x{min} (its total stride)"));
-        }
-        Ok(())
+        check_min_input(height, width, self.min_input(), "its total stride")
     }
 
     /// A config read from a file is checked before a model is built from it.
@@ -192,36 +188,22 @@ const VARIANTS: &[Variant] = &[
 pub struct ResNetFamily;
 pub static FAMILY: ResNetFamily = ResNetFamily;
 
+static ABOUT: About = About {
+    name: "ResNet", paper: "https://arxiv.org/abs/1512.03385",
+    code: "timm/models/resnet.py (https://github.com/huggingface/pytorch-image-models)",
+    preprocessing: Preprocessing::imagenet(0.95), // timm's resnet*.a1_in1k
+    head: ["fc.weight", "fc.bias"], small_image_stem: Some(2), dynamic_input_size: true,
+    etpp_resolutions: ETPP_RESOLUTIONS,
+};
+
 impl Family for ResNetFamily {
-    fn name(&self) -> &'static str {
-        "ResNet"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/1512.03385"
-    }
-    fn code(&self) -> &'static str {
-        "timm/models/resnet.py (https://github.com/huggingface/pytorch-image-models)"
-    }
-    fn variants(&self) -> Vec<&'static str> {
-        VARIANTS.iter().map(|v| v.name).collect()
-    }
+    fn about(&self) -> &'static About { &ABOUT }
+    fn variants(&self) -> Vec<&'static str> { VARIANTS.iter().map(|v| v.name).collect() }
     fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
-        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| unknown(name))?;
         let mut cfg = Config::new(v.block, v.layers);
-        cfg.num_classes = opts.num_classes;
-        cfg.drop_path_rate = opts.drop_path_rate;
         cfg.small_stem_stride = opts.stem_stride;
-        Ok(ModelConfig::Resnet(cfg))
-    }
-    /// timm's `resnet*.a1_in1k`.
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing::imagenet(0.95)
-    }
-    fn head_names(&self) -> [&'static str; 2] {
-        ["fc.weight", "fc.bias"]
-    }
-    fn small_image_stem(&self) -> Option<usize> {
-        Some(2)
+        Ok(ModelConfig::Resnet(cfg).with_common(opts))
     }
     /// timm's `group_matcher`: the stem, then every residual block in order, the head last.
     fn layer_ids(&self, names: &[String]) -> LayerIds {

@@ -14,8 +14,8 @@
 //! (patch size × 2³), the sizes our parity tests cover.
 
 use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT, drop_path_rate};
-use crate::family::{captures, check_heads, check_rate, check_stages, group_by_keys, Family, GroupKey, LayerIds, OfficialNames, Preprocessing, Recipe, MATCH_PREV};
-use crate::registry::{ModelConfig, ModelOptions};
+use crate::family::{About, ETPP_RESOLUTIONS, Family, GroupKey, LayerIds, MATCH_PREV, OfficialNames, Preprocessing, Recipe, captures, check_heads, check_rate, check_stages, group_by_keys};
+use crate::registry::{unknown, ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -323,41 +323,23 @@ const VARIANTS: &[Variant] = &[
 pub struct SwinFamily;
 pub static FAMILY: SwinFamily = SwinFamily;
 
+static ABOUT: About = About {
+    name: "Swin Transformer", paper: "https://arxiv.org/abs/2103.14030",
+    code: "https://github.com/microsoft/Swin-Transformer (timm: timm/models/swin_transformer.py)",
+    preprocessing: Preprocessing::imagenet(0.9), // timm's swin_*.ms_in1k
+    head: ["head.fc.weight", "head.fc.bias"], small_image_stem: Some(2), dynamic_input_size: false,
+    etpp_resolutions: ETPP_RESOLUTIONS,
+};
+
 impl Family for SwinFamily {
-    fn name(&self) -> &'static str {
-        "Swin Transformer"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2103.14030"
-    }
-    fn code(&self) -> &'static str {
-        "https://github.com/microsoft/Swin-Transformer (timm: timm/models/swin_transformer.py)"
-    }
-    fn variants(&self) -> Vec<&'static str> {
-        VARIANTS.iter().map(|v| v.name).collect()
-    }
+    fn about(&self) -> &'static About { &ABOUT }
+    fn variants(&self) -> Vec<&'static str> { VARIANTS.iter().map(|v| v.name).collect() }
     fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
-        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| unknown(name))?;
         let mut cfg = Config::new(v.embed_dim, v.depths, v.heads);
-        cfg.num_classes = opts.num_classes;
-        cfg.drop_path_rate = opts.drop_path_rate;
         cfg.patch_size = opts.stem_stride.unwrap_or(4);
         cfg.img_size = opts.img_size.unwrap_or(224);
-        Ok(ModelConfig::Swin(cfg))
-    }
-    /// timm's `swin_*.ms_in1k`.
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing::imagenet(0.9)
-    }
-    fn head_names(&self) -> [&'static str; 2] {
-        ["head.fc.weight", "head.fc.bias"]
-    }
-    /// A patch size of 2 for small images.
-    fn small_image_stem(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn dynamic_input_size(&self) -> bool {
-        false
+        Ok(ModelConfig::Swin(cfg).with_common(opts))
     }
     /// timm's `group_matcher`: the patch embedding 0, then every block in order (a stage's
     /// downsample with its first block), the final norm with the last block, the head last.
@@ -411,10 +393,6 @@ fn official_name(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use et_kernels::CandleOps;
-    use crate::params::ParamStore;
-    use candle_core::{DType, Device};
 
     #[test]
     fn windows_and_shifts_follow_timm_at_224() {
@@ -441,16 +419,9 @@ mod tests {
         let mut cfg = Config::new(8, &[2, 2], &[1, 2]);
         cfg.window_size = 3;
         cfg.img_size = 32;
-        cfg.num_classes = 3;
-        cfg.drop_path_rate = 0.1;
-        let ps = ParamStore::new(1);
-        let model = SwinTransformer::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+        (cfg.num_classes, cfg.drop_path_rate) = (3, 0.1);
         // 40 px: 10×10 then 5×5 maps, padded to 12×12 and 6×6 windows of 3.
-        let x = seeded(&[2, 3, 40, 40], 2, &Device::Cpu, DType::F32)?;
-        let y = model.forward(&CandleOps::train(3), &x)?;
-        assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps.trainable(), &y)?;
-        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
+        crate::test_support::assert_trains(ModelConfig::Swin(cfg), &[2, 3, 40, 40])?;
         Ok(())
     }
 }

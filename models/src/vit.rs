@@ -7,9 +7,9 @@
 //! `resample_abs_pos_embed`). The resampling is two matrix products, so it is
 //! differentiable and training at a low-resolution stage updates the base embedding.
 
-use crate::family::{captures, check_heads, check_rate, group_by_keys, Family, GroupKey, LayerIds, Preprocessing, Recipe, Warmup, MATCH_PREV};
+use crate::family::{About, Family, GroupKey, LayerIds, MATCH_PREV, Preprocessing, Recipe, Warmup, captures, check_heads, check_rate, group_by_keys};
 use crate::layers::{Conv2d, LayerNorm, Linear, WEIGHT_INIT, drop_path_rate};
-use crate::registry::{ModelConfig, ModelOptions};
+use crate::registry::{unknown, ModelConfig, ModelOptions};
 use et_ops::{ConvGeom, Ops};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -181,24 +181,20 @@ const VARIANTS: &[Variant] = &[
 pub struct DeiTFamily;
 pub static FAMILY: DeiTFamily = DeiTFamily;
 
+static ABOUT: About = About {
+    name: "DeiT", paper: "https://arxiv.org/abs/2012.12877",
+    code: "https://github.com/facebookresearch/deit (timm: timm/models/vision_transformer.py)",
+    preprocessing: Preprocessing::imagenet(0.9), // timm's deit_*.fb_in1k
+    head: ["head.weight", "head.bias"], small_image_stem: Some(4), dynamic_input_size: false,
+    etpp_resolutions: [96, 96, 160, 160, 160, 160, 192, 192, 224, 224],
+};
+
 impl Family for DeiTFamily {
-    fn name(&self) -> &'static str {
-        "DeiT"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2012.12877"
-    }
-    fn code(&self) -> &'static str {
-        "https://github.com/facebookresearch/deit (timm: timm/models/vision_transformer.py)"
-    }
-    fn variants(&self) -> Vec<&'static str> {
-        VARIANTS.iter().map(|v| v.name).collect()
-    }
+    fn about(&self) -> &'static About { &ABOUT }
+    fn variants(&self) -> Vec<&'static str> { VARIANTS.iter().map(|v| v.name).collect() }
     fn config(&self, name: &str, opts: &ModelOptions) -> crate::error::Result<ModelConfig> {
-        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| crate::registry::unknown(name))?;
+        let v = VARIANTS.iter().find(|v| v.name == name).ok_or_else(|| unknown(name))?;
         let mut cfg = Config::new(v.embed_dim, v.depth, v.heads);
-        cfg.num_classes = opts.num_classes;
-        cfg.drop_path_rate = opts.drop_path_rate;
         cfg.patch_size = opts.stem_stride.unwrap_or(16);
         cfg.img_size = opts.img_size.unwrap_or(224);
         if cfg.img_size % cfg.patch_size != 0 {
@@ -209,21 +205,7 @@ impl Family for DeiTFamily {
                 reason: format!("the base size must be a multiple of the patch size {}", cfg.patch_size),
             });
         }
-        Ok(ModelConfig::Vit(cfg))
-    }
-    /// timm's `deit_*.fb_in1k`.
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing::imagenet(0.9)
-    }
-    fn head_names(&self) -> [&'static str; 2] {
-        ["head.weight", "head.bias"]
-    }
-    /// A patch size of 4 for small images.
-    fn small_image_stem(&self) -> Option<usize> {
-        Some(4)
-    }
-    fn dynamic_input_size(&self) -> bool {
-        false
+        Ok(ModelConfig::Vit(cfg).with_common(opts))
     }
     /// timm's `group_matcher`: embeddings 0, block i → i + 1, the final norm with the last
     /// block, the head last.
@@ -241,9 +223,6 @@ impl Family for DeiTFamily {
         };
         group_by_keys(&names.iter().map(|n| key(n)).collect::<Vec<_>>())
     }
-    fn etpp_resolutions(&self) -> [usize; 10] {
-        [96, 96, 160, 160, 160, 160, 192, 192, 224, 224]
-    }
     /// ET++'s DeiT-S script: the shared recipe with 20 % of the budget as warm-up and
     /// gradients clipped to norm 5.
     fn recipe(&self, name: &str) -> Option<Recipe> {
@@ -258,10 +237,6 @@ impl Family for DeiTFamily {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use et_kernels::testing::{assert_every_parameter_learns, assert_tape_matches_graph, seeded};
-    use et_kernels::CandleOps;
-    use crate::params::ParamStore;
-    use candle_core::{DType, Device};
 
     #[test]
     fn resampling_matrix_is_identity_at_same_size_and_averages_when_shrinking() {
@@ -282,16 +257,9 @@ mod tests {
         let mut cfg = Config::new(16, 2, 2);
         cfg.patch_size = 4;
         cfg.img_size = 16;
-        cfg.num_classes = 3;
-        cfg.drop_path_rate = 0.1;
-        let ps = ParamStore::new(1);
-        let model = VisionTransformer::new(ps.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+        (cfg.num_classes, cfg.drop_path_rate) = (3, 0.1);
         // 12 px: a 3×3 grid, so the 4×4 position embedding is resampled (and learns through it).
-        let x = seeded(&[2, 3, 12, 12], 2, &Device::Cpu, DType::F32)?;
-        let y = model.forward(&CandleOps::train(3), &x)?;
-        assert_eq!(y.dims(), &[2, 3]);
-        assert_every_parameter_learns(&ps.trainable(), &y)?;
-        assert_tape_matches_graph(&ps.trainable(), 3, |o| model.forward(o, &x))?;
+        crate::test_support::assert_trains(ModelConfig::Vit(cfg), &[2, 3, 12, 12])?;
         Ok(())
     }
 }
