@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): installs what the tests need into the
-# repository (idempotent, no sudo, only PyPI) and runs the whole suite, optimised.
+# The project's test command (README, .ci/run): installs what the tests need and runs the
+# whole suite, optimised.
 #   - ONNX Runtime's shared library from the PyPI wheel (no download at build time): .ort/
 #   - the `onnx` package for onnx.checker validity checks: .ort/checker/
+#   - Open MPI (Debian packages openmpi-bin, libopenmpi-dev) for the data-parallel tests,
+#     when missing and this runs as root with apt; otherwise it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,21 @@ if [ ! -f .ort/checker/onnx/checker.py ]; then
 fi
 export ORT_DYLIB_PATH="$PWD/.ort/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
 
-# The end-to-end tests run the release binaries: build them first.
-cargo build --release --workspace --bins
-cargo test --release --workspace "$@"
+if ! command -v mpicc >/dev/null || ! command -v mpirun >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Open MPI (Debian: openmpi-bin libopenmpi-dev) for the data-parallel tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+  else
+    echo "the data-parallel tests need an MPI: run \`sudo apt-get install openmpi-bin libopenmpi-dev\` (Debian/Ubuntu) or load your MPI, then retry" >&2
+    exit 1
+  fi
+fi
+# mpirun in the tests: CI runs as root, on 2 cores.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+
+# The default build (no MPI), as the README's first command runs it, must build too.
+cargo build --release -p et-train
+# The end-to-end tests run the release binaries, with data parallelism: build them first.
+cargo build --release --workspace --bins --features et-train/distributed
+cargo test --release --workspace --features et-train/distributed "$@"

@@ -107,6 +107,16 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         dump: Option<std::path::PathBuf>,
     },
+    /// Data parallelism's per-step exchange: the time to average a model's gradients over
+    /// the ranks (flat buckets, as et-train), under `mpirun -np N` with a build of
+    /// `--features distributed`; prints per-round times and `ms: X` (median).
+    AllReduce {
+        #[arg(long, default_value = "convnext_tiny")]
+        model: String,
+        /// Timed rounds (after one untimed).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
     /// Time of libjpeg-turbo decoding every JPEG of an ImageFolder, read into memory
     /// first: all of each image at full and at 1/8 DCT scale (where entropy decoding is
     /// nearly everything), entropy-decoded by et-data's decoder and by libjpeg's.
@@ -120,6 +130,30 @@ enum Cmd {
 }
 
 mod decode_speed;
+
+fn all_reduce(model: &str, rounds: usize) -> Result<()> {
+    let comm = et_dist::init()?;
+    let ps = ParamStore::zeros();
+    create_model(model, &ModelOptions::default(), ps.var_builder(DType::F32, &candle_core::Device::Cpu))?;
+    let sizes: Vec<usize> = ps.trainable().iter().map(|(_, v)| v.elem_count()).collect();
+    let floats: usize = sizes.iter().sum();
+    let mut grads = et_train::optim::Grads(sizes.iter().map(|&n| vec![1.0f32; n]).collect());
+    let mut times = Vec::new();
+    for i in 0..=rounds {
+        comm.barrier()?;
+        let t = Instant::now();
+        et_train::dist_sync::average_grads(comm.as_ref(), &mut grads, 1.0, 8)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    if comm.is_root() {
+        println!("{model}: {:.1} M gradients ({:.0} MB) averaged over {}", floats as f64 / 1e6, floats as f64 * 4.0 / 1e6, comm.describe());
+        println!("rounds (ms): {}", times.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(", "));
+        println!("ms: {:.2}", median(times));
+    }
+    Ok(())
+}
 mod fidelity;
 
 /// Peak resident set size of this process in MiB (Linux), if known.
@@ -187,6 +221,7 @@ fn main() -> Result<()> {
         Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct, no_recycle } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct, no_recycle)?,
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
         Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
+        Cmd::AllReduce { model, rounds } => all_reduce(&model, rounds)?,
     }
     Ok(())
 }
@@ -224,7 +259,7 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
     let n = set.samples.len();
     let loader = Loader::new(
         Arc::new(set.samples),
-        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true },
+        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true, shard: Default::default() },
     );
     println!(
         "{n} images from {}, size {size}{}{}, {aa}, {} loader threads, batch {batch}{}",

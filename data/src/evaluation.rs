@@ -56,6 +56,7 @@ where
         threads: opts.threads.max(1),
         prefetch: 2,
         skip_corrupt: opts.skip_corrupt,
+        shard: Default::default(),
     };
     let loader = Loader::new(Arc::new(folder.samples.clone()), cfg);
     let p = pre.clone();

@@ -33,6 +33,36 @@ pub struct LoaderConfig {
     /// Leave undecodable samples out of their batch (listed in `Batch::skipped`)
     /// instead of ending the epoch with an error.
     pub skip_corrupt: bool,
+    /// This process's share of every batch in a data-parallel job.
+    pub shard: Shard,
+}
+
+/// Rank `rank` of `world` processes that split every batch: with a batch size of b each, the
+/// epoch is cut into global batches of b·world samples, and rank r takes samples
+/// r·b..(r + 1)·b of each, so over an epoch the ranks see every sample once, and together
+/// each step's batch is the one a single process would see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { rank: 0, world: 1 }
+    }
+}
+
+/// The dataset indices of each batch of rank `shard` in an epoch visited in `order`, from
+/// global batch `first_batch` on.
+pub fn shard_batches(order: &[usize], batch_size: usize, drop_last: bool, shard: Shard, first_batch: usize) -> Vec<Vec<usize>> {
+    let global = batch_size * shard.world.max(1);
+    order
+        .chunks(global)
+        .filter(|b| !drop_last || b.len() == global)
+        .skip(first_batch)
+        .map(|b| b[(shard.rank * batch_size).min(b.len())..((shard.rank + 1) * batch_size).min(b.len())].to_vec())
+        .collect()
 }
 
 /// One batch in NCHW layout. With `skip_corrupt`, `N` may be smaller than the batch
@@ -104,8 +134,9 @@ impl Loader {
         self.samples.is_empty()
     }
 
+    /// Global batches per epoch (every rank gets its share of each).
     pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.samples.len(), self.cfg.batch_size.max(1));
+        let (n, b) = (self.samples.len(), self.cfg.batch_size.max(1) * self.cfg.shard.world.max(1));
         if self.cfg.drop_last {
             n / b
         } else {
@@ -135,6 +166,8 @@ impl Loader {
         let stop = Arc::new(AtomicBool::new(false));
         let invalid = if self.cfg.batch_size == 0 {
             Some("batch size must be at least 1")
+        } else if self.cfg.shard.rank >= self.cfg.shard.world {
+            Some("the shard's rank must be below its world size")
         } else if chw.contains(&0) {
             Some("the sample shape must not be empty")
         } else {
@@ -145,12 +178,7 @@ impl Loader {
             return BatchIter { rx: Some(rx), recycle, stop, handle: None, remaining: 1 };
         }
         let order = epoch_order(self.samples.len(), self.cfg.seed, epoch, self.cfg.shuffle);
-        let batches: Vec<Vec<usize>> = order
-            .chunks(self.cfg.batch_size)
-            .filter(|b| !self.cfg.drop_last || b.len() == self.cfg.batch_size)
-            .skip(first_batch)
-            .map(<[usize]>::to_vec)
-            .collect();
+        let batches = shard_batches(&order, self.cfg.batch_size, self.cfg.drop_last, self.cfg.shard, first_batch);
         let remaining = batches.len();
         let job = Producer {
             samples: self.samples.clone(),
@@ -356,7 +384,7 @@ mod tests {
     }
 
     fn cfg(batch_size: usize, threads: usize) -> LoaderConfig {
-        LoaderConfig { batch_size, shuffle: true, drop_last: false, seed: 42, threads, prefetch: 2, skip_corrupt: false }
+        LoaderConfig { batch_size, shuffle: true, drop_last: false, seed: 42, threads, prefetch: 2, skip_corrupt: false, shard: Shard::default() }
     }
 
     /// A transform that uses its rng and encodes the sample.
@@ -532,4 +560,25 @@ mod tests {
         let r: Vec<_> = l.epoch(0, [1, 2, 2], Arc::new(noisy)).collect();
         assert!(matches!(r.as_slice(), [Err(DataError::Invalid(_))]));
     }
+
+    #[test]
+    fn shards_split_every_global_batch_and_cover_the_epoch_once() {
+        let order = epoch_order(103, 7, 3, true);
+        let one = shard_batches(&order, 8, true, Shard::default(), 0);
+        for world in [2, 4] {
+            let per: Vec<Vec<Vec<usize>>> = (0..world).map(|rank| shard_batches(&order, 8 / world, true, Shard { rank, world }, 0)).collect();
+            let mut seen: Vec<usize> = per.iter().flatten().flatten().copied().collect();
+            assert_eq!(seen.len(), 96, "12 whole global batches of 8");
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 96, "no sample twice");
+            for (k, batch) in one.iter().enumerate() {
+                let joined: Vec<usize> = per.iter().flat_map(|p| p[k].clone()).collect();
+                assert_eq!(&joined, batch, "step {k}: the ranks' batches make the single-process batch");
+            }
+            let resumed = shard_batches(&order, 8 / world, true, Shard { rank: 1, world }, 5);
+            assert_eq!(resumed[..], per[1][5..], "a resumed epoch continues at the same global batch");
+        }
+    }
+
 }

@@ -1,4 +1,5 @@
-//! CAFormer (Yu et al., "MetaFormer Baselines for Vision", 2023) with timm's `MetaFormer`
+//! CAFormer (Yu et al., ["MetaFormer Baselines for Vision"](https://arxiv.org/abs/2210.13452),
+//! 2023; reference code sail-sg/metaformer, timm's `metaformer.py`) with timm's `MetaFormer`
 //! names: `stem.{conv,norm}`, `stages.{i}.downsample.{norm,conv}` (i > 0),
 //! `stages.{i}.blocks.{j}.{norm1, token_mixer.*, res_scale1.scale, norm2, mlp.fc1, mlp.act,
 //! mlp.fc2, res_scale2.scale}`, `head.norm`, `head.fc.{fc1,norm,fc2}`.

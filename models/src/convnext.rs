@@ -1,4 +1,6 @@
-//! ConvNeXt (Liu et al., 2022) with timm's module names, so timm checkpoints load as-is.
+//! ConvNeXt ([Liu et al., 2022](https://arxiv.org/abs/2201.03545); reference code
+//! facebookresearch/ConvNeXt, timm's `convnext.py`) with timm's module names, so timm
+//! checkpoints load as-is.
 //!
 //! Both block flavours compute in NCHW: timm's `conv_mlp=False` blocks (permute →
 //! LayerNorm → Linear → GELU → Linear → permute) equal channel LayerNorm + 1×1 convs with

@@ -1,4 +1,5 @@
-//! CSWin Transformer (Dong et al., 2022): cross-shaped window self-attention with
+//! CSWin Transformer ([Dong et al., 2022](https://arxiv.org/abs/2107.00652)): cross-shaped
+//! window self-attention with
 //! locally-enhanced positional encoding (LePE). Not in timm; names, variants and layout
 //! follow the official repository (microsoft/CSWin-Transformer, `models/cswin.py`), whose
 //! names EfficientTrain's checkpoints use: `stage1_conv_embed.{0,2}`,

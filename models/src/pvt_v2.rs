@@ -1,4 +1,5 @@
-//! Pyramid Vision Transformer v2 (Wang et al., 2022) with timm's
+//! Pyramid Vision Transformer v2 ([Wang et al., 2022](https://arxiv.org/abs/2106.13797);
+//! reference code whai362/PVT, timm's `pvt_v2.py`) with timm's
 //! `PyramidVisionTransformerV2` names: `patch_embed.{proj,norm}`,
 //! `stages.{i}.downsample.{proj,norm}` (i > 0), `stages.{i}.blocks.{j}.{norm1, attn.q,
 //! attn.kv, attn.sr, attn.norm, attn.proj, norm2, mlp.fc1, mlp.dwconv, mlp.fc2}`,

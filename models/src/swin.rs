@@ -1,4 +1,5 @@
-//! Swin Transformer (Liu et al., 2021) with timm's `SwinTransformer` names:
+//! Swin Transformer ([Liu et al., 2021](https://arxiv.org/abs/2103.14030); reference code
+//! microsoft/Swin-Transformer, timm's `swin_transformer.py`) with timm's `SwinTransformer` names:
 //! `patch_embed.{proj,norm}`, `layers.{i}.downsample.{norm,reduction}` (stages 1…3),
 //! `layers.{i}.blocks.{j}.{norm1,attn.qkv,attn.proj,attn.relative_position_bias_table,
 //! norm2,mlp.fc1,mlp.fc2}`, `norm`, `head.fc`. Activations between blocks are NHWC.

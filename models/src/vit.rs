@@ -1,4 +1,5 @@
-//! Vision Transformer as DeiT trains it (Touvron et al., 2021), with timm's
+//! Vision Transformer as DeiT trains it ([Touvron et al., 2021](https://arxiv.org/abs/2012.12877);
+//! reference code facebookresearch/deit, timm's `vision_transformer.py`), with timm's
 //! `VisionTransformer` names: `patch_embed.proj`, `cls_token`, `pos_embed`,
 //! `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`, `head`.
 //!

@@ -50,6 +50,10 @@ pub struct TrainState {
     pub metrics_len: u64,
     /// The compute thread count (fixed with --deterministic).
     pub compute_threads: usize,
+    /// Processes of the run (data parallelism); a resume under another count continues at
+    /// the same global sample position.
+    #[serde(default = "one")]
+    pub world: usize,
     /// Keys of the counter-based RNG streams, for the record.
     pub rng: RngState,
 }
@@ -59,6 +63,10 @@ pub struct RngState {
     pub seed: u64,
     /// "per-sample: (seed, epoch, index); per-step: (seed, step, stream)".
     pub scheme: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainState {
@@ -86,6 +94,7 @@ impl TrainState {
             ema_top1: None,
             metrics_len: 0,
             compute_threads,
+            world: 1,
             rng: RngState { seed, scheme: "per-sample transforms keyed (seed, epoch, index); mixup and drop path keyed (seed, step, stream)".into() },
         }
     }

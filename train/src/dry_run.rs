@@ -58,7 +58,7 @@ pub fn dry_run(cfg: &TrainConfig, preset: Option<&TrainLayer>, cli: &TrainLayer)
     let fam = et_models::registry::family(&cfg.model.model)?;
     let schedule = Schedule::resolve(&cfg.schedule.schedule, fam.etpp_resolutions(), data.base, cfg.schedule.epochs).map_err(TrainError::Config)?;
     let mp = model_plan(cfg, &data, &schedule)?;
-    let plan = Plan::new(cfg, &schedule, data.train.samples.len())?;
+    let plan = Plan::new(cfg, &schedule, data.train.samples.len(), 1)?;
     let ps = ParamStore::zeros();
     Model::new(&mp.config, ps.var_builder(DType::F32, &Device::Cpu))?;
     let layer_decay = cfg.optim.layer_decay.map_or_else(Vec::new, |d| layer_groups(fam, &ps.trainable_in_creation_order(), d));

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dist_sync;
 pub mod dry_run;
 pub mod ema;
 pub mod layer_decay;
@@ -42,4 +43,6 @@ pub enum TrainError {
     Internal(String),
     #[error("computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Dist(#[from] et_dist::DistError),
 }

@@ -5,9 +5,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use et_dist::Collective;
 use et_train::config::{TrainConfig, TrainLayer};
-use et_train::trainer::{train, Event};
+use et_train::dist_sync::broadcast_json;
+use et_train::trainer::{Event, Trainer};
 use et_train::{checkpoint, dry_run, presets};
+use std::sync::Arc;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,8 +68,21 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    match run(cli) {
+    // Joins the job when an MPI launcher started this process (a world of one otherwise).
+    let comm = match et_dist::init() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("et-train: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli, comm.clone()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if comm.world() > 1 => {
+            // The other ranks would wait for this one in their next collective: end the job.
+            eprintln!("et-train: rank {} of {}: error: {e:#}", comm.rank(), comm.world());
+            comm.abort(2)
+        }
         Err(e) => {
             eprintln!("et-train: error: {e:#}");
             ExitCode::from(2)
@@ -106,13 +122,15 @@ fn resumed(cli: &Cli, dir: &std::path::Path) -> Result<(TrainConfig, PathBuf, ch
     Ok((cfg, ckpt, state))
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, comm: Arc<dyn Collective>) -> Result<()> {
     if let Some(dir) = &cli.resume {
-        let (cfg, ckpt, state) = resumed(&cli, dir)?;
+        // Rank 0 reads the checkpoint's state; every rank continues from it.
+        let mine = if comm.is_root() { Some(resumed(&cli, dir)?) } else { None };
+        let (cfg, ckpt, state): (TrainConfig, PathBuf, checkpoint::TrainState) = broadcast_json(comm.as_ref(), mine.as_ref())?;
         if cfg.run.deterministic {
             pin_threads(state.compute_threads)?;
         }
-        return train_and_report(&cfg, Some((ckpt, state)));
+        return train_and_report(comm, &cfg, Some((ckpt, state)));
     }
     let default_data = TrainConfig::default().data.data;
     if cli.settings.data.data.is_none() && !default_data.exists() {
@@ -122,6 +140,9 @@ fn run(cli: Cli) -> Result<()> {
     let mut cfg = presets::resolve(&cli.settings, preset.as_ref());
     let preset_layer = preset.as_ref().map(|p| p.layer(&cli.settings));
     if cli.dry_run {
+        if !comm.is_root() {
+            return Ok(());
+        }
         let plan = dry_run::dry_run(&cfg, preset_layer.as_ref(), &cli.settings)?;
         if cli.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -138,7 +159,7 @@ fn run(cli: Cli) -> Result<()> {
     } else if cli.offline {
         anyhow::bail!("--offline applies to --init-from OWNER/NAME (a Hub repository)");
     }
-    if let (Some(p), Some(layer)) = (&preset, &preset_layer) {
+    if let (Some(p), Some(layer), true) = (&preset, &preset_layer, comm.is_root()) {
         println!("preset {} ({}):", p.model, p.recipe.source);
         let v = serde_json::to_value(&cfg)?;
         let given = cli.settings.given();
@@ -150,17 +171,25 @@ fn run(cli: Cli) -> Result<()> {
     if cfg.run.deterministic {
         pin_threads(cfg.run.compute_threads.unwrap_or_else(all_cores))?;
     }
-    train_and_report(&cfg, None)
+    train_and_report(comm, &cfg, None)
 }
 
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
-fn train_and_report(cfg: &TrainConfig, resume: Option<(PathBuf, checkpoint::TrainState)>) -> Result<()> {
-    let mut printer = Printer { cfg, tty: std::io::stderr().is_terminal(), bar_open: false };
+fn train_and_report(comm: Arc<dyn Collective>, cfg: &TrainConfig, resume: Option<(PathBuf, checkpoint::TrainState)>) -> Result<()> {
+    let root = comm.is_root();
+    let rank = (comm.world() > 1).then_some(comm.rank());
+    let mut printer = Printer { cfg, tty: std::io::stderr().is_terminal(), bar_open: false, rank };
+    if root && comm.world() > 1 {
+        println!("data-parallel over {}", comm.describe());
+    }
     let resume_ref = resume.as_ref().map(|(d, s)| (d.as_path(), s.clone()));
-    let s = train(cfg, resume_ref, &mut |e| printer.event(e))?;
+    let s = Trainer::new(comm, cfg, resume_ref, &mut |e| printer.event(e))?.run()?;
+    if !root {
+        return Ok(());
+    }
     println!(
         "done in {} ({} steps{}): val top-1 {}, top-5 {}{}",
         hms(s.seconds),
@@ -179,10 +208,13 @@ fn train_and_report(cfg: &TrainConfig, resume: Option<(PathBuf, checkpoint::Trai
 }
 
 /// Prints the trainer's events: a one-line progress bar on a terminal, plain lines otherwise.
+/// In a job of several ranks, rank 0 reports the run and the others only what they skipped.
 struct Printer<'a> {
     cfg: &'a TrainConfig,
     tty: bool,
     bar_open: bool,
+    /// This process's rank in a job of several.
+    rank: Option<usize>,
 }
 
 impl Printer<'_> {
@@ -194,6 +226,11 @@ impl Printer<'_> {
     }
 
     fn event(&mut self, e: &Event) {
+        if let (Some(r), false) = (self.rank, matches!(e, Event::Skipped { .. })) {
+            if r != 0 {
+                return;
+            }
+        }
         match e {
             Event::Plan { plan, train_images, val_images, classes, params, drop_path } => {
                 let (s, c) = (&plan.schedule, self.cfg);
@@ -243,7 +280,8 @@ impl Printer<'_> {
             Event::Checkpoint { .. } => {}
             Event::Skipped { path, reason } => {
                 self.close_bar();
-                eprintln!("et-train: skipped {}: {reason}", path.display())
+                let rank = self.rank.map_or(String::new(), |r| format!("rank {r}: "));
+                eprintln!("et-train: {rank}skipped {}: {reason}", path.display())
             }
             Event::Initialised { from, loaded, reinitialised } => println!(
                 "initialised {loaded} tensors from {}{}",

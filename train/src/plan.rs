@@ -10,10 +10,13 @@ use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StagePlan {
-    /// Images per forward pass (the stage's batch size, or the run's).
+    /// Images per forward pass over all ranks (the stage's batch size, or the run's).
     pub micro_batch: usize,
-    /// Freshly loaded images per micro-batch (fewer than `micro_batch` with a replay buffer).
+    /// Freshly loaded images per micro-batch over all ranks (fewer than `micro_batch` with a
+    /// replay buffer).
     pub fresh: usize,
+    /// This rank's share of `fresh` (each of the `world` ranks loads as many).
+    pub fresh_per_rank: usize,
     /// Micro-batches per optimiser step.
     pub accumulation: usize,
     pub steps: usize,
@@ -32,8 +35,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan of `cfg` with `schedule` over `train_images` images.
-    pub fn new(cfg: &TrainConfig, schedule: &Schedule, train_images: usize) -> Result<Plan, TrainError> {
+    /// The plan of `cfg` with `schedule` over `train_images` images, for `world` ranks that
+    /// split every batch (batch sizes are global: the recipe is the same at any scale).
+    pub fn new(cfg: &TrainConfig, schedule: &Schedule, train_images: usize, world: usize) -> Result<Plan, TrainError> {
         let o = &cfg.optim;
         let effective = cfg.effective_batch();
         let lr = CosineSchedule { lr: o.lr, min_lr: o.min_lr, warmup_lr: o.min_lr.min(o.lr), warmup: (o.warmup_epochs / cfg.schedule.epochs).clamp(0.0, 1.0) };
@@ -49,8 +53,15 @@ impl Plan {
             if fresh == 0 || train_images < fresh {
                 return Err(TrainError::Config(format!("stage {}: {train_images} training images cannot fill a batch of {} fresh images: lower --batch-size", i + 1, fresh.max(1))));
             }
+            if !fresh.is_multiple_of(world) {
+                return Err(TrainError::Config(format!(
+                    "stage {}: its batch of {fresh} freshly loaded images cannot be split evenly over {world} processes: --batch-size (and --effective-batch) are global, so give a multiple of {world}{}",
+                    i + 1,
+                    if micro != fresh { " times the stage's replay factor" } else { "" }
+                )));
+            }
             let steps = ((st.epochs * train_images as f64 / effective as f64).round() as usize).max(1);
-            stages.push(StagePlan { micro_batch: micro, fresh, accumulation: effective / micro, steps, lr: lr.at(progress) });
+            stages.push(StagePlan { micro_batch: micro, fresh, fresh_per_rank: fresh / world, accumulation: effective / micro, steps, lr: lr.at(progress) });
             progress += schedule.stage_compute(i) / schedule.budget;
         }
         let total_steps = stages.iter().map(|s| s.steps).sum();
@@ -71,11 +82,13 @@ mod tests {
         cfg.schedule.epochs = 2.0;
         let mut s = Schedule::baseline(32, 2.0);
         s.stages[0].replay = Some(Replay { times: 2, size: 4, split: 2 });
-        let p = Plan::new(&cfg, &s, 100).unwrap();
-        assert_eq!(p.stages[0], StagePlan { micro_batch: 8, fresh: 4, accumulation: 4, steps: 6, lr: p.lr.at(0.0) });
+        let p = Plan::new(&cfg, &s, 100, 1).unwrap();
+        assert_eq!(p.stages[0], StagePlan { micro_batch: 8, fresh: 4, fresh_per_rank: 4, accumulation: 4, steps: 6, lr: p.lr.at(0.0) });
+        assert_eq!(Plan::new(&cfg, &s, 100, 2).unwrap().stages[0].fresh_per_rank, 2, "batches are global");
+        assert!(Plan::new(&cfg, &s, 100, 3).unwrap_err().to_string().contains("split evenly over 3 processes"));
         cfg.optim.effective_batch = Some(12);
-        assert!(Plan::new(&cfg, &s, 100).unwrap_err().to_string().contains("not a multiple"));
+        assert!(Plan::new(&cfg, &s, 100, 1).unwrap_err().to_string().contains("not a multiple"));
         cfg.optim.effective_batch = None;
-        assert!(Plan::new(&cfg, &s, 3).unwrap_err().to_string().contains("cannot fill"));
+        assert!(Plan::new(&cfg, &s, 3, 1).unwrap_err().to_string().contains("cannot fill"));
     }
 }

@@ -8,7 +8,8 @@ use et_data::replay::{Chunk, ReplayBuffer};
 use std::collections::HashMap;
 use std::path::Path;
 
-pub fn save(buf: &ReplayBuffer, path: &Path) -> Result<(), TrainError> {
+/// The buffer's tensors, as the checkpoint file holds them.
+fn tensors(buf: &ReplayBuffer) -> Result<HashMap<String, Tensor>, TrainError> {
     let dev = Device::Cpu;
     let images: Vec<f32> = buf.chunks().flat_map(|c| c.images.iter().copied()).collect();
     let labels: Vec<u32> = buf.chunks().flat_map(|c| c.labels.iter().map(|&l| l as u32)).collect();
@@ -22,12 +23,27 @@ pub fn save(buf: &ReplayBuffer, path: &Path) -> Result<(), TrainError> {
     let n = lens.len();
     t.insert("chunk_lengths".to_string(), Tensor::from_vec(lens, n, &dev)?);
     t.insert("sample_shape".to_string(), Tensor::from_vec(chw, 3, &dev)?);
-    Ok(et_models::params::save_tensors(&t, path)?)
+    Ok(t)
+}
+
+pub fn save(buf: &ReplayBuffer, path: &Path) -> Result<(), TrainError> {
+    Ok(et_models::params::save_tensors(&tensors(buf)?, path)?)
+}
+
+/// The buffer as the bytes of its checkpoint file (to send it to another rank).
+pub fn to_bytes(buf: &ReplayBuffer) -> Result<Vec<u8>, TrainError> {
+    safetensors::serialize(tensors(buf)?.iter(), None).map_err(|e| TrainError::Internal(format!("replay buffer: {e}")))
 }
 
 pub fn load(path: &Path, size_batches: usize, split: usize) -> Result<ReplayBuffer, TrainError> {
-    let bad = |e: String| TrainError::Config(format!("cannot read the replay buffer {}: {e}", path.display()));
-    let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| TrainError::Config(format!("cannot read the replay buffer {}: {e}", path.display())))?;
+    from_bytes(&bytes, size_batches, split, &path.display().to_string())
+}
+
+/// A buffer from the bytes of its checkpoint file (`what` names them in errors).
+pub fn from_bytes(bytes: &[u8], size_batches: usize, split: usize, what: &str) -> Result<ReplayBuffer, TrainError> {
+    let bad = |e: String| TrainError::Config(format!("cannot read the replay buffer {what}: {e}"));
+    let t = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
     let get = |k: &str| t.get(k).ok_or_else(|| bad(format!("no '{k}' tensor")));
     let images: Vec<f32> = get("images")?.to_vec1()?;
     let labels: Vec<u32> = get("labels")?.to_vec1()?;
@@ -61,6 +77,8 @@ mod tests {
         save(&b, &path).unwrap();
         let c = load(&path, 2, 3).unwrap();
         assert_eq!(b.chunks().cloned().collect::<Vec<_>>(), c.chunks().cloned().collect::<Vec<_>>());
+        let d = from_bytes(&to_bytes(&b).unwrap(), 2, 3, "bytes").unwrap();
+        assert_eq!(b.chunks().cloned().collect::<Vec<_>>(), d.chunks().cloned().collect::<Vec<_>>());
         assert_eq!(c.sample_shape(), Some([3, 2, 2]));
         let (mut r1, mut r2) = (Rng::new(1), Rng::new(1));
         assert_eq!(b.sample(4, &mut r1), c.sample(4, &mut r2));

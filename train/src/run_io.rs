@@ -39,7 +39,8 @@ pub fn check_space(dir: &Path, needed: u64) -> Result<(), TrainError> {
 }
 
 pub struct Metrics {
-    file: std::fs::File,
+    /// `None` on the ranks of a data-parallel job other than rank 0, which alone writes.
+    file: Option<std::fs::File>,
 }
 
 impl Metrics {
@@ -56,15 +57,26 @@ impl Metrics {
             }
         };
         file.seek(std::io::SeekFrom::End(0)).map_err(err)?;
-        Ok(Metrics { file })
+        Ok(Metrics { file: Some(file) })
+    }
+
+    /// Records nothing (a rank that does not write).
+    pub fn discard() -> Metrics {
+        Metrics { file: None }
     }
 
     pub fn log(&mut self, v: serde_json::Value) -> Result<(), TrainError> {
-        writeln!(self.file, "{v}").map_err(|e| TrainError::Output(format!("cannot write metrics.jsonl: {e}")))
+        match &mut self.file {
+            Some(f) => writeln!(f, "{v}").map_err(|e| TrainError::Output(format!("cannot write metrics.jsonl: {e}"))),
+            None => Ok(()),
+        }
     }
 
     pub fn position(&mut self) -> Result<u64, TrainError> {
-        self.file.stream_position().map_err(|e| TrainError::Output(format!("metrics.jsonl: {e}")))
+        match &mut self.file {
+            Some(f) => f.stream_position().map_err(|e| TrainError::Output(format!("metrics.jsonl: {e}"))),
+            None => Ok(0),
+        }
     }
 }
 

@@ -2,9 +2,15 @@
 //! micro-batches (gradient accumulation to a fixed effective batch), the EMA, validation
 //! and a checkpoint at every stage end (and every `save_every_steps`), `metrics.jsonl`
 //! throughout. A run resumed from a checkpoint continues exactly (`checkpoint.rs`).
+//!
+//! In a data-parallel job every rank runs this loop on its share of each batch; the ranks
+//! meet in the collectives of `dist_sync.rs`, and rank 0 alone writes files.
 
-use crate::checkpoint::{self, TrainState, EMA_FILE, OPTIMIZER_FILE, REPLAY_FILE};
+mod stage_end;
+
+use crate::checkpoint::{self, TrainState, EMA_FILE, OPTIMIZER_FILE};
 use crate::config::{validate, TrainConfig};
+use crate::dist_sync::{average_grads, broadcast_optimizer, broadcast_vars, check_same_settings};
 use crate::ema::Ema;
 use crate::layer_decay::layer_scales;
 use crate::loss::smoothed_targets;
@@ -17,18 +23,19 @@ use crate::setup::{model_plan, Data, Network};
 use crate::step::{EmaNet, Learner};
 use crate::TrainError;
 use candle_core::{Device, Tensor};
-use et_data::evaluation::{evaluate_folder, EvalOptions, Preprocess};
-use et_data::folder::{ImageFolder, Sample};
-use et_data::loader::{Batch, BatchIter, Loader, LoaderConfig};
+use et_data::evaluation::Preprocess;
+use et_data::folder::Sample;
+use et_data::loader::{Batch, BatchIter, Loader, LoaderConfig, Shard};
 use et_data::mixup::{self, MixupConfig};
 use et_data::randaugment::RandAugment;
 use et_data::replay::ReplayBuffer;
 use et_data::resample::Filter;
 use et_data::transform::RandomResizedCrop;
 use et_data::{DataError, Rng};
-use et_kernels::CandleOps;
-use et_models::run_config::{CONFIG_FILE, WEIGHTS_FILE};
-use et_models::{Model, RunConfig};
+use et_dist::Collective;
+use et_kernels::device::DeviceSpec;
+use et_models::RunConfig;
+use et_runfiles::{CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,9 +66,9 @@ pub struct Summary {
 }
 
 /// Trains from scratch (`resume = None`) or continues the checkpoint `resume` (whose
-/// `config` must be `cfg`'s, apart from threads, logging and device).
+/// `config` must be `cfg`'s, apart from threads, logging and device), as one process.
 pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &mut dyn FnMut(&Event)) -> Result<Summary, TrainError> {
-    Trainer::new(cfg, resume, on_event)?.run()
+    Trainer::new(Arc::new(et_dist::Solo), cfg, resume, on_event)?.run()
 }
 
 type SampleTransform = dyn Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync;
@@ -108,6 +115,7 @@ struct StageRun {
 }
 
 pub struct Trainer<'e> {
+    comm: Arc<dyn Collective>,
     cfg: TrainConfig,
     data: Data,
     plan: Plan,
@@ -125,10 +133,13 @@ pub struct Trainer<'e> {
 
 impl<'e> Trainer<'e> {
     /// Checks everything cheap first (settings, data, plan, output directory), builds the
-    /// model, and initialises it (`--init-from`) or restores the checkpoint.
-    pub fn new(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &'e mut dyn FnMut(&Event)) -> Result<Self, TrainError> {
+    /// model, and initialises it (`--init-from`) or restores the checkpoint. In a job of
+    /// several ranks (`comm`), `resume`'s state is every rank's; only rank 0 reads files.
+    pub fn new(comm: Arc<dyn Collective>, cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &'e mut dyn FnMut(&Event)) -> Result<Self, TrainError> {
         let started = Instant::now();
         validate(cfg)?;
+        check_same_settings(comm.as_ref(), cfg)?;
+        let (root, world) = (comm.is_root(), comm.world());
         let data = Data::open(cfg)?;
         if data.train.samples.len() < cfg.optim.batch_size {
             return Err(TrainError::Config(format!("the training set has {} images, fewer than --batch-size {}: lower --batch-size", data.train.samples.len(), cfg.optim.batch_size)));
@@ -136,63 +147,76 @@ impl<'e> Trainer<'e> {
         let family = et_models::registry::family(&cfg.model.model)?;
         let schedule = Schedule::resolve(&cfg.schedule.schedule, family.etpp_resolutions(), data.base, cfg.schedule.epochs).map_err(TrainError::Config)?;
         let mp = model_plan(cfg, &data, &schedule)?;
-        let plan = Plan::new(cfg, &schedule, data.train.samples.len())?;
+        let plan = Plan::new(cfg, &schedule, data.train.samples.len(), world)?;
         let out = &cfg.run.out;
-        check_writable(out)?;
-        let device = cfg.run.device.open().map_err(|e| TrainError::Config(e.to_string()))?;
+        // Each rank of a job takes the GPU of its place on its machine.
+        let spec = match cfg.run.device {
+            DeviceSpec::Cuda(_) if world > 1 => DeviceSpec::Cuda(comm.local_rank()),
+            d => d,
+        };
+        let device = spec.open().map_err(|e| TrainError::Config(e.to_string()))?;
         let net = Network::new(mp.family, mp.config.clone(), cfg.run.seed, &device)?;
-        // The final weights and one checkpoint (weights, EMA, two moments), with a margin for
-        // the overlap while a new checkpoint replaces the old one.
-        let param_bytes = net.params.all().iter().map(|(_, v)| v.elem_count() as u64 * 4).sum::<u64>();
-        let copies = 2 + 2 + u64::from(cfg.optim.ema_decay.is_some()) * 2;
-        check_space(out, param_bytes * copies + param_bytes / 2 + (16 << 20))?;
-        mp.run_config.save(&out.join(CONFIG_FILE))?;
+        if root {
+            check_writable(out)?;
+            // The final weights and one checkpoint (weights, EMA, two moments), with a margin
+            // for the overlap while a new checkpoint replaces the old one.
+            let param_bytes = net.params.all().iter().map(|(_, v)| v.elem_count() as u64 * 4).sum::<u64>();
+            let copies = 2 + 2 + u64::from(cfg.optim.ema_decay.is_some()) * 2;
+            check_space(out, param_bytes * copies + param_bytes / 2 + (16 << 20))?;
+            mp.run_config.save(&out.join(CONFIG_FILE))?;
+        }
         let learner = build_learner(cfg, net, &device)?;
         let p = mp.family.preprocessing();
         let mix = MixupConfig { mixup_alpha: cfg.data.mixup, cutmix_alpha: cfg.data.cutmix, switch_prob: cfg.data.mixup_switch_prob, prob: cfg.data.mixup_prob, label_smoothing: cfg.optim.label_smoothing, num_classes: data.classes() };
         let pre = Preprocess { mean: p.mean, std: p.std, crop_pct: mp.run_config.crop_pct, filter: Filter::Bicubic };
-        let metrics_path = out.join(et_runfiles::METRICS_FILE);
+        let metrics_path = out.join(METRICS_FILE);
+        let open_metrics = |keep: Option<u64>| if root { Metrics::open(&metrics_path, keep) } else { Ok(Metrics::discard()) };
         let compute_threads = rayon::current_num_threads();
-        let mut t = match resume {
-            None => {
-                let st = TrainState::fresh(cfg.clone(), schedule, compute_threads);
-                let metrics = Metrics::open(&metrics_path, None)?;
-                Trainer { cfg: cfg.clone(), data, plan, learner, mix, pre, state: st, metrics, on_event, started, elapsed_before: 0.0, resume_dir: None, last_checkpoint: None }
-            }
+        let (state, metrics, elapsed_before, resume_dir) = match resume {
+            None => (TrainState::fresh(cfg.clone(), schedule, compute_threads), open_metrics(None)?, 0.0, None),
             Some((dir, st)) => {
-                let metrics = Metrics::open(&metrics_path, Some(st.metrics_len))?;
-                let elapsed_before = st.elapsed_s;
-                Trainer { cfg: cfg.clone(), data, plan, learner, mix, pre, state: st, metrics, on_event, started, elapsed_before, resume_dir: Some(dir.to_path_buf()), last_checkpoint: None }
+                let m = open_metrics(Some(st.metrics_len))?;
+                let e = st.elapsed_s;
+                (st, m, e, Some(dir.to_path_buf()))
             }
         };
+        let mut t = Trainer { comm, cfg: cfg.clone(), data, plan, learner, mix, pre, state, metrics, on_event, started, elapsed_before, resume_dir, last_checkpoint: None };
         t.initialise(mp.run_config, mp.drop_path)?;
         Ok(t)
     }
 
-    /// Weights from `--init-from` or the checkpoint, the EMA's start, the plan reported.
+    /// Weights from `--init-from` or the checkpoint (read on rank 0, then broadcast with
+    /// the EMA and the optimiser state), the EMA's start, the plan reported.
     fn initialise(&mut self, run_config: RunConfig, drop_path: f64) -> Result<(), TrainError> {
+        let root = self.comm.is_root();
         match self.resume_dir.clone() {
             None => {
-                if let Some(path) = self.cfg.model.init_from.clone() {
+                if let (Some(path), true) = (self.cfg.model.init_from.clone(), root) {
                     let report = self.learner.params.load(&path, &run_config.model_config.head_names())?;
                     (self.on_event)(&Event::Initialised { from: &path, loaded: report.loaded, reinitialised: &report.reinitialised });
                 }
             }
             Some(dir) => {
-                self.learner.params.load(&dir.join(WEIGHTS_FILE), &[])?;
-                let file = dir.join(OPTIMIZER_FILE);
-                let moments = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", file.display())))?;
-                self.learner.opt.load_state(&moments, self.state.step as u64)?;
+                if root {
+                    self.learner.params.load(&dir.join(WEIGHTS_FILE), &[])?;
+                    let file = dir.join(OPTIMIZER_FILE);
+                    let moments = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", file.display())))?;
+                    self.learner.opt.load_state(&moments, self.state.step as u64)?;
+                }
                 let st = &self.state;
                 (self.on_event)(&Event::Resumed { from: &dir, step: st.step, stage: st.stage, stage_step: st.stage_step });
             }
         }
+        let comm = self.comm.clone();
+        broadcast_vars(comm.as_ref(), &self.learner.params.all())?;
+        broadcast_optimizer(comm.as_ref(), &mut self.learner.opt)?;
         // The average starts from the weights training starts from, or is the checkpoint's.
         if let Some(e) = &mut self.learner.ema {
             e.ema.reset_to_live()?;
-            if let Some(dir) = &self.resume_dir {
+            if let (Some(dir), true) = (&self.resume_dir, root) {
                 e.ema.store.load(&dir.join(EMA_FILE), &[])?;
             }
+            broadcast_vars(comm.as_ref(), &e.ema.store.all())?;
         }
         self.report_plan(drop_path)
     }
@@ -232,15 +256,24 @@ impl<'e> Trainer<'e> {
         let r = st.resolution;
         let loader = Loader::new(
             Arc::new(self.data.train.samples.clone()),
-            LoaderConfig { batch_size: self.plan.stages[si].fresh, shuffle: true, drop_last: true, seed: c.run.seed, threads: c.data.threads.max(1), prefetch: 2, skip_corrupt: !c.data.strict_data },
+            LoaderConfig {
+                batch_size: self.plan.stages[si].fresh_per_rank,
+                shuffle: true,
+                drop_last: true,
+                seed: c.run.seed,
+                threads: c.data.threads.max(1),
+                prefetch: 2,
+                skip_corrupt: !c.data.strict_data,
+                shard: Shard { rank: self.comm.rank(), world: self.comm.world() },
+            },
         );
         let mut replay = match st.replay {
             Some(rp) if rp.times > 1 => Some(ReplayBuffer::new(rp.size, rp.split)),
             _ => None,
         };
-        // A checkpoint taken mid-stage holds the stage's replay buffer.
-        if let (Some(buf), Some(dir), true) = (&mut replay, &self.resume_dir, self.state.stage_step > 0) {
-            *buf = crate::replay_io::load(&dir.join(REPLAY_FILE), buf.capacity() / buf.split(), buf.split())?;
+        // A checkpoint taken mid-stage holds the stage's replay buffers (one per rank).
+        if let (Some(buf), Some(dir), true) = (&mut replay, self.resume_dir.clone(), self.state.stage_step > 0) {
+            self.restore_replay(buf, &dir)?;
         }
         let mut crop = RandomResizedCrop::new(base as u32);
         crop.scale = (c.data.crop_min_scale, 1.0);
@@ -279,8 +312,8 @@ impl<'e> Trainer<'e> {
     /// Micro-batch `k` of the current step: replayed chunks added, mixed, as tensors.
     fn micro_batch_input(&mut self, stage: &mut StageRun, k: usize) -> Result<(Tensor, Tensor, usize), TrainError> {
         let mut batch = self.next_batch(stage)?;
-        let (seed, step) = (self.cfg.run.seed, self.state.step);
-        let key = |stream: u64| step_rng(seed, step, stream, k);
+        let (seed, step, rank) = (self.cfg.run.seed, self.state.step, self.rank_key());
+        let key = |stream: u64| step_rng(seed, step, stream ^ rank, k);
         let times = self.stage(stage.index).replay.map_or(1, |rp| rp.times.max(1));
         let (mut images, labels, shape) = match &mut stage.replay {
             Some(buf) => buf.step_batch(&batch.images, batch.shape, &batch.labels, times, &mut key(0x7270))?,
@@ -301,9 +334,10 @@ impl<'e> Trainer<'e> {
     fn step(&mut self, stage: &mut StageRun) -> Result<(), TrainError> {
         let accum = self.plan.stages[stage.index].accumulation;
         let (mut step_loss, mut step_images) = (0.0, 0usize);
+        // The loss is the global batch's: ranks hold equal shares of it.
         for k in 0..accum {
             let (x, targets, n) = self.micro_batch_input(stage, k)?;
-            let seed = step_rng(self.cfg.run.seed, self.state.step, 0x6470, k).next_u64();
+            let seed = step_rng(self.cfg.run.seed, self.state.step, 0x6470 ^ self.rank_key(), k).next_u64();
             let mb = self.learner.micro_batch(&x, &targets, seed, 1.0 / accum as f32)?;
             if !mb.loss.is_finite() {
                 return Err(self.non_finite(stage.index, mb.loss));
@@ -311,6 +345,10 @@ impl<'e> Trainer<'e> {
             step_loss += mb.loss / accum as f64;
             step_images += n;
         }
+        // Over all ranks: the mean gradient and loss of the global batch.
+        let comm = self.comm.clone();
+        let grads = self.learner.grads_mut().ok_or_else(|| TrainError::Internal("an optimiser step without a micro-batch".into()))?;
+        let (step_loss, step_images) = average_grads(comm.as_ref(), grads, step_loss, step_images)?;
         let progress = self.state.progress();
         let lr = self.plan.lr.at(progress);
         self.learner.update(lr, self.plan.wd.at(progress), self.cfg.optim.clip_grad)?;
@@ -343,6 +381,36 @@ impl<'e> Trainer<'e> {
         TrainError::NonFinite { step, stage, loss, last_checkpoint: last }
     }
 
+    /// What random draws of this rank mix into their keys: nothing in a world of one (so
+    /// that its runs stay as they were), the rank otherwise (ranks draw independently).
+    fn rank_key(&self) -> u64 {
+        if self.comm.world() == 1 {
+            0
+        } else {
+            (self.comm.rank() as u64 + 1) << 32
+        }
+    }
+
+    /// This rank's replay buffer from a mid-stage checkpoint (rank 0 reads every rank's and
+    /// broadcasts them). A checkpoint of another world size has other buffers: the stage
+    /// goes on with empty ones, as a new stage would.
+    fn restore_replay(&self, buf: &mut ReplayBuffer, dir: &Path) -> Result<(), TrainError> {
+        let (comm, saved) = (self.comm.clone(), self.state.world);
+        if saved != comm.world() {
+            return Ok(());
+        }
+        let (size, split) = (buf.capacity() / buf.split(), buf.split());
+        for r in 0..saved {
+            let file = dir.join(stage_end::replay_file(r, saved));
+            let mut bytes = if comm.is_root() { std::fs::read(&file).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", file.display())))? } else { Vec::new() };
+            comm.broadcast(&mut bytes, 0)?;
+            if r == comm.rank() {
+                *buf = crate::replay_io::from_bytes(&bytes, size, split, &file.display().to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     fn elapsed(&self) -> f64 {
         self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
@@ -362,83 +430,6 @@ impl<'e> Trainer<'e> {
         Ok(())
     }
 
-    /// Top-1, top-5 and the number of unreadable images skipped, on the validation split at
-    /// the base resolution.
-    fn evaluate(&self, val: &ImageFolder, model: &Model) -> Result<(f64, f64, usize), TrainError> {
-        let c = &self.cfg;
-        let device = &self.learner.device;
-        let opts = EvalOptions { batch_size: c.optim.batch_size.max(64), threads: c.data.threads.max(1), skip_corrupt: !c.data.strict_data };
-        let out = evaluate_folder::<TrainError, _>(val, self.data.base, self.data.classes(), &self.pre, &opts, |images, shape| {
-            let x = Tensor::from_slice(images, shape.as_slice(), device)?;
-            Ok(model.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1::<f32>()?)
-        })?;
-        Ok((out.totals.top1_frac(), out.totals.top5_frac(), out.skipped.len()))
-    }
-
-    /// Validation (live weights, then the EMA), the weights saved, metrics, plot, checkpoint.
-    fn end_stage(&mut self, mut stage: StageRun) -> Result<(), TrainError> {
-        let si = stage.index;
-        let val_start = Instant::now();
-        let (mut val_top1, mut val_top5, mut ema_top1) = (None, None, None);
-        if let Some(val) = &self.data.val {
-            let (t1, t5, sk) = self.evaluate(val, &self.learner.model)?;
-            (val_top1, val_top5) = (Some(t1), Some(t5));
-            stage.skipped += sk;
-            self.state.skipped += sk;
-            if let Some(e) = &self.learner.ema {
-                ema_top1 = Some(self.evaluate(val, &e.model)?.0);
-            }
-        }
-        (self.state.val_top1, self.state.val_top5, self.state.ema_top1) = (val_top1, val_top5, ema_top1);
-        let val_seconds = val_start.elapsed().as_secs_f64();
-        let out = self.cfg.run.out.clone();
-        self.learner.params.save(&out.join(WEIGHTS_FILE))?;
-        if let Some(e) = &self.learner.ema {
-            e.ema.store.save(&out.join(EMA_FILE))?;
-        }
-        let seconds = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
-        let mean_loss = self.state.stage_loss_sum() / self.state.stage_step.max(1) as f64;
-        let (resolution, magnitude) = (self.stage(si).resolution, self.stage(si).magnitude);
-        (self.on_event)(&Event::StageEnd { stage: si, resolution, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped: stage.skipped });
-        let progress = self.state.progress();
-        self.metrics.log(json!({"event": "stage_end", "stage": si, "resolution": resolution, "magnitude": magnitude, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": progress, "skipped": stage.skipped, "step": self.state.step}))?;
-        let curves = crate::plot::read_metrics(&out.join(et_runfiles::METRICS_FILE), &self.plan.schedule.name)?;
-        crate::plot::write_png(&[curves], &out.join(et_runfiles::PLOT_FILE))?;
-        self.state.finish_stage(seconds);
-        self.checkpoint(None)?;
-        Ok(())
-    }
-
-    /// Writes a checkpoint of the run as it stands (with the stage's replay buffer mid-stage).
-    fn checkpoint(&mut self, replay: Option<&ReplayBuffer>) -> Result<PathBuf, TrainError> {
-        self.state.elapsed_s = self.elapsed();
-        self.state.metrics_len = self.metrics.position()?;
-        let l = &self.learner;
-        let write = |dir: &Path| -> Result<(), TrainError> {
-            l.params.save(&dir.join(WEIGHTS_FILE))?;
-            et_models::params::save_tensors(&l.opt.state_tensors()?, &dir.join(OPTIMIZER_FILE))?;
-            if let Some(e) = &l.ema {
-                e.ema.store.save(&dir.join(EMA_FILE))?;
-            }
-            if let Some(buf) = replay {
-                crate::replay_io::save(buf, &dir.join(REPLAY_FILE))?;
-            }
-            Ok(())
-        };
-        let dir = checkpoint::save(&self.cfg.run.out, &self.state, &write)?;
-        (self.on_event)(&Event::Checkpoint { dir: &dir, step: self.state.step });
-        self.last_checkpoint = Some(dir.clone());
-        Ok(dir)
-    }
-
-    fn finish(mut self) -> Result<Summary, TrainError> {
-        let seconds = self.elapsed();
-        let st = &self.state;
-        let stages: Vec<(usize, f64)> = self.plan.schedule.stages.iter().map(|x| x.resolution).zip(st.stage_seconds.iter().copied()).collect();
-        let summary = Summary { seconds, val_top1: st.val_top1, val_top5: st.val_top5, ema_top1: st.ema_top1, steps: st.step, skipped: st.skipped, stages };
-        self.metrics.log(json!({"event": "done", "seconds": seconds, "val_top1": summary.val_top1, "val_top5": summary.val_top5, "ema_top1": summary.ema_top1, "steps": st.step, "skipped": st.skipped, "stage_seconds": &st.stage_seconds}))?;
-        Ok(summary)
-    }
 }
 
 /// Every random draw of a step (replay, mixing, drop path) is keyed by (seed, step,

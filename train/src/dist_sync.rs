@@ -1,0 +1,154 @@
+//! What the ranks of a data-parallel run exchange, and when (docs/distributed.md):
+//! settings checked and weights, EMA and optimiser state broadcast from rank 0 at the start;
+//! gradients (with the step's loss) averaged every optimiser step in a few flat buckets;
+//! BatchNorm statistics averaged and validation counts summed at every stage end.
+
+use crate::optim::{Grads, Optimizer};
+use crate::TrainError;
+use candle_core::{Tensor, Var};
+use et_dist::Collective;
+use et_models::params::is_buffer;
+use et_models::ParamStore;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Floats per all-reduce: large enough that a ResNet-50's gradients take two calls, small
+/// enough that the flat copy stays a modest buffer.
+const BUCKET: usize = 16 << 20;
+
+/// Rank 0's `value` on every rank (`value` is read on rank 0 only).
+pub fn broadcast_json<T: Serialize + DeserializeOwned>(comm: &dyn Collective, value: Option<&T>) -> Result<T, TrainError> {
+    let mut bytes = match (comm.is_root(), value) {
+        (true, Some(v)) => serde_json::to_vec(v).map_err(|e| TrainError::Internal(e.to_string()))?,
+        (true, None) => return Err(TrainError::Internal("rank 0 has nothing to broadcast".into())),
+        _ => Vec::new(),
+    };
+    comm.broadcast(&mut bytes, 0)?;
+    serde_json::from_slice(&bytes).map_err(|e| TrainError::Internal(format!("a broadcast value did not parse: {e}")))
+}
+
+/// Refuses to start when this rank's resolved settings differ from rank 0's, naming the first
+/// setting that differs (a job must run one recipe on every rank).
+pub fn check_same_settings<T: Serialize>(comm: &dyn Collective, settings: &T) -> Result<(), TrainError> {
+    let mine = serde_json::to_value(settings).map_err(|e| TrainError::Internal(e.to_string()))?;
+    let root: serde_json::Value = broadcast_json(comm, Some(&mine))?;
+    let (a, b) = (mine.as_object(), root.as_object());
+    let keys = a.into_iter().flatten().map(|(k, _)| k).chain(b.into_iter().flatten().map(|(k, _)| k));
+    for k in keys {
+        let (ours, theirs) = (mine.get(k), root.get(k));
+        if ours != theirs {
+            let show = |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+            return Err(TrainError::Config(format!(
+                "rank {} was started with other settings than rank 0: {k} is {} here and {} on rank 0 (every rank must get the same command line)",
+                comm.rank(),
+                show(ours),
+                show(theirs)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Rank 0's values of `vars` (every tensor of a store, in name order) on every rank.
+pub fn broadcast_vars(comm: &dyn Collective, vars: &[(String, Var)]) -> Result<(), TrainError> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    for (_, var) in vars {
+        let mut bytes = if comm.is_root() { to_bytes(&var.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?) } else { Vec::new() };
+        comm.broadcast(&mut bytes, 0)?;
+        let t = Tensor::from_vec(from_bytes(&bytes), var.shape(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// Rank 0's optimiser moments and step count on every rank.
+pub fn broadcast_optimizer(comm: &dyn Collective, opt: &mut Optimizer) -> Result<(), TrainError> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    for p in &mut opt.params {
+        for v in [&mut p.m, &mut p.v] {
+            let mut bytes = if comm.is_root() { to_bytes(v) } else { Vec::new() };
+            comm.broadcast(&mut bytes, 0)?;
+            *v = from_bytes(&bytes);
+        }
+    }
+    let mut step = opt.step.to_le_bytes().to_vec();
+    comm.broadcast(&mut step, 0)?;
+    opt.step = u64::from_le_bytes(step.try_into().map_err(|_| TrainError::Internal("optimiser step".into()))?);
+    Ok(())
+}
+
+/// The step's gradients and loss over the global batch: each rank's mean-loss gradient
+/// weighted by its share of the step's `images` (equal shares: the plain average), summed in
+/// flat buckets. Returns the global mean loss and the step's images over all ranks.
+pub fn average_grads(comm: &dyn Collective, grads: &mut Grads, loss: f64, images: usize) -> Result<(f64, usize), TrainError> {
+    if comm.world() == 1 {
+        return Ok((loss, images));
+    }
+    // Shares can differ: a replayed chunk may be empty, an unreadable image skipped.
+    let [total] = sum_counts(comm, [images as f64])?;
+    let share = (images as f64 / total.max(1.0)) as f32;
+    let mut flat: Vec<f32> = Vec::with_capacity(BUCKET.min(grads.0.iter().map(Vec::len).sum::<usize>()));
+    let mut members: Vec<usize> = Vec::new();
+    let flush = |flat: &mut Vec<f32>, members: &mut Vec<usize>, grads: &mut Grads| -> Result<(), TrainError> {
+        comm.sum_f32(flat)?;
+        let mut at = 0;
+        for &i in members.iter() {
+            let len = grads.0[i].len();
+            grads.0[i].copy_from_slice(&flat[at..at + len]);
+            at += len;
+        }
+        flat.clear();
+        members.clear();
+        Ok(())
+    };
+    for i in 0..grads.0.len() {
+        if !flat.is_empty() && flat.len() + grads.0[i].len() > BUCKET {
+            flush(&mut flat, &mut members, grads)?;
+        }
+        flat.extend(grads.0[i].iter().map(|g| g * share));
+        members.push(i);
+    }
+    if !flat.is_empty() {
+        flush(&mut flat, &mut members, grads)?;
+    }
+    // The loss in f64, so that the logged loss of a world of n equals a world of one's to
+    // rounding.
+    let [loss_sum] = sum_counts(comm, [loss * images as f64])?;
+    Ok((loss_sum / total.max(1.0), total as usize))
+}
+
+/// timm's `--dist-bn reduce`: every BatchNorm running statistic of `store` replaced by its
+/// mean over the ranks (each rank's batches moved them differently).
+pub fn average_buffers(comm: &dyn Collective, store: &ParamStore) -> Result<(), TrainError> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    for (name, var) in store.all() {
+        if !is_buffer(&name) || name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let mut v: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        et_dist::mean_f32(comm, &mut v)?;
+        var.set(&Tensor::from_vec(v, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Sums counters over the ranks.
+pub fn sum_counts<const N: usize>(comm: &dyn Collective, counts: [f64; N]) -> Result<[f64; N], TrainError> {
+    let mut c = counts;
+    comm.sum_f64(&mut c)?;
+    Ok(c)
+}
