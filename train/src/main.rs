@@ -64,6 +64,10 @@ fn command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (a quota) then makes a write fail with an error we report, instead of
+    // SIGXFSZ killing the process mid-checkpoint.
+    // SAFETY: sets a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -112,8 +116,11 @@ fn resumed(cli: &Cli, dir: &std::path::Path) -> Result<(TrainConfig, PathBuf, ch
     if !extra.is_empty() {
         anyhow::bail!("--resume continues with the run's saved settings: drop {}", extra.join(", "));
     }
-    let ckpt = checkpoint::locate(dir)?;
-    let state = checkpoint::load_state(&ckpt)?;
+    let found = checkpoint::locate(dir)?;
+    for d in &found.damaged {
+        eprintln!("et-train: passing over a damaged checkpoint: {d}");
+    }
+    let (ckpt, state) = (found.dir, found.state);
     let mut cfg = state.config.clone();
     allowed.apply_to(&mut cfg);
     if let Some(run_dir) = checkpoint::run_dir_of(&ckpt) {

@@ -377,7 +377,7 @@ impl<'e> Trainer<'e> {
         if let Err(e) = self.metrics.log(json!({"event": "error", "step": step, "stage": stage, "loss": loss.to_string()})) {
             return e;
         }
-        let last = self.last_checkpoint.clone().or_else(|| checkpoint::locate(&self.cfg.run.out).ok());
+        let last = self.last_checkpoint.clone().or_else(|| checkpoint::locate(&self.cfg.run.out).ok().map(|l| l.dir));
         TrainError::NonFinite { step, stage, loss, last_checkpoint: last }
     }
 
