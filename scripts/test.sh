@@ -4,7 +4,10 @@
 #   - ONNX Runtime's shared library from the PyPI wheel (no download at build time): .ort/
 #   - the `onnx` package for onnx.checker validity checks: .ort/checker/
 #   - Open MPI (Debian packages openmpi-bin, libopenmpi-dev) for the data-parallel tests,
-#     when missing and this runs as root with apt; otherwise it says what to install.
+#     and libjpeg-turbo's header (libjpeg-dev) so that JPEGs decode as in Pillow, when
+#     missing and this runs as root with apt; otherwise it says what to install.
+# The data tests then run a second time through the pure-Rust JPEG decoder (the fallback
+# of machines without libjpeg), in target/nolibjpeg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +25,20 @@ if [ ! -f .ort/checker/onnx/checker.py ]; then
   pip_install --target .ort/checker "onnx==$ONNX_VERSION"
 fi
 export ORT_DYLIB_PATH="$PWD/.ort/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
+
+# libjpeg-turbo's header: with it JPEGs decode as in Pillow (identical pixels); without it
+# et-data builds its pure-Rust fallback (within a few levels of PIL).
+if ! printf '#include <stdio.h>\n#include <jpeglib.h>\n' | cc -E -x c - >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing libjpeg-dev (Debian: libjpeg62-turbo-dev) so that JPEGs decode as in Pillow"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjpeg-dev >/dev/null
+    cargo clean --release -p et-data   # its build script looks for the header only when it reruns
+  else
+    echo "the tests need libjpeg-turbo's header: run \`sudo apt-get install libjpeg-dev\` (Debian/Ubuntu), then retry" >&2
+    exit 1
+  fi
+fi
 
 if ! command -v mpicc >/dev/null || ! command -v mpirun >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -41,3 +58,6 @@ cargo build --release -p et-train
 # The end-to-end tests run the release binaries, with data parallelism: build them first.
 cargo build --release --workspace --bins --features et-train/distributed
 cargo test --release --workspace --features et-train/distributed "$@"
+# The data tests again through the pure-Rust JPEG decoder, in a target dir of its own so that
+# the main build stays cached.
+ET_NO_LIBJPEG=1 CARGO_TARGET_DIR=target/nolibjpeg cargo test --release -p et-data "$@"

@@ -1,5 +1,7 @@
 //! Decoding image files to 8-bit RGB, as torchvision's `pil_loader`
-//! (`Image.open(f).convert('RGB')`) does.
+//! (`Image.open(f).convert('RGB')`) does, for every extension torchvision lists: JPEG,
+//! PNG, WebP, BMP, TIFF, PPM and PGM (docs/training.md, "Image files", says how each
+//! converts; data/tests/pil_formats.rs compares every form with PIL's pixels).
 //!
 //! The format is taken from the content, not the extension, because ImageNet-style
 //! folders contain mislabelled files (PNGs and CMYK JPEGs named `.JPEG`). A file that
@@ -17,6 +19,19 @@ use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
 
+/// Which decoder takes YCbCr and grey JPEGs in this build: "libjpeg-turbo" (the system
+/// library, as in Pillow: pixels equal PIL's) or "image (pure Rust)" (the fallback when the
+/// build found no `jpeglib.h`, or `ET_NO_LIBJPEG=1`: another IDCT and upsampler, so pixels
+/// may differ from PIL's by a few levels). CMYK and YCCK JPEGs take the `image` crate in
+/// both.
+pub fn jpeg_decoder() -> &'static str {
+    if cfg!(et_libjpeg) {
+        "libjpeg-turbo"
+    } else {
+        "image (pure Rust)"
+    }
+}
+
 /// Reads and decodes `path` to RGB8.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
@@ -30,7 +45,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
         if bytes.is_empty() {
             "empty file".to_string()
         } else {
-            "not an image (unrecognised content; JPEG and PNG are supported)".to_string()
+            "not an image (unrecognised content; JPEG, PNG, WebP, BMP, TIFF, PPM and PGM are supported)".to_string()
         }
     })?;
     if format == ImageFormat::Jpeg {
@@ -48,8 +63,28 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
             }
         }
     }
-    let img = reader.decode().map_err(|e| e.to_string())?;
+    let img = reader.decode().map_err(|e| describe(format, e))?;
     Ok(into_rgb8(img))
+}
+
+/// The `image` crate's error as one line that names the format: a file that ends early
+/// reads "truncated", not the bare "failed to fill whole buffer".
+fn describe(format: ImageFormat, e: image::ImageError) -> String {
+    let name = match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::Tiff => "TIFF",
+        ImageFormat::Pnm => "PNM",
+        _ => "image",
+    };
+    let line = e.to_string().replace(['\n', '\r'], " ");
+    match &e {
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => format!("truncated {name} (the data ends before the image does)"),
+        image::ImageError::Unsupported(_) => format!("unsupported {name} ({line})"),
+        _ => format!("corrupt {name} ({line})"),
+    }
 }
 
 /// A crop decoded for resampling: columns `columns.0..columns.0 + columns.1` of `img`
@@ -152,9 +187,12 @@ pub fn decode_jpeg_window(bytes: &[u8], denom: u32, window: [u32; 4], libjpeg_en
 }
 
 /// Converts like PIL's `convert('RGB')`: grey is replicated, alpha is dropped (not
-/// composited). 16-bit samples keep their high byte, which is what PIL does for
-/// 16-bit RGB PNGs (for 16-bit grey PIL clips instead, which whitens the image; the
-/// high byte is the faithful intent).
+/// composited), palettes are expanded ignoring their transparency. 16-bit samples keep
+/// their high byte, which is what PIL does for 16-bit RGB, RGBA and grey+alpha PNGs. For
+/// 16-bit grey (PNG, TIFF, PGM) PIL's convert clips the values to 255 instead, which
+/// whitens the image; the high byte is the faithful intent (and exactly what torchvision's
+/// `decode_image` then `to_dtype(torch.uint8, scale=True)` gives), so there et-data
+/// deliberately differs from PIL.
 fn into_rgb8(img: DynamicImage) -> RgbImage {
     let high = |v: u16| (v >> 8) as u8;
     match img {
@@ -256,7 +294,9 @@ mod tests {
         match r {
             Err(DataError::Decode { path: p, reason }) => {
                 assert_eq!(p, path);
-                assert!(DataError::Decode { path: p, reason }.to_string().contains(&path.display().to_string()));
+                let line = DataError::Decode { path: p, reason }.to_string();
+                assert!(line.contains(&path.display().to_string()), "{line}");
+                assert!(!line.contains(['\n', '\r']), "one line: {line:?}");
             }
             other => panic!("expected a decode error for {}, got {other:?}", path.display()),
         }
@@ -308,6 +348,29 @@ mod tests {
         let cases = cases.into_iter().chain([("half.png", png[..png.len() / 2].to_vec())]);
         for (name, bytes) in cases {
             let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            assert_decode_error(decode_rgb(&p), &p);
+        }
+        // Every other listed format: garbage behind the right signature, and files cut
+        // short, are errors naming the file (never a panic, never a padded image).
+        let img = DynamicImage::ImageRgb8(sample(37, 21));
+        let mut cases: Vec<(String, Vec<u8>)> = vec![
+            ("garbage.webp".into(), b"this is not an image at all, only text\n".to_vec()),
+            ("riff_garbage.webp".into(), [&b"RIFF\x40\x00\x00\x00WEBPVP8L"[..], &[0x5Au8; 52][..]].concat()),
+            ("riff_lossy_garbage.webp".into(), [&b"RIFF\x40\x00\x00\x00WEBPVP8 "[..], &[0xA5u8; 52][..]].concat()),
+            ("garbage.bmp".into(), [&b"BM"[..], &[0xFFu8; 60][..]].concat()),
+            ("garbage.tif".into(), [&b"II*\x00\x08\x00\x00\x00"[..], &[0xFFu8; 60][..]].concat()),
+            ("garbage.ppm".into(), b"P6\n99999999 99999999\n255\n\x01\x02".to_vec()),
+            ("garbage.pgm".into(), b"P5\n-3 x\n255\n".to_vec()),
+        ];
+        for (ext, format) in [("webp", ImageFormat::WebP), ("bmp", ImageFormat::Bmp), ("tiff", ImageFormat::Tiff), ("ppm", ImageFormat::Pnm)] {
+            let full = encode(&img, format);
+            assert_eq!(decode_bytes(&full).unwrap(), img.to_rgb8(), "{ext} round trip");
+            cases.push((format!("half.{ext}"), full[..full.len() / 2].to_vec()));
+            cases.push((format!("one_byte_short.{ext}"), full[..full.len() - 1].to_vec()));
+        }
+        for (name, bytes) in cases {
+            let p = dir.join(&name);
             std::fs::write(&p, bytes).unwrap();
             assert_decode_error(decode_rgb(&p), &p);
         }

@@ -356,4 +356,24 @@ mod tests {
         let off = RandAugment { prob: 0.0, ..ra };
         assert_eq!(off.apply(&img, &mut Rng::new(5)), img);
     }
+
+    #[test]
+    fn stronger_magnitudes_change_images_more() {
+        // A smooth image with structure in every direction: rotations, shears and colour
+        // ops all move its pixels.
+        let img = RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x + y) * 3) as u8]));
+        let change = |m: f64| -> f64 {
+            let ra = RandAugment::parse(&format!("rand-m{m}-mstd0.5-inc1")).unwrap();
+            (0..200u64)
+                .map(|i| {
+                    let out = ra.apply(&img, &mut Rng::from_keys(&[3, i]));
+                    out.as_raw().iter().zip(img.as_raw()).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / img.as_raw().len() as f64
+                })
+                .sum::<f64>()
+                / 200.0
+        };
+        let (weak, mid, strong) = (change(0.0), change(5.0), change(9.0));
+        assert!(weak < mid && mid < strong, "mean change per pixel at m0 {weak:.2}, m5 {mid:.2}, m9 {strong:.2}");
+    }
+
 }

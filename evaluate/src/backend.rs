@@ -4,6 +4,7 @@
 use crate::ortlib;
 use crate::EvalError;
 use candle_core::{Device, Tensor};
+use et_models::registry::{model_config, ModelConfig, ModelOptions};
 use et_models::run_config::LoadedRun;
 use et_kernels::CandleOps;
 use ort::session::Session;
@@ -16,6 +17,8 @@ pub trait Classifier {
     fn num_classes(&self) -> usize;
     /// Checks up front that the model takes `size`×`size` inputs.
     fn check_resolution(&self, size: usize) -> Result<(), EvalError>;
+    /// The architecture, where known (for the memory a batch needs).
+    fn architecture(&self) -> Option<ModelConfig>;
 }
 
 pub struct CandleClassifier {
@@ -37,7 +40,7 @@ impl CandleClassifier {
 impl Classifier for CandleClassifier {
     fn logits(&mut self, images: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, EvalError> {
         let x = Tensor::from_slice(images, shape.as_slice(), &self.device)?;
-        let y = self.run.model.forward(&CandleOps::eval(), &x)?;
+        let y = self.run.model.forward(&CandleOps::inference(), &x)?;
         Ok(y.flatten_all()?.to_vec1()?)
     }
 
@@ -48,6 +51,10 @@ impl Classifier for CandleClassifier {
     fn check_resolution(&self, size: usize) -> Result<(), EvalError> {
         let c = &self.run.config;
         Ok(c.model_config.check_input(&c.model, size, size)?)
+    }
+
+    fn architecture(&self) -> Option<ModelConfig> {
+        Some(self.run.config.model_config.clone())
     }
 }
 
@@ -60,6 +67,8 @@ pub struct OnnxMetadata {
     pub interpolation: Option<String>,
     pub class_names: Option<Vec<String>>,
     pub resolution: Option<usize>,
+    /// The registry name of the exported model.
+    pub model: Option<String>,
 }
 
 pub struct OnnxClassifier {
@@ -114,6 +123,7 @@ impl OnnxClassifier {
             interpolation: md.custom("interpolation"),
             class_names: md.custom("class_names").and_then(|s| serde_json::from_str(&s).ok()),
             resolution: md.custom("resolution").and_then(|s| s.parse().ok()),
+            model: md.custom("model"),
         };
         drop(md);
         let input = input.name().to_string();
@@ -147,5 +157,11 @@ impl Classifier for OnnxClassifier {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// The registered model the file says it exports, with the reference stem (a guess for
+    /// the memory estimate only).
+    fn architecture(&self) -> Option<ModelConfig> {
+        model_config(self.metadata.model.as_deref()?, &ModelOptions { num_classes: self.classes, ..Default::default() }).ok()
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod gate;
+pub mod memory;
 pub mod npy;
 pub mod ortlib;
 

@@ -310,9 +310,14 @@ fn run(args: Args) -> Result<bool> {
     let data = args.data.as_deref().ok_or_else(|| anyhow!("pass --data DIR"))?;
     let folder = ImageFolder::open(&ImageFolder::split_root(data, "val"))?;
     check_classes(&folder, src.carried.class_names.as_deref(), src.models[0].num_classes())?;
-    let opts = EvalOptions { batch_size: args.batch_size, threads, skip_corrupt: args.skip_corrupt };
+    let available = if et_kernels::cpu::memory_check_enabled() { et_kernels::cpu::available_memory() } else { None };
     let mut results = Vec::new();
     for (r, i) in plan {
+        let batch_size = et_eval::memory::fit_batch(args.batch_size, src.models[i].architecture().as_ref(), r, available)?;
+        if batch_size < args.batch_size {
+            eprintln!("et-eval: {r} px: {batch_size} images per batch (not {}) to fit in memory", args.batch_size);
+        }
+        let opts = EvalOptions { batch_size, threads, skip_corrupt: args.skip_corrupt };
         results.push(evaluate(src.models[i].as_mut(), &folder, r, &pre, &opts)?);
     }
     print!("{}", format_table(&results));
@@ -364,7 +369,7 @@ fn predict(model: &str, weights: &std::path::Path, input: &std::path::Path, outp
     run.config.model_config.check_input(model, h, w)?;
     let (net, classes) = (&run.model, run.config.num_classes);
     let x = Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?;
-    let y: Vec<f32> = net.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1()?;
+    let y: Vec<f32> = net.forward(&CandleOps::inference(), &x)?.flatten_all()?.to_vec1()?;
     et_eval::npy::write_f32(output, &[n, classes], &y).map_err(|e| anyhow!(e))?;
     println!("wrote {} ({n} x {classes} logits)", output.display());
     Ok(())

@@ -33,3 +33,31 @@ pub fn configure(n: Option<usize>) -> Result<(), rayon::ThreadPoolBuildError> {
         None => Ok(()),
     }
 }
+
+/// Bytes of memory this process may still take: the kernel's `MemAvailable`, or less where a
+/// cgroup (a container's, a batch job's) sets a lower limit. `None` where neither can be read.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    });
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    // cgroup v2, then v1; "max" (no limit) does not parse and counts as none.
+    let cgroup = match (read("/sys/fs/cgroup/memory.max"), read("/sys/fs/cgroup/memory.current")) {
+        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
+        _ => match (read("/sys/fs/cgroup/memory/memory.limit_in_bytes"), read("/sys/fs/cgroup/memory/memory.usage_in_bytes")) {
+            (Some(max), Some(cur)) if max < (1 << 60) => Some(max.saturating_sub(cur)),
+            _ => None,
+        },
+    };
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether a run should check its memory needs before it starts (`ET_MEMORY_CHECK=0` turns
+/// the check off, for a machine whose limits the estimate misreads).
+pub fn memory_check_enabled() -> bool {
+    std::env::var("ET_MEMORY_CHECK").map_or(true, |v| v != "0")
+}

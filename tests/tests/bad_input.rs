@@ -151,3 +151,22 @@ fn devices_and_precisions_this_build_cannot_run() {
     let o = run("et-train", &with(&["--device", "tpu"]));
     assert!(!o.status.success() && stderr(&o).contains("use cpu, cuda or cuda:N"), "{}", stderr(&o));
 }
+
+#[test]
+fn sizes_beyond_memory_shrink_the_batch_or_are_refused_up_front() {
+    let tmp = TempDir::new("memory");
+    mini_dataset(tmp.path(), &["airplane", "cat"], 2);
+    small_convnext_run(&tmp.join("run"), 1);
+    // 4000 px images: about 2 GB each for ConvNeXt-atto, far beyond a batch of 64 here.
+    let o = run("et-eval", &["--run", &tmp.s("run"), "--data", &tmp.s(""), "--resolutions", "4000"]);
+    assert!(o.status.code().is_some(), "et-eval was killed: {:?}\n{}", o.status, stderr(&o));
+    if o.status.success() {
+        assert!(stderr(&o).contains("images per batch (not 64) to fit in memory"), "{}", stderr(&o));
+    } else {
+        assert_clean_failure(&o, "et-eval", "GB per image");
+    }
+    // Training at such a size cannot fit at all: refused before anything is built or written.
+    let o = run("et-train", &["--data", &tmp.s(""), "--base-resolution", "4000", "--batch-size", "4", "--out", &tmp.s("out")]);
+    assert_clean_failure(&o, "et-train", "lower --batch-size");
+    assert!(!tmp.join("out/model.safetensors").exists());
+}

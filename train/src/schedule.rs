@@ -114,7 +114,11 @@ impl Schedule {
         }
         if spec.ends_with(".toml") || Path::new(spec).is_file() {
             let text = std::fs::read_to_string(spec).map_err(|e| format!("cannot read schedule file {spec}: {e}"))?;
-            let custom: CustomSchedule = toml::from_str(&text).map_err(|e| format!("schedule file {spec}: {}", e.message()))?;
+            let custom: CustomSchedule = toml::from_str(&text).map_err(|e| {
+                // toml's messages span lines (the offending line quoted): one line, with where.
+                let at = e.span().map(|r| text[..r.start.min(text.len())].lines().count().max(1)).map_or(String::new(), |l| format!(" (line {l})"));
+                format!("schedule file {spec}{at}: {}", e.message().split_whitespace().collect::<Vec<_>>().join(" "))
+            })?;
             let name = custom.name.clone().unwrap_or_else(|| Path::new(spec).file_stem().map_or("custom".into(), |s| s.to_string_lossy().into_owned()));
             return custom.build(&name, base, budget).map_err(|e| format!("schedule file {spec}: {e}"));
         }

@@ -113,6 +113,35 @@ pub fn model_plan(cfg: &TrainConfig, data: &Data, schedule: &Schedule) -> Result
     Ok(ModelPlan { family: fam, config, drop_path, run_config })
 }
 
+/// Refuses, before anything is trained, a plan whose steps cannot fit in this machine's
+/// memory (CPU training; a GPU's memory is its own): per stage, the activations a
+/// micro-batch keeps for its backward pass, plus the weights, their gradients, the
+/// optimiser's two moments and the EMA.
+pub fn check_memory(cfg: &TrainConfig, model: &ModelPlan, plan: &crate::plan::Plan, world: usize, available: Option<u64>) -> Result<(), TrainError> {
+    let Some(available) = available else { return Ok(()) };
+    let copies = 4.0 + if cfg.optim.ema_decay.is_some() { 1.0 } else { 0.0 };
+    let fixed = model.config.approx_params() * 4.0 * copies;
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    for (i, (stage, sp)) in plan.schedule.stages.iter().zip(&plan.stages).enumerate() {
+        let (r, images) = (stage.resolution, sp.micro_batch / world.max(1));
+        if seen.contains(&(r, images)) {
+            continue;
+        }
+        seen.push((r, images));
+        let act = et_models::registry::activations(&model.config, r, r)?;
+        let need = act.train_bytes() as f64 * images as f64 + fixed;
+        if need > available as f64 {
+            return Err(TrainError::Config(format!(
+                "stage {} ({r} px): a micro-batch of {images} images needs about {:.1} GB (the activations kept for the backward pass, the weights and the optimiser state), and {:.1} GB of memory are available: lower --batch-size (--effective-batch keeps the recipe through gradient accumulation), or set ET_MEMORY_CHECK=0 if the estimate is wrong for this machine",
+                i + 1,
+                need / 1e9,
+                available as f64 / 1e9
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

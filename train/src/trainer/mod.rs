@@ -112,6 +112,10 @@ struct StageRun {
     window: (Instant, usize),
     recent: Vec<f64>,
     skipped: usize,
+    /// What the loader produced, as logged: the last batch's shape (N, C, H, W) and the
+    /// RandAugment magnitude of the transform it ran.
+    input: Vec<usize>,
+    magnitude: f64,
 }
 
 pub struct Trainer<'e> {
@@ -148,6 +152,9 @@ impl<'e> Trainer<'e> {
         let schedule = Schedule::resolve(&cfg.schedule.schedule, family.etpp_resolutions(), data.base, cfg.schedule.epochs).map_err(TrainError::Config)?;
         let mp = model_plan(cfg, &data, &schedule)?;
         let plan = Plan::new(cfg, &schedule, data.train.samples.len(), world)?;
+        if cfg.run.device == DeviceSpec::Cpu && et_kernels::cpu::memory_check_enabled() {
+            crate::setup::check_memory(cfg, &mp, &plan, world, et_kernels::cpu::available_memory())?;
+        }
         let out = &cfg.run.out;
         // Each rank of a job takes the GPU of its place on its machine.
         let spec = match cfg.run.device {
@@ -277,7 +284,9 @@ impl<'e> Trainer<'e> {
         }
         let mut crop = RandomResizedCrop::new(base as u32);
         crop.scale = (c.data.crop_min_scale, 1.0);
-        let tf = TrainTransform { base, resolution: r, crop, hflip: 0.5, randaugment: Some(RandAugment::parse(&policy(st.magnitude))?), mean: self.pre.mean, std: self.pre.std, erasing: c.data.erasing };
+        let ra = RandAugment::parse(&policy(st.magnitude))?;
+        let magnitude = ra.magnitude;
+        let tf = TrainTransform { base, resolution: r, crop, hflip: 0.5, randaugment: Some(ra), mean: self.pre.mean, std: self.pre.std, erasing: c.data.erasing };
         // Exact crop-aware decode: rows below the crop are never decoded.
         let transform: Arc<SampleTransform> = Arc::new(move |smp: &Sample, rng: &mut Rng, out: &mut [f32]| tf.apply_path_into(&smp.path, rng, false, out));
         let compute_per_image = (r as f64 / base as f64).powi(2) / (self.data.train.samples.len() as f64 * c.schedule.epochs);
@@ -291,6 +300,8 @@ impl<'e> Trainer<'e> {
             window: (Instant::now(), 0),
             recent: Vec::new(),
             skipped: 0,
+            input: Vec::new(),
+            magnitude,
         })
     }
 
@@ -337,6 +348,7 @@ impl<'e> Trainer<'e> {
         // The loss is the global batch's: ranks hold equal shares of it.
         for k in 0..accum {
             let (x, targets, n) = self.micro_batch_input(stage, k)?;
+            stage.input = x.dims().to_vec();
             let seed = step_rng(self.cfg.run.seed, self.state.step, 0x6470 ^ self.rank_key(), k).next_u64();
             let mb = self.learner.micro_batch(&x, &targets, seed, 1.0 / accum as f32)?;
             if !mb.loss.is_finite() {
@@ -424,7 +436,7 @@ impl<'e> Trainer<'e> {
         let (resolution, magnitude) = (self.stage(si).resolution, self.stage(si).magnitude);
         let (stages, steps) = (self.plan.stages.len(), self.plan.total_steps);
         (self.on_event)(&Event::Step { stage: si, stages, resolution, magnitude, step, steps, loss, lr, img_per_s, eta_s, progress: p });
-        self.metrics.log(json!({"event": "step", "step": step, "stage": si, "resolution": resolution, "loss": loss, "lr": lr, "progress": p, "img_per_s": img_per_s, "time_s": elapsed}))?;
+        self.metrics.log(json!({"event": "step", "step": step, "stage": si, "resolution": resolution, "loss": loss, "lr": lr, "progress": p, "img_per_s": img_per_s, "time_s": elapsed, "input": &stage.input, "randaugment_magnitude": stage.magnitude}))?;
         stage.window = (Instant::now(), 0);
         stage.recent.clear();
         Ok(())

@@ -35,7 +35,7 @@ impl Trainer<'_> {
         let opts = EvalOptions { batch_size: c.optim.batch_size.max(64), threads: c.data.threads.max(1), skip_corrupt: !c.data.strict_data };
         let out = evaluate_folder::<TrainError, _>(&share, self.data.base, self.data.classes(), &self.pre, &opts, |images, shape| {
             let x = Tensor::from_slice(images, shape.as_slice(), device)?;
-            Ok(model.forward(&CandleOps::eval(), &x)?.flatten_all()?.to_vec1::<f32>()?)
+            Ok(model.forward(&CandleOps::inference(), &x)?.flatten_all()?.to_vec1::<f32>()?)
         })?;
         let t = &out.totals;
         let [images, top1, top5, skipped] = sum_counts(comm, [t.images as f64, t.top1 as f64, t.top5 as f64, out.skipped.len() as f64])?;
