@@ -86,9 +86,12 @@ int et_jpeg_start(et_jpeg *j, unsigned denom, int fast_entropy, int *fast_used, 
   }
   j->cinfo.scale_num = 1;
   j->cinfo.scale_denom = denom;
-  j->cinfo.out_color_space = JCS_RGB;
+  /* CMYK and YCCK files come out as CMYK (libjpeg converts YCCK), 4 bytes a pixel: the
+   * caller converts to RGB as PIL does. */
+  int cmyk = j->cinfo.jpeg_color_space == JCS_CMYK || j->cinfo.jpeg_color_space == JCS_YCCK;
+  j->cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&j->cinfo);
-  *fast_used = fast_entropy ? et_huff_install(&j->cinfo) : 0;
+  *fast_used = fast_entropy && !cmyk ? et_huff_install(&j->cinfo) : 0;
   j->started = 1;
   *ow = j->cinfo.output_width;
   *oh = j->cinfo.output_height;

@@ -54,7 +54,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
         #[cfg(et_libjpeg)]
         {
             let j = crate::jpeg::Jpeg::open(bytes)?;
-            if j.model != crate::jpeg::Model::Cmyk {
+            {
                 let (w, h) = (j.width, j.height);
                 let d = j.decode_window(1, [0, 0, w, h])?;
                 let (sw, sh, columns) = (d.width, d.height, d.columns);
@@ -149,7 +149,7 @@ pub fn decode_crop(bytes: &[u8], reduce_to: Option<u32>, plan: impl FnOnce(u32, 
     if bytes.starts_with(&[0xFF, 0xD8]) {
         check_jpeg_complete(bytes)?;
         let j = crate::jpeg::Jpeg::open(bytes)?;
-        if j.model != crate::jpeg::Model::Cmyk {
+        {
             let (w, h) = (j.width, j.height);
             let crop = plan(w, h);
             let denom = reduce_to.map_or(1, |s| choose_denom(crop.3, crop.2, s));
@@ -176,7 +176,7 @@ pub fn decode_jpeg_window(bytes: &[u8], denom: u32, window: [u32; 4], libjpeg_en
     #[cfg(et_libjpeg)]
     if bytes.starts_with(&[0xFF, 0xD8]) {
         let j = crate::jpeg::Jpeg::open(bytes)?;
-        if j.model != crate::jpeg::Model::Cmyk {
+        {
             let j = if libjpeg_entropy { j.with_libjpeg_entropy() } else { j };
             let d = j.decode_window(denom, window)?;
             return Ok(Some((d.rgb, d.fast_entropy)));

@@ -32,8 +32,27 @@ fn message(buf: &[c_char; ERR_LEN]) -> String {
 pub enum Model {
     Grey,
     Rgb,
-    /// CMYK or YCCK: libjpeg cannot convert these to RGB; the caller does.
+    /// CMYK or YCCK: decoded to CMYK (4 bytes a pixel, Adobe's inverted convention), which
+    /// [`cmyk_to_rgb`] converts as PIL does.
     Cmyk,
+}
+
+/// PIL's reading of a CMYK JPEG (`CMYK;I`: libjpeg gives Adobe's inverted samples) and its
+/// `convert('RGB')` (`cmyk2rgb`): each channel is (255 − k) − round(c·(255 − k)/255) with
+/// c, k the un-inverted values, rounded as PIL's `MULDIV255`.
+pub fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let nk = px[3] as u32; // 255 − k: the inverted sample is already that
+        for &c in &px[..3] {
+            rgb.push((nk - muldiv255(255 - c as u32, nk)) as u8);
+        }
+    }
+    rgb
 }
 
 /// A decoded window: `width x height` RGB rows (the decoded span), of which columns
@@ -106,7 +125,7 @@ impl<'a> Jpeg<'a> {
             return Err(format!("corrupt JPEG (decoder span of {span_w} columns misses the window)"));
         }
         let rows = y1 - y0;
-        let stride = span_w as usize * 3;
+        let stride = span_w as usize * if self.model == Model::Cmyk { 4 } else { 3 };
         let len = stride * rows as usize;
         let mut out: Vec<u8> = Vec::with_capacity(len);
         // SAFETY: the bridge writes exactly `rows` rows of `stride` bytes into `out`'s
@@ -117,7 +136,8 @@ impl<'a> Jpeg<'a> {
             }
             out.set_len(len);
         }
-        Ok(Window { width: span_w, height: rows, rgb: out, columns: (x_in_span, x1 - x0), fast_entropy: fast_used != 0 })
+        let rgb = if self.model == Model::Cmyk { cmyk_to_rgb(&out) } else { out };
+        Ok(Window { width: span_w, height: rows, rgb, columns: (x_in_span, x1 - x0), fast_entropy: fast_used != 0 })
     }
 }
 

@@ -6,10 +6,10 @@
 //!   (deliberate; docs/training.md, "Image files");
 //! - `pil-near`: forms the `image` crate converts to RGB itself (CMYK and JPEG-compressed
 //!   TIFF, a PGM maxval other than 255), within 1 level of PIL;
-//! - JPEGs decoded by the `image` crate — all of them with `ET_NO_LIBJPEG=1` or without
-//!   `jpeglib.h`, and CMYK / YCCK ones in every build — within `IMAGE_CRATE_JPEG`, since its
-//!   IDCT, upsampling and CMYK conversion are not libjpeg's. Through libjpeg-turbo, YCbCr
-//!   and grey JPEGs are exact.
+//! - JPEGs decoded by the `image` crate (all of them with `ET_NO_LIBJPEG=1` or without
+//!   `jpeglib.h`) within `IMAGE_CRATE_JPEG`, since its IDCT, upsampling and CMYK conversion
+//!   are not libjpeg's. Through libjpeg-turbo every JPEG is exact: YCbCr, grey, and CMYK /
+//!   YCCK (libjpeg returns the stored CMYK, converted to RGB with PIL's rounding).
 
 use et_data::decode::{decode_bytes, decode_rgb, jpeg_decoder};
 use std::path::{Path, PathBuf};
@@ -91,7 +91,6 @@ fn libjpeg() -> bool {
 fn tolerance(f: &Fixture, bytes: &[u8]) -> (Tolerance, &'static str) {
     match (f.rule.as_str(), jpeg_components(bytes)) {
         ("pil-near", _) => (NEAR, "the image crate's own conversion"),
-        (_, Some(4)) => (IMAGE_CRATE_JPEG, "CMYK / YCCK JPEG: the image crate in every build"),
         (_, Some(_)) if !libjpeg() => (IMAGE_CRATE_JPEG, "JPEG through the pure-Rust fallback"),
         _ => (EXACT, "exact"),
     }
