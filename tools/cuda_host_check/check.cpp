@@ -1,4 +1,4 @@
-// Runs models/kernels/*.cu on the CPU with one thread per block (grid-stride loops and the
+// Runs kernels/cuda/*.cu on the CPU with one thread per block (grid-stride loops and the
 // shared-memory reduction then degenerate to sequential loops) and compares them with naive
 // scatter-form references. It checks the kernels' index arithmetic where no GPU is at hand;
 // scripts/device-check.sh checks them on a GPU. Run: tools/cuda_host_check/run.sh
@@ -17,7 +17,7 @@ static Dim3 blockIdx, threadIdx, blockDim, gridDim;
 static inline void __syncthreads() {}
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-#include "../../models/kernels/depthwise.cu"
+#include "../../kernels/cuda/depthwise.cu"
 
 template <typename F> static void launch(unsigned blocks, F f) {
     gridDim.x = blocks; blockDim.x = 1; threadIdx.x = 0;
