@@ -124,6 +124,7 @@ pub struct Report {
 /// cropped with the key (seed, i), on `threads` threads (the result does not depend on it).
 pub fn report(dir: &Path, crop: &RandomResizedCrop, b: u32, limit: usize, seed: u64, threads: usize) -> Result<Report> {
     anyhow::ensure!(b >= 1 && b <= crop.size, "--lowres must be between 1 and --size ({})", crop.size);
+    anyhow::ensure!(crop.scale.0 > 0.0 && crop.scale.0 <= 1.0, "--crop-min-scale must be in (0, 1], got {}", crop.scale.0);
     let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
     let n = if limit == 0 { set.samples.len() } else { limit.min(set.samples.len()) };
     anyhow::ensure!(n > 0, "no images in {}", dir.display());

@@ -264,8 +264,9 @@ fn main() -> Result<()> {
         Cmd::LowfreqDiff { data, size, lowres, images, crop_min_scale, seed, threads } => {
             let mut crop = et_data::transform::RandomResizedCrop::new(size);
             crop.scale = (crop_min_scale, 1.0);
-            println!("{} -> {lowres} px from {} (crop area {crop_min_scale}..1, seed {seed})", size, data.display());
-            print!("{}", lowfreq_diff::report(&data, &crop, lowres, images, seed, threads)?.to_text());
+            let report = lowfreq_diff::report(&data, &crop, lowres, images, seed, threads)?;
+            println!("{size} -> {lowres} px from {} (crop area {crop_min_scale}..1, seed {seed})", data.display());
+            print!("{}", report.to_text());
         }
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
         Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
