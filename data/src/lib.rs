@@ -35,6 +35,7 @@ pub mod augment_ops;
 pub mod geometric;
 pub mod randaugment;
 pub mod lowfreq;
+pub mod stage_crop;
 pub mod loader;
 pub mod metrics;
 pub mod evaluation;

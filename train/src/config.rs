@@ -4,6 +4,7 @@
 use crate::optim::OptimizerKind;
 use crate::settings;
 use crate::TrainError;
+use et_data::stage_crop::LowFreq;
 use et_kernels::device::{DeviceSpec, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -23,6 +24,13 @@ settings! {
         strict_data: value bool = false,
         /// Smallest area fraction of RandomResizedCrop (timm's recipe: 0.08).
         crop_min_scale: value f64 = 0.25,
+        /// How a stage below the base resolution gets its B×B input: fft (the exact
+        /// low-frequency crop of the base-resolution crop) or resize (the crop resized
+        /// straight to B, from a JPEG decoded at a reduced DCT scale: less decoding, a
+        /// gradual low-pass instead of a brick wall); a stage of a TOML schedule may set its
+        /// own (docs/training.md).
+        [value_name = "fft|resize"]
+        low_freq: value LowFreq = LowFreq::Fft,
         /// Centre-crop fraction used for validation and recorded for export and evaluation
         /// [default: 1.0 under 64 px, else the model's].
         crop_pct: optional f64,
@@ -320,6 +328,7 @@ mod tests {
         assert_eq!(v["lr"], 2e-3);
         assert_eq!(v["erasing"], 0.0);
         assert_eq!(v["device"], "cpu");
+        assert_eq!(v["low_freq"], "fft");
         let back: TrainConfig = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
         // Missing keys (an older file) take their defaults.
@@ -327,5 +336,8 @@ mod tests {
         assert_eq!(partial.model.model, "resnet18");
         assert_eq!(partial.optim.lr, 0.1);
         assert_eq!(partial.optim.batch_size, 64);
+        assert_eq!(partial.data.low_freq, LowFreq::Fft, "a run saved before --low-freq existed used fft");
+        let resize: TrainConfig = serde_json::from_str(r#"{"low_freq": "resize"}"#).unwrap();
+        assert_eq!(resize.data.low_freq, LowFreq::Resize);
     }
 }

@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 #[derive(Clone, Debug, Serialize)]
 pub struct StageRow {
     pub resolution: usize,
+    /// How the input is brought down to the resolution (`None`: the base resolution).
+    pub low_pass: Option<et_data::stage_crop::LowFreq>,
     pub magnitude: f64,
     /// Epochs at the stage's resolution.
     pub epochs: f64,
@@ -69,6 +71,7 @@ pub fn dry_run(cfg: &TrainConfig, preset: Option<&TrainLayer>, cli: &TrainLayer)
         .enumerate()
         .map(|(i, (s, p))| StageRow {
             resolution: s.resolution,
+            low_pass: s.low_pass(data.base, cfg.data.low_freq),
             magnitude: s.magnitude,
             epochs: s.epochs,
             base_epochs: schedule.stage_compute(i),
@@ -128,11 +131,12 @@ impl DryRun {
             self.base_resolution
         );
         out += &format!("schedule {}: budget {} base epochs, {} optimiser steps of {} images, warm-up {:.2} base epochs\n", self.schedule, self.budget, self.total_steps, self.effective_batch, self.warmup_epochs);
-        out += "  stage  res  RandAugment    epochs  base-epochs   steps  batch   lr at start\n";
+        out += "  stage  res  low-pass  RandAugment    epochs  base-epochs   steps  batch   lr at start\n";
         for (i, s) in self.stages.iter().enumerate() {
             let batch = if s.accumulation > 1 { format!("{}x{}", s.micro_batch, s.accumulation) } else { s.micro_batch.to_string() };
             let replay = if s.replay_times > 1 { format!(", replay x{}", s.replay_times) } else { String::new() };
-            out += &format!("  {:>5}  {:>3}  m{:<11} {:>8.2}  {:>11.2}  {:>6}  {:>5}   {:.3e}{replay}\n", i + 1, s.resolution, s.magnitude, s.epochs, s.base_epochs, s.steps, batch, s.lr);
+            let low_pass = s.low_pass.map_or("-".to_string(), |m| m.to_string());
+            out += &format!("  {:>5}  {:>3}  {low_pass:<8}  m{:<11} {:>8.2}  {:>11.2}  {:>6}  {:>5}   {:.3e}{replay}\n", i + 1, s.resolution, s.magnitude, s.epochs, s.base_epochs, s.steps, batch, s.lr);
         }
         if !self.layer_decay.is_empty() {
             out += "layer-wise lr decay groups:\n  layer  lr scale  tensors\n";

@@ -286,8 +286,10 @@ impl<'e> Trainer<'e> {
         crop.scale = (c.data.crop_min_scale, 1.0);
         let ra = RandAugment::parse(&policy(st.magnitude))?;
         let magnitude = ra.magnitude;
-        let tf = TrainTransform { base, resolution: r, crop, hflip: 0.5, randaugment: Some(ra), mean: self.pre.mean, std: self.pre.std, erasing: c.data.erasing };
-        // Exact crop-aware decode: rows below the crop are never decoded.
+        let low_freq = st.low_freq.unwrap_or(c.data.low_freq);
+        let tf = TrainTransform { resolution: r, crop, low_freq, hflip: 0.5, randaugment: Some(ra), mean: self.pre.mean, std: self.pre.std, erasing: c.data.erasing };
+        // Crop-aware decode: rows below the crop are never decoded; exact in fft mode, at a
+        // DCT scale for the stage's resolution in resize mode.
         let transform: Arc<SampleTransform> = Arc::new(move |smp: &Sample, rng: &mut Rng, out: &mut [f32]| tf.apply_path_into(&smp.path, rng, false, out));
         let compute_per_image = (r as f64 / base as f64).powi(2) / (self.data.train.samples.len() as f64 * c.schedule.epochs);
         Ok(StageRun {

@@ -77,9 +77,10 @@ impl Trainer<'_> {
         let seconds = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
         let mean_loss = self.state.stage_loss_sum() / self.state.stage_step.max(1) as f64;
         let (resolution, magnitude) = (self.stage(si).resolution, self.stage(si).magnitude);
+        let low_pass = self.stage(si).low_pass(self.plan.schedule.base_resolution, self.cfg.data.low_freq);
         (self.on_event)(&Event::StageEnd { stage: si, resolution, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped: stage.skipped });
         let progress = self.state.progress();
-        self.metrics.log(json!({"event": "stage_end", "stage": si, "resolution": resolution, "magnitude": magnitude, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": progress, "skipped": stage.skipped, "step": self.state.step}))?;
+        self.metrics.log(json!({"event": "stage_end", "stage": si, "resolution": resolution, "magnitude": magnitude, "low_pass": low_pass, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": progress, "skipped": stage.skipped, "step": self.state.step}))?;
         if self.comm.is_root() {
             let curves = crate::plot::read_metrics(&out.join(METRICS_FILE), &self.plan.schedule.name)?;
             crate::plot::write_png(&[curves], &out.join(PLOT_FILE))?;
