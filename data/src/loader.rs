@@ -9,12 +9,20 @@
 //! straight into its slot of the batch (no per-sample tensor, no copy by the producer,
 //! which would leave the pool idle meanwhile); a consumer that is done with a batch can
 //! hand its buffer back (`BatchIter::recycle`).
+//!
+//! An ImageFolder is visited in a shuffled order of its indices, each transform reading its
+//! own file. Shards are streamed (`stream.rs`): a reader thread goes through this rank's
+//! shards front to back and hands each batch's bytes to the producer.
 
-use crate::folder::Sample;
+use crate::dataset::Dataset;
+use crate::shards::ShardSet;
+use crate::stream::{self, RankStream};
+use crate::stream_reader::{Payload, StreamReader};
 use crate::{DataError, Rng};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -35,12 +43,15 @@ pub struct LoaderConfig {
     pub skip_corrupt: bool,
     /// This process's share of every batch in a data-parallel job.
     pub shard: Shard,
+    /// Samples of the shuffle buffer when streaming shards (`stream.rs`).
+    pub shuffle_buffer: usize,
 }
 
-/// Rank `rank` of `world` processes that split every batch: with a batch size of b each, the
-/// epoch is cut into global batches of b·world samples, and rank r takes samples
-/// r·b..(r + 1)·b of each, so over an epoch the ranks see every sample once, and together
-/// each step's batch is the one a single process would see.
+/// Rank `rank` of `world` processes that split the data. An ImageFolder: with a batch size
+/// of b each, the epoch is cut into global batches of b·world samples, and rank r takes
+/// samples r·b..(r + 1)·b of each, so over an epoch the ranks see every sample once, and
+/// together each step's batch is the one a single process would see. Shards: each rank
+/// reads its own shards (`stream.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
     pub rank: usize,
@@ -88,6 +99,44 @@ impl Batch {
     }
 }
 
+/// One sample as a transform gets it: its index, name (for messages), class and bytes.
+pub struct Item<'a> {
+    pub index: usize,
+    pub name: &'a Path,
+    pub label: usize,
+    source: Source<'a>,
+}
+
+enum Source<'a> {
+    File,
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Item<'a> {
+    /// An item whose bytes are the file `name`.
+    pub fn file(index: usize, name: &'a Path, label: usize) -> Self {
+        Item { index, name, label, source: Source::File }
+    }
+
+    /// An item whose bytes are in memory.
+    pub fn in_memory(index: usize, name: &'a Path, label: usize, bytes: &'a [u8]) -> Self {
+        Item { index, name, label, source: Source::Bytes(bytes) }
+    }
+
+    /// The encoded image (a file is read now, on the calling thread).
+    pub fn bytes(&self) -> Result<Cow<'a, [u8]>, DataError> {
+        match self.source {
+            Source::File => std::fs::read(self.name).map(Cow::Owned).map_err(|source| DataError::Io { path: self.name.to_path_buf(), source }),
+            Source::Bytes(b) => Ok(Cow::Borrowed(b)),
+        }
+    }
+
+    /// The decoded image, RGB.
+    pub fn decode(&self) -> Result<crate::RgbImage, DataError> {
+        crate::decode::decode_bytes(&self.bytes()?).map_err(|reason| DataError::Decode { path: self.name.to_path_buf(), reason })
+    }
+}
+
 /// The visiting order of one epoch: a Fisher–Yates shuffle keyed by `(seed, epoch)`,
 /// or the identity.
 pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
@@ -98,8 +147,15 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
     order
 }
 
+/// What one epoch of this rank reads: batches of dataset indices, and for shards the
+/// stream and the input positions of each batch.
+struct EpochPlan {
+    batches: Vec<Vec<usize>>,
+    stream: Option<(RankStream, Vec<Vec<usize>>, std::ops::Range<usize>)>,
+}
+
 pub struct Loader {
-    samples: Arc<Vec<Sample>>,
+    data: Arc<Dataset>,
     cfg: LoaderConfig,
     /// `None` only if the OS refused to start threads; transforms then run on the
     /// producer thread, with the same results.
@@ -111,7 +167,7 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(samples: Arc<Vec<Sample>>, cfg: LoaderConfig) -> Self {
+    pub fn new(data: Arc<Dataset>, cfg: LoaderConfig) -> Self {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .thread_name(|i| format!("et-loader-{i}"))
@@ -119,7 +175,7 @@ impl Loader {
             .ok()
             .map(Arc::new);
         let (recycle, recycled) = sync_channel(cfg.prefetch + 2);
-        Loader { samples, cfg, pool, recycle, recycled: Arc::new(std::sync::Mutex::new(recycled)) }
+        Loader { data, cfg, pool, recycle, recycled: Arc::new(std::sync::Mutex::new(recycled)) }
     }
 
     pub fn config(&self) -> &LoaderConfig {
@@ -127,29 +183,66 @@ impl Loader {
     }
 
     pub fn len(&self) -> usize {
-        self.samples.len()
+        self.data.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.data.is_empty()
     }
 
-    /// Global batches per epoch (every rank gets its share of each).
-    pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.samples.len(), self.cfg.batch_size.max(1) * self.cfg.shard.world.max(1));
-        if self.cfg.drop_last {
-            n / b
-        } else {
-            n.div_ceil(b)
+    /// Steps (batches of this rank) in `epoch`: global batches of an ImageFolder; for shards
+    /// the same count on every rank when dropping incomplete batches (`stream::batches`).
+    pub fn batches_in_epoch(&self, epoch: u64) -> usize {
+        let (b, shard, c) = (self.cfg.batch_size.max(1), self.cfg.shard, &self.cfg);
+        match &*self.data {
+            Dataset::Folder(f) => {
+                let (n, global) = (f.samples.len(), b * shard.world.max(1));
+                if c.drop_last {
+                    n / global
+                } else {
+                    n.div_ceil(global)
+                }
+            }
+            Dataset::Shards(s) => stream::batches(&self.rank_sizes(s, epoch), shard.rank, b, c.drop_last),
         }
     }
 
-    /// Starts producing the batches of `epoch`. `transform(sample, rng, slot)` writes
+    /// Samples each rank streams in `epoch`.
+    fn rank_sizes(&self, s: &ShardSet, epoch: u64) -> Vec<usize> {
+        let (sizes, world) = (s.sizes(), self.cfg.shard.world.max(1));
+        if self.cfg.shuffle {
+            stream::rank_sizes(&sizes, world, self.cfg.seed, epoch)
+        } else {
+            let n = s.len();
+            (0..world).map(|r| n / world + usize::from(r < n % world)).collect()
+        }
+    }
+
+    fn plan(&self, epoch: u64, first_batch: usize) -> EpochPlan {
+        let c = &self.cfg;
+        match &*self.data {
+            Dataset::Folder(f) => {
+                let order = epoch_order(f.samples.len(), c.seed, epoch, c.shuffle);
+                EpochPlan { batches: shard_batches(&order, c.batch_size, c.drop_last, c.shard, first_batch), stream: None }
+            }
+            Dataset::Shards(s) => {
+                let rs = stream::rank_stream(&s.sizes(), c.shard.rank, c.shard.world, c.seed, epoch, c.shuffle, c.shuffle_buffer);
+                let (b, n) = (c.batch_size, rs.output.len());
+                let end = (self.batches_in_epoch(epoch) * b).min(n);
+                let start = (first_batch * b).min(end);
+                let positions: Vec<Vec<usize>> = (start..end).step_by(b).map(|p| rs.output[p..(p + b).min(end)].to_vec()).collect();
+                let batches = positions.iter().map(|ps| ps.iter().map(|&i| rs.input[i]).collect()).collect();
+                EpochPlan { batches, stream: Some((rs, positions, start..end)) }
+            }
+        }
+    }
+
+    /// Starts producing the batches of `epoch`. `transform(item, rng, slot)` writes
     /// the sample's CHW tensor of shape `chw` into `slot` (exactly that many values, of
     /// a recycled or zeroed buffer); its `rng` is `Rng::from_keys(&[seed, epoch, index])`.
     pub fn epoch<F>(&self, epoch: u64, chw: [usize; 3], transform: Arc<F>) -> BatchIter
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static + ?Sized,
+        F: Fn(&Item, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static + ?Sized,
     {
         self.epoch_from(epoch, 0, chw, transform)
     }
@@ -159,7 +252,7 @@ impl Loader {
     /// run picks up in the middle of an epoch without decoding what it already used.
     pub fn epoch_from<F>(&self, epoch: u64, first_batch: usize, chw: [usize; 3], transform: Arc<F>) -> BatchIter
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static + ?Sized,
+        F: Fn(&Item, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync + 'static + ?Sized,
     {
         let (tx, rx) = sync_channel(self.cfg.prefetch);
         let recycle = self.recycle.clone();
@@ -177,11 +270,10 @@ impl Loader {
             let _ = tx.send(Err(DataError::Invalid(msg.into())));
             return BatchIter { rx: Some(rx), recycle, stop, handle: None, remaining: 1 };
         }
-        let order = epoch_order(self.samples.len(), self.cfg.seed, epoch, self.cfg.shuffle);
-        let batches = shard_batches(&order, self.cfg.batch_size, self.cfg.drop_last, self.cfg.shard, first_batch);
-        let remaining = batches.len();
+        let plan = self.plan(epoch, first_batch);
+        let remaining = plan.batches.len();
         let job = Producer {
-            samples: self.samples.clone(),
+            data: self.data.clone(),
             cfg: self.cfg.clone(),
             pool: self.pool.clone(),
             epoch,
@@ -189,15 +281,7 @@ impl Loader {
             stop: stop.clone(),
             recycled: self.recycled.clone(),
         };
-        let spawned = std::thread::Builder::new().name("et-loader-producer".into()).spawn(move || {
-            for indices in batches {
-                let Some(item) = job.batch(&indices, &*transform) else { return };
-                let fatal = item.is_err();
-                if tx.send(item).is_err() || fatal {
-                    return;
-                }
-            }
-        });
+        let spawned = std::thread::Builder::new().name("et-loader-producer".into()).spawn(move || job.run(plan, &*transform, tx));
         match spawned {
             Ok(handle) => BatchIter { rx: Some(rx), recycle, stop, handle: Some(handle), remaining },
             Err(e) => {
@@ -211,7 +295,7 @@ impl Loader {
 
 /// What the producer thread needs, detached from the `Loader`.
 struct Producer {
-    samples: Arc<Vec<Sample>>,
+    data: Arc<Dataset>,
     cfg: LoaderConfig,
     pool: Option<Arc<rayon::ThreadPool>>,
     epoch: u64,
@@ -230,17 +314,73 @@ enum Outcome {
     Cancelled,
 }
 
+/// Reads a rank's stream on its own thread, one batch's bytes at a time, ahead of the
+/// producer; it stops when the producer drops the receiver.
+fn spawn_reader(set: Arc<ShardSet>, stream: RankStream, positions: Vec<Vec<usize>>, range: std::ops::Range<usize>, ahead: usize) -> (Receiver<Vec<Payload>>, Option<JoinHandle<()>>) {
+    let (tx, rx) = sync_channel(ahead.max(1));
+    let handle = std::thread::Builder::new().name("et-loader-reader".into()).spawn(move || {
+        let mut reader = StreamReader::new(set, &stream, range);
+        for ps in positions {
+            if tx.send(reader.take(&ps)).is_err() {
+                return;
+            }
+        }
+    });
+    (rx, handle.ok())
+}
+
 impl Producer {
-    fn sample<F>(&self, index: usize, transform: &F, slot: &mut [f32]) -> Outcome
+    fn run<F>(self, plan: EpochPlan, transform: &F, tx: SyncSender<Result<Batch, DataError>>)
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync + ?Sized,
+        F: Fn(&Item, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync + ?Sized,
+    {
+        let (bytes, reader) = match (&*self.data, plan.stream) {
+            (Dataset::Shards(s), Some((rs, positions, range))) => {
+                let (rx, handle) = spawn_reader(s.clone(), rs, positions, range, self.cfg.prefetch + 1);
+                (Some(rx), handle)
+            }
+            _ => (None, None),
+        };
+        for indices in plan.batches {
+            let payloads = match &bytes {
+                Some(rx) => match rx.recv() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        let _ = tx.send(Err(DataError::Invalid("the shard reader thread stopped".into())));
+                        break;
+                    }
+                },
+                None => None,
+            };
+            let Some(item) = self.batch(&indices, payloads.as_deref(), transform) else { break };
+            let fatal = item.is_err();
+            if tx.send(item).is_err() || fatal {
+                break;
+            }
+        }
+        // The reader ends once its channel is gone; no thread outlives the epoch.
+        drop(bytes);
+        if let Some(h) = reader {
+            let _ = h.join();
+        }
+    }
+
+    fn sample<F>(&self, index: usize, payload: Option<&Payload>, transform: &F, slot: &mut [f32]) -> Outcome
+    where
+        F: Fn(&Item, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync + ?Sized,
     {
         if self.stop.load(Ordering::Relaxed) {
             return Outcome::Cancelled;
         }
-        let sample = &self.samples[index];
+        let name = self.data.name(index);
+        let label = self.data.label(index);
+        let item = match payload {
+            None => Item::file(index, &name, label),
+            Some(Ok(bytes)) => Item::in_memory(index, &name, label, bytes),
+            Some(Err(reason)) => return Outcome::Failed(DataError::Member { path: name.into_owned(), reason: reason.clone() }),
+        };
         let mut rng = Rng::from_keys(&[self.cfg.seed, self.epoch, index as u64]);
-        match catch_unwind(AssertUnwindSafe(|| transform(sample, &mut rng, slot))) {
+        match catch_unwind(AssertUnwindSafe(|| transform(&item, &mut rng, slot))) {
             Ok(Ok(())) => Outcome::Ok,
             Ok(Err(e)) => Outcome::Failed(e),
             Err(panic) => {
@@ -249,7 +389,7 @@ impl Producer {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                Outcome::Fatal(DataError::Invalid(format!("the transform panicked on {}: {msg}", sample.path.display())))
+                Outcome::Fatal(DataError::Invalid(format!("the transform panicked on {}: {msg}", name.display())))
             }
         }
     }
@@ -267,17 +407,19 @@ impl Producer {
         }
     }
 
-    /// Builds one batch; `None` when the consumer has gone away.
-    fn batch<F>(&self, indices: &[usize], transform: &F) -> Option<Result<Batch, DataError>>
+    /// Builds one batch (`payloads`: the samples' bytes when streaming shards); `None` when
+    /// the consumer has gone away.
+    fn batch<F>(&self, indices: &[usize], payloads: Option<&[Payload]>, transform: &F) -> Option<Result<Batch, DataError>>
     where
-        F: Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync + ?Sized,
+        F: Fn(&Item, &mut Rng, &mut [f32]) -> Result<(), DataError> + Sync + ?Sized,
     {
         let [c, h, w] = self.chw;
         let size = c * h * w;
         let mut images = self.buffer(indices.len() * size);
+        let payload = |k: usize| payloads.and_then(|p| p.get(k));
         let outcomes: Vec<Outcome> = match &self.pool {
-            Some(pool) => pool.install(|| images.par_chunks_mut(size).zip(indices.par_iter()).map(|(slot, &i)| self.sample(i, transform, slot)).collect()),
-            None => images.chunks_mut(size).zip(indices).map(|(slot, &i)| self.sample(i, transform, slot)).collect(),
+            Some(pool) => pool.install(|| images.par_chunks_mut(size).zip(indices.par_iter()).enumerate().map(|(k, (slot, &i))| self.sample(i, payload(k), transform, slot)).collect()),
+            None => images.chunks_mut(size).zip(indices).enumerate().map(|(k, (slot, &i))| self.sample(i, payload(k), transform, slot)).collect(),
         };
         let mut batch = Batch { images: Vec::new(), labels: Vec::with_capacity(indices.len()), indices: Vec::with_capacity(indices.len()), shape: [0, c, h, w], skipped: Vec::new() };
         for (k, (&i, outcome)) in indices.iter().zip(outcomes).enumerate() {
@@ -288,11 +430,11 @@ impl Producer {
                     if kept != k {
                         images.copy_within(k * size..(k + 1) * size, kept * size);
                     }
-                    batch.labels.push(self.samples[i].label);
+                    batch.labels.push(self.data.label(i));
                     batch.indices.push(i);
                 }
                 Outcome::Failed(e) if self.cfg.skip_corrupt => {
-                    batch.skipped.push((self.samples[i].path.clone(), e.to_string()));
+                    batch.skipped.push((self.data.name(i).into_owned(), e.to_string()));
                 }
                 Outcome::Failed(e) | Outcome::Fatal(e) => return Some(Err(e)),
                 Outcome::Cancelled => return None,
@@ -376,20 +518,26 @@ impl Drop for BatchIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::folder::{ImageFolder, Sample};
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
-    fn samples(n: usize) -> Arc<Vec<Sample>> {
-        Arc::new((0..n).map(|i| Sample { path: PathBuf::from(format!("img{i}.jpg")), label: i % 7 }).collect())
+    fn sample_list(n: usize) -> Vec<Sample> {
+        (0..n).map(|i| Sample { path: PathBuf::from(format!("img{i}.jpg")), label: i % 7 }).collect()
+    }
+
+    /// A folder of `n` files that are never read (the transforms below do not).
+    fn samples(n: usize) -> Arc<Dataset> {
+        Arc::new(Dataset::Folder(ImageFolder { root: PathBuf::from("."), classes: (0..7).map(|c| c.to_string()).collect(), samples: sample_list(n) }))
     }
 
     fn cfg(batch_size: usize, threads: usize) -> LoaderConfig {
-        LoaderConfig { batch_size, shuffle: true, drop_last: false, seed: 42, threads, prefetch: 2, skip_corrupt: false, shard: Shard::default() }
+        LoaderConfig { batch_size, shuffle: true, drop_last: false, seed: 42, threads, prefetch: 2, skip_corrupt: false, shard: Shard::default(), shuffle_buffer: 16 }
     }
 
     /// A transform that uses its rng and encodes the sample.
-    fn noisy(s: &Sample, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
-        out.copy_from_slice(&[s.label as f32, rng.uniform() as f32, rng.normal() as f32, s.path.as_os_str().len() as f32]);
+    fn noisy(s: &Item, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
+        out.copy_from_slice(&[s.label as f32, rng.uniform() as f32, rng.normal() as f32, s.name.as_os_str().len() as f32]);
         Ok(())
     }
 
@@ -414,7 +562,7 @@ mod tests {
         let s = samples(53);
         let one = Loader::new(s.clone(), cfg(8, 1));
         let three = Loader::new(s.clone(), cfg(8, 3));
-        assert_eq!(one.batches_per_epoch(), 7);
+        assert_eq!(one.batches_in_epoch(3), 7);
         let a = collect(&one, 3);
         assert_eq!(a, collect(&three, 3));
         assert_ne!(a, collect(&three, 4));
@@ -427,22 +575,22 @@ mod tests {
         for b in &a {
             assert_eq!(b.images.len(), b.shape.iter().product::<usize>());
             for (k, &i) in b.indices.iter().enumerate() {
-                assert_eq!(b.labels[k], s[i].label);
-                assert_eq!(b.images[k * 4], s[i].label as f32);
+                assert_eq!(b.labels[k], s.label(i));
+                assert_eq!(b.images[k * 4], s.label(i) as f32);
             }
         }
         let mut c = cfg(8, 2);
         c.drop_last = true;
         let l = Loader::new(s, c);
-        assert_eq!(l.batches_per_epoch(), 6);
+        assert_eq!(l.batches_in_epoch(0), 6);
         assert!(collect(&l, 0).iter().all(|b| b.len() == 8));
     }
 
-    fn failing(s: &Sample, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
-        let i: usize = s.path.to_string_lossy().trim_start_matches("img").trim_end_matches(".jpg").parse().unwrap();
+    fn failing(s: &Item, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
+        let i: usize = s.name.to_string_lossy().trim_start_matches("img").trim_end_matches(".jpg").parse().unwrap();
         if i % 5 == 3 {
             out.fill(f32::NAN); // a half-written slot must not show
-            return Err(DataError::Decode { path: s.path.clone(), reason: "truncated".into() });
+            return Err(DataError::Decode { path: s.name.to_path_buf(), reason: "truncated".into() });
         }
         noisy(s, rng, out)
     }
@@ -463,7 +611,7 @@ mod tests {
         assert_eq!(b[2].indices, vec![9, 10, 11]);
         assert_eq!(b[1].indices, vec![4, 5, 6, 7]);
         // The samples after a skipped one moved up: each slot holds its own sample.
-        let s = samples(12);
+        let s = sample_list(12);
         for b in &b {
             assert_eq!(b.images.len(), b.shape.iter().product::<usize>());
             for (k, &i) in b.indices.iter().enumerate() {
@@ -519,7 +667,7 @@ mod tests {
     #[test]
     fn a_panicking_transform_is_an_error_not_a_short_epoch() {
         let l = Loader::new(samples(6), cfg(3, 2));
-        let t = |s: &Sample, _: &mut Rng, _: &mut [f32]| -> Result<(), DataError> {
+        let t = |s: &Item, _: &mut Rng, _: &mut [f32]| -> Result<(), DataError> {
             if s.label == 4 {
                 panic!("boom");
             }
@@ -533,7 +681,7 @@ mod tests {
     fn dropping_early_stops_the_producer() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
-        let slow = move |s: &Sample, rng: &mut Rng, out: &mut [f32]| {
+        let slow = move |s: &Item, rng: &mut Rng, out: &mut [f32]| {
             counter.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(2));
             noisy(s, rng, out)
