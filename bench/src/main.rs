@@ -59,14 +59,19 @@ enum Cmd {
         precision: Precision,
     },
     /// Decode + timm train transform (RandomResizedCrop(size, bicubic), flip,
-    /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder with the
+    /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder (or of
+    /// WebDataset shards, streamed through the shuffle buffer as et-train reads them) with the
     /// et-data loader (each batch handed back for reuse once read, unless --no-recycle);
     /// prints per-epoch times, then `img/s: X` (median over epochs) as the
     /// last line. Compare with bench/torchvision_data.py.
     Data {
-        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*).
-        #[arg(long, value_name = "DIR")]
+        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*); or shards: DIR/*.tar (or
+        /// DIR/train/*.tar) with classes.json, or a pattern DIR/train-{000000..000009}.tar.
+        #[arg(long, value_name = "DIR|PATTERN")]
         data: std::path::PathBuf,
+        /// Samples held by the shuffle buffer when reading shards.
+        #[arg(long, default_value_t = 1000)]
+        shuffle_buffer: usize,
         /// Output size of RandomResizedCrop.
         #[arg(long, default_value_t = 224)]
         size: usize,
@@ -218,7 +223,7 @@ fn main() -> Result<()> {
             println!("peak RSS: {rss}");
             println!("img/s: {:.2}", batch as f64 / median(times));
         }
-        Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct, no_recycle } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct, no_recycle)?,
+        Cmd::Data { data, shuffle_buffer, size, aa, threads, epochs, batch, lowres, reduced_dct, no_recycle } => data_bench(&data, shuffle_buffer, size, &aa, threads, epochs, batch, lowres, reduced_dct, no_recycle)?,
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
         Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
         Cmd::AllReduce { model, rounds } => all_reduce(&model, rounds)?,
@@ -227,9 +232,9 @@ fn main() -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>, reduced_dct: bool, no_recycle: bool) -> Result<()> {
-    use et_data::folder::{ImageFolder, Sample};
-    use et_data::loader::{Loader, LoaderConfig};
+fn data_bench(dir: &std::path::Path, shuffle_buffer: usize, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>, reduced_dct: bool, no_recycle: bool) -> Result<()> {
+    use et_data::dataset::Dataset;
+    use et_data::loader::{Item, Loader, LoaderConfig};
     use et_data::randaugment::RandAugment;
     use et_data::resample::{resize_f32_planar, Filter};
     use et_data::transform::{random_hflip, to_chw_normalized, to_chw_normalized_into, RandomResizedCrop};
@@ -238,15 +243,16 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
 
     // The allocator settings et-train runs with (freed buffers stay in the process).
     et_kernels::cpu::configure(None).context("configuring the runtime")?;
-    let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
-    anyhow::ensure!(!set.samples.is_empty(), "no images in {}", dir.display());
+    let set = Dataset::open_split(dir, "train", &mut |note: &str| println!("data: {note}"))?;
+    anyhow::ensure!(!set.is_empty(), "no images in {}", dir.display());
+    anyhow::ensure!(shuffle_buffer > 0, "--shuffle-buffer must be at least 1");
     let crop = RandomResizedCrop::new(size as u32);
     let ra = RandAugment::parse(aa)?;
     let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
     let out = lowres.unwrap_or(size);
     anyhow::ensure!(out > 0 && out <= size, "--lowres must be between 1 and --size");
-    let transform = Arc::new(move |s: &Sample, rng: &mut Rng, slot: &mut [f32]| {
-        let img = crop.decode_apply(&s.path, rng, reduced_dct)?;
+    let transform = Arc::new(move |s: &Item, rng: &mut Rng, slot: &mut [f32]| {
+        let img = crop.decode_apply_bytes(&s.bytes()?, s.name, rng, reduced_dct)?;
         let img = random_hflip(img, 0.5, rng);
         let img = ra.apply(&img, rng);
         if out < size {
@@ -256,13 +262,13 @@ fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epoc
             to_chw_normalized_into(&img, &mean, &std, slot)
         }
     });
-    let n = set.samples.len();
+    let (n, kind) = (set.len(), set.kind());
     let loader = Loader::new(
-        Arc::new(set.samples),
-        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true, shard: Default::default() },
+        Arc::new(set),
+        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true, shard: Default::default(), shuffle_buffer },
     );
     println!(
-        "{n} images from {}, size {size}{}{}, {aa}, {} loader threads, batch {batch}{}",
+        "{n} images from {} ({kind}), size {size}{}{}, {aa}, {} loader threads, batch {batch}{}",
         dir.display(),
         if reduced_dct { " (reduced-DCT decode)" } else { "" },
         lowres.map_or(String::new(), |b| format!(" then Lanczos to {b}")),

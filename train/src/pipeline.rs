@@ -3,6 +3,7 @@
 //! the exact low-frequency crop down to the stage's resolution, normalisation and
 //! (optionally) random erasing.
 
+use et_data::loader::Item;
 use et_data::lowfreq::lowfreq_crop_square;
 use et_data::randaugment::RandAugment;
 use et_data::transform::{normalize_chw, random_hflip, to_chw_f32, to_chw_normalized_into, RandomErasing, RandomResizedCrop};
@@ -48,6 +49,12 @@ impl TrainTransform {
     /// `apply_path` written into `out` (3 × resolution × resolution values: a batch slot).
     pub fn apply_path_into(&self, path: &std::path::Path, rng: &mut Rng, reduced_dct: bool, out: &mut [f32]) -> Result<(), DataError> {
         let img = self.crop.decode_apply(path, rng, reduced_dct)?;
+        self.after_crop(img, rng, out)
+    }
+
+    /// `apply_path_into` for a loader item (a file, or a shard member in memory).
+    pub fn apply_item_into(&self, item: &Item, rng: &mut Rng, reduced_dct: bool, out: &mut [f32]) -> Result<(), DataError> {
+        let img = self.crop.decode_apply_bytes(&item.bytes()?, item.name, rng, reduced_dct)?;
         self.after_crop(img, rng, out)
     }
 
