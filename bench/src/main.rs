@@ -60,15 +60,20 @@ enum Cmd {
         precision: Precision,
     },
     /// Decode + timm train transform (RandomResizedCrop(size, bicubic), flip,
-    /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder with the
+    /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder (or of
+    /// WebDataset shards, streamed through the shuffle buffer as et-train reads them) with the
     /// et-data loader (each batch handed back for reuse once read, unless --no-recycle);
     /// with --lowres B, et-train's transform of a stage at B (base --size), low-passed as
     /// --low-freq says. Prints per-epoch times, then `img/s: X` (median over epochs) as the
     /// last line. Compare with bench/torchvision_data.py.
     Data {
-        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*).
-        #[arg(long, value_name = "DIR")]
+        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*); or shards: DIR/*.tar (or
+        /// DIR/train/*.tar) with classes.json, or a pattern DIR/train-{000000..000009}.tar.
+        #[arg(long, value_name = "DIR|PATTERN")]
         data: std::path::PathBuf,
+        /// Samples held by the shuffle buffer when reading shards.
+        #[arg(long, default_value_t = 1000)]
+        shuffle_buffer: usize,
         /// Output size of RandomResizedCrop (the base resolution with --lowres).
         #[arg(long, default_value_t = 224)]
         size: usize,
@@ -257,9 +262,9 @@ fn main() -> Result<()> {
             println!("peak RSS: {rss}");
             println!("img/s: {:.2}", batch as f64 / median(times));
         }
-        Cmd::Data { data, size, aa, threads, epochs, batch, lowres, low_freq, crop_min_scale, reduced_dct, no_recycle } => {
+        Cmd::Data { data, shuffle_buffer, size, aa, threads, epochs, batch, lowres, low_freq, crop_min_scale, reduced_dct, no_recycle } => {
             let stage = DataStage { size, lowres: lowres.unwrap_or(size), low_freq, crop_min_scale, reduced_dct };
-            data_bench(&data, &stage, &aa, threads, epochs, batch, no_recycle)?
+            data_bench(&data, shuffle_buffer, &stage, &aa, threads, epochs, batch, no_recycle)?
         }
         Cmd::LowfreqDiff { data, size, lowres, images, crop_min_scale, seed, threads } => {
             let mut crop = et_data::transform::RandomResizedCrop::new(size);
@@ -284,9 +289,10 @@ struct DataStage {
     reduced_dct: bool,
 }
 
-fn data_bench(dir: &std::path::Path, stage: &DataStage, aa: &str, threads: usize, epochs: usize, batch: usize, no_recycle: bool) -> Result<()> {
-    use et_data::folder::{ImageFolder, Sample};
-    use et_data::loader::{Loader, LoaderConfig};
+#[allow(clippy::too_many_arguments)]
+fn data_bench(dir: &std::path::Path, shuffle_buffer: usize, stage: &DataStage, aa: &str, threads: usize, epochs: usize, batch: usize, no_recycle: bool) -> Result<()> {
+    use et_data::dataset::Dataset;
+    use et_data::loader::{Item, Loader, LoaderConfig};
     use et_data::randaugment::RandAugment;
     use et_data::transform::RandomResizedCrop;
     use et_data::Rng;
@@ -295,8 +301,9 @@ fn data_bench(dir: &std::path::Path, stage: &DataStage, aa: &str, threads: usize
 
     // The allocator settings et-train runs with (freed buffers stay in the process).
     et_kernels::cpu::configure(None).context("configuring the runtime")?;
-    let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
-    anyhow::ensure!(!set.samples.is_empty(), "no images in {}", dir.display());
+    let set = Dataset::open_split(dir, "train", &mut |note: &str| println!("data: {note}"))?;
+    anyhow::ensure!(!set.is_empty(), "no images in {}", dir.display());
+    anyhow::ensure!(shuffle_buffer > 0, "--shuffle-buffer must be at least 1");
     let &DataStage { size, lowres: out, low_freq, crop_min_scale, reduced_dct } = stage;
     anyhow::ensure!(out > 0 && out <= size, "--lowres must be between 1 and --size");
     anyhow::ensure!(crop_min_scale > 0.0 && crop_min_scale <= 1.0, "--crop-min-scale must be in (0, 1], got {crop_min_scale}");
@@ -304,14 +311,14 @@ fn data_bench(dir: &std::path::Path, stage: &DataStage, aa: &str, threads: usize
     crop.scale = (crop_min_scale, 1.0);
     // et-train's transform of a stage at `out` (at `size`: the plain timm train transform).
     let tf = TrainTransform { resolution: out, crop, low_freq, hflip: 0.5, randaugment: Some(RandAugment::parse(aa)?), mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], erasing: 0.0 };
-    let transform = Arc::new(move |s: &Sample, rng: &mut Rng, slot: &mut [f32]| tf.apply_path_into(&s.path, rng, reduced_dct, slot));
-    let n = set.samples.len();
+    let transform = Arc::new(move |s: &Item, rng: &mut Rng, slot: &mut [f32]| tf.apply_item_into(s, rng, reduced_dct, slot));
+    let (n, kind) = (set.len(), set.kind());
     let loader = Loader::new(
-        Arc::new(set.samples),
-        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true, shard: Default::default() },
+        Arc::new(set),
+        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true, shard: Default::default(), shuffle_buffer },
     );
     println!(
-        "{n} images from {}, size {size}{}, crop area {crop_min_scale}..1{}, {aa}, {} loader threads, batch {batch}{}",
+        "{n} images from {} ({kind}), size {size}{}, crop area {crop_min_scale}..1{}, {aa}, {} loader threads, batch {batch}{}",
         dir.display(),
         if reduced_dct { " (reduced-DCT decode)" } else { "" },
         if out < size { format!(", stage at {out} px ({low_freq} low-pass)") } else { String::new() },

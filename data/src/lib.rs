@@ -26,6 +26,12 @@ macro_rules! avx2_dispatch {
 pub mod error;
 pub mod pixels;
 pub mod folder;
+pub mod tar;
+pub mod shards;
+pub mod shard_index;
+pub mod stream;
+pub mod stream_reader;
+pub mod dataset;
 pub mod decode;
 #[cfg(et_libjpeg)]
 pub mod jpeg;

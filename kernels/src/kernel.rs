@@ -276,7 +276,6 @@ macro_rules! short_runs {
         }
     };
 }
-use short_runs;
 
 /// The (C, gs·hw) matrix of a group of gs (C, hw) images: the images themselves when
 /// gs = 1, else copied into `buf`.

@@ -13,9 +13,15 @@ settings! {
     /// What to train on and how images are augmented.
     pub struct DataSettings / DataLayer, heading = "Data" {
         /// ImageFolder dataset: DIR/train/<class>/* (and DIR/val/<class>/* for validation),
-        /// or DIR/<class>/* to train without validation.
-        [value_name = "DIR"]
+        /// or DIR/<class>/* to train without validation; or WebDataset shards laid out the
+        /// same way (DIR/train/*.tar + DIR/val/*.tar, or DIR/*.tar, each with classes.json),
+        /// or a pattern DIR/train-{000000..000127}.tar (no validation).
+        [value_name = "DIR|PATTERN"]
         data: value PathBuf = PathBuf::from("assets/cifar10-mini"),
+        /// Samples held by the shuffle buffer when reading shards (per process; each is one
+        /// encoded image in memory). Ignored for an ImageFolder, which is shuffled whole.
+        [value_name = "N"]
+        shuffle_buffer: value usize = 1000,
         /// Data-loading (decode and augmentation) threads.
         threads: value usize = 1,
         /// Stop at the first undecodable training or validation image instead of skipping it
@@ -289,6 +295,9 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     }
     if cfg.model.drop_path_ref_epochs.is_some_and(|v| v.is_nan() || v <= 0.0) {
         return c("--drop-path-ref-epochs must be positive".into());
+    }
+    if d.shuffle_buffer == 0 {
+        return c("--shuffle-buffer must be at least 1".into());
     }
     if cfg.run.compute_threads == Some(0) || d.threads == 0 {
         return c("--threads and --compute-threads must be at least 1".into());

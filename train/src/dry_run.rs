@@ -56,11 +56,11 @@ pub struct DryRun {
 /// The plan of a run with settings `cfg`, given by `cli` over `preset`.
 pub fn dry_run(cfg: &TrainConfig, preset: Option<&TrainLayer>, cli: &TrainLayer) -> Result<DryRun, TrainError> {
     validate(cfg)?;
-    let data = Data::open(cfg)?;
+    let data = Data::open(cfg, &mut |note: &str| eprintln!("et-train: {note}"))?;
     let fam = et_models::registry::family(&cfg.model.model)?;
     let schedule = Schedule::resolve(&cfg.schedule.schedule, fam.etpp_resolutions(), data.base, cfg.schedule.epochs).map_err(TrainError::Config)?;
     let mp = model_plan(cfg, &data, &schedule)?;
-    let plan = Plan::new(cfg, &schedule, data.train.samples.len(), 1)?;
+    let plan = Plan::new(cfg, &schedule, data.train.len(), 1)?;
     let ps = ParamStore::zeros();
     Model::new(&mp.config, ps.var_builder(DType::F32, &Device::Cpu))?;
     let layer_decay = cfg.optim.layer_decay.map_or_else(Vec::new, |d| layer_groups(fam, &ps.trainable_in_creation_order(), d));
@@ -95,8 +95,8 @@ pub fn dry_run(cfg: &TrainConfig, preset: Option<&TrainLayer>, cli: &TrainLayer)
         family: fam.name().to_string(),
         params: ps.num_trainable(),
         drop_path: mp.drop_path,
-        train_images: data.train.samples.len(),
-        val_images: data.val.as_ref().map_or(0, |v| v.samples.len()),
+        train_images: data.train.len(),
+        val_images: data.val.as_ref().map_or(0, |v| v.len()),
         classes: data.classes(),
         base_resolution: data.base,
         schedule: schedule.name.clone(),

@@ -291,6 +291,7 @@ impl Printer<'_> {
                 let rank = self.rank.map_or(String::new(), |r| format!("rank {r}: "));
                 eprintln!("et-train: {rank}skipped {}: {reason}", path.display())
             }
+            Event::Data { note } => println!("data: {note}"),
             Event::Initialised { from, loaded, reinitialised } => println!(
                 "initialised {loaded} tensors from {}{}",
                 from.display(),

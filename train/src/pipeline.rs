@@ -5,6 +5,7 @@
 //! low-frequency crop after RandAugment; `resize` crops straight to B. Every other step, and
 //! every random draw, is the same in both.
 
+use et_data::loader::Item;
 use et_data::lowfreq::lowfreq_crop_square;
 use et_data::randaugment::RandAugment;
 use et_data::stage_crop::{LowFreq, StageCrop};
@@ -61,6 +62,13 @@ impl TrainTransform {
     /// The crop step of this stage: to B in resize mode, to the base resolution otherwise.
     pub fn stage_crop(&self) -> StageCrop {
         StageCrop::new(self.crop.clone(), self.resolution as u32, self.low_freq)
+    }
+
+    /// `apply_path_into` for a loader item (a file, or a shard member in memory).
+    pub fn apply_item_into(&self, item: &Item, rng: &mut Rng, reduced_dct: bool, out: &mut [f32]) -> Result<(), DataError> {
+        let bytes = item.bytes()?;
+        let img = self.stage_crop().decode(&bytes, rng, reduced_dct).map_err(|reason| DataError::Decode { path: item.name.to_path_buf(), reason })?.img;
+        self.after_crop(img, rng, out)
     }
 
     fn after_crop(&self, img: RgbImage, rng: &mut Rng, out: &mut [f32]) -> Result<(), DataError> {
