@@ -110,6 +110,20 @@ pub(crate) fn dispatch<K: Kernel>(k: &K, inputs: &[(&CpuStorage, &Layout)]) -> R
     })
 }
 
+/// f over the elements of one or two equal-length inputs (`b` = `a` for one), in parallel
+/// chunks, into a fresh output.
+pub(crate) fn map2<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 16384;
+    written(a.len(), |y| {
+        y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                y.write(f(a, b));
+            }
+        });
+    })
+}
+
 /// A k×k window sliding over (n, c) planes of h×w with stride and symmetric padding: the
 /// geometry of depthwise convolution and pooling.
 #[derive(Clone, Copy, Debug)]

@@ -6,6 +6,7 @@
 //!
 //! Every kernel's gradient is checked against f64 central differences in its own tests.
 
+pub mod add;
 mod candle;
 pub mod attention;
 pub mod attention_packed;

@@ -2,28 +2,13 @@
 //! mask, converts it and multiplies: three passes and three buffers per ReLU, which ResNet
 //! has after every BatchNorm.
 
-use super::kernel::{dispatch, written, Kernel};
+use super::kernel::{dispatch, map2 as map, Kernel};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
-
-const CHUNK: usize = 16384;
 
 struct Relu;
 /// (y, dy) -> dx.
 struct ReluGrad;
 struct AddRelu;
-
-/// f over the elements of one or two equal-length inputs (`b` = `a` for one), in parallel
-/// chunks, into a fresh output.
-fn map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    written(a.len(), |y| {
-        y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(y, (a, b))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                y.write(f(a, b));
-            }
-        });
-    })
-}
 
 fn relu_of<T: WithDType>(v: T) -> T {
     if v > T::zero() {

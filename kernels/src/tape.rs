@@ -104,7 +104,7 @@ impl Tape {
                 let g = if g.shape() != &shape { g.reshape(shape)? } else { g };
                 match grads.entry(id) {
                     Entry::Occupied(mut e) => {
-                        let sum = (e.get() + &g)?;
+                        let sum = super::add::sum(e.get(), &g)?;
                         e.insert(sum);
                     }
                     Entry::Vacant(e) => {
