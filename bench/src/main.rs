@@ -137,7 +137,7 @@ fn all_reduce(model: &str, rounds: usize) -> Result<()> {
     create_model(model, &ModelOptions::default(), ps.var_builder(DType::F32, &candle_core::Device::Cpu))?;
     let sizes: Vec<usize> = ps.trainable().iter().map(|(_, v)| v.elem_count()).collect();
     let floats: usize = sizes.iter().sum();
-    let mut grads = et_train::optim::Grads(sizes.iter().map(|&n| vec![1.0f32; n]).collect());
+    let mut grads = et_train::optim::Grads::Host(sizes.iter().map(|&n| vec![1.0f32; n]).collect());
     let mut times = Vec::new();
     for i in 0..=rounds {
         comm.barrier()?;
@@ -184,7 +184,7 @@ fn main() -> Result<()> {
             let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride, img_size: None };
             let (cfg, net) = create_model(&model, &opts, ps.var_builder(DType::F32, &dev))?;
             cfg.check_input(&model, size, size)?;
-            let opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0);
+            let opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0)?;
             // et-train's own step: forward, backward and the update of a `Learner`.
             let mut learner = Learner::new(ps.clone(), net, cfg, opt, None, dev.clone(), precision);
             learner.sync_phases = true;
