@@ -117,6 +117,24 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// Mixed precision's model of casts: the median time of building it anew from casts of
+    /// the f32 masters (each micro-batch, formerly), of the casts alone, and of rewriting
+    /// the casts of the model built once (each optimiser step, now).
+    Casts {
+        #[arg(long, default_value = "convnext_tiny")]
+        model: String,
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// The compute precision cast to.
+        #[arg(long, default_value = "bf16")]
+        precision: Precision,
+        /// Timed repetitions (after one untimed).
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
     /// Time of libjpeg-turbo decoding every JPEG of an ImageFolder, read into memory
     /// first: all of each image at full and at 1/8 DCT scale (where entropy decoding is
     /// nearly everything), entropy-decoded by et-data's decoder and by libjpeg's.
@@ -129,6 +147,7 @@ enum Cmd {
     },
 }
 
+mod casts;
 mod decode_speed;
 
 fn all_reduce(model: &str, rounds: usize) -> Result<()> {
@@ -222,6 +241,7 @@ fn main() -> Result<()> {
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
         Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
         Cmd::AllReduce { model, rounds } => all_reduce(&model, rounds)?,
+        Cmd::Casts { model, classes, device, precision, reps } => casts::casts(&model, classes, &device.open()?, precision, reps)?,
     }
     Ok(())
 }
