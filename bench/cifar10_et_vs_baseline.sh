@@ -9,7 +9,8 @@
 # DATA_DIR holds CIFAR-10 as ImageFolder: DATA_DIR/{train,test}/<class>/*.jpg.
 # Settings (environment): MODEL (convnext_atto), BUDGET (base-resolution epochs, 4.5),
 # PER_CLASS (training images per class, 1000; 5000 = all), VAL_PER_CLASS (test images per
-# class used for the per-stage validation curve, 100), BATCH (64), LR (2e-3), SEED (0).
+# class used for the per-stage validation curve, 100), BATCH (64), LR (2e-3), SEED (0),
+# EXTRA (more et-train arguments, e.g. "--device cuda --precision bf16").
 # Wall time is the et-train process; "train s" leaves out the per-stage validation passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,7 @@ run() {  # name schedule budget
   local t0 t1
   t0=$(date +%s.%N)
   "$TRAIN_BIN" --data "$SUB" --model "$MODEL" --schedule "$schedule" --epochs "$budget" --batch-size "$BATCH" \
-    --lr "$LR" --seed "$SEED" --out "$dir" --log-every 50 > "$dir.log" 2>&1 || { echo "et-train failed, see $dir.log" >&2; tail -3 "$dir.log" >&2; exit 1; }
+    --lr "$LR" --seed "$SEED" --out "$dir" --log-every 50 ${EXTRA:-} > "$dir.log" 2>&1 || { echo "et-train failed, see $dir.log" >&2; tail -3 "$dir.log" >&2; exit 1; }
   t1=$(date +%s.%N)
   "$EVAL_BIN" --run "$dir" --data "$DATA/test" --resolutions 32 --json "$dir/test.json" > "$dir/test.log" 2>&1 || { echo "et-eval failed, see $dir/test.log" >&2; exit 1; }
   python3 - "$dir" "$name" "$schedule" "$budget" "$t0" "$t1" <<'PY' >> "$OUT/table.tsv"

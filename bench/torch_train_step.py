@@ -19,6 +19,19 @@ import timm
 import torch
 
 
+def create(name, classes, size):
+    """The model as et-bench builds it at `size`: ViTs with their position embedding and
+    Swin with its windows laid out for that size (as et-train does from stage to stage);
+    CSWin, which timm lacks, from tools/cswin_ref.py."""
+    if name.startswith("CSWin"):
+        import os, sys
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+        import cswin_ref
+        return cswin_ref.create(name, num_classes=classes)
+    kwargs = {"img_size": size} if name.startswith(("deit", "vit", "swin")) else {}
+    return timm.create_model(name, num_classes=classes, **kwargs)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="convnext_atto")
@@ -37,7 +50,7 @@ def main():
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = timm.create_model(a.model, num_classes=a.classes)
+    model = create(a.model, a.classes, a.size)
     if a.stem_stride is not None:
         c = model.stem[0].out_channels
         model.stem[0] = torch.nn.Conv2d(3, c, kernel_size=a.stem_stride, stride=a.stem_stride)

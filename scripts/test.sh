@@ -6,8 +6,12 @@
 #   - Open MPI (Debian packages openmpi-bin, libopenmpi-dev) for the data-parallel tests,
 #     and libjpeg-turbo's header (libjpeg-dev) so that JPEGs decode as in Pillow, when
 #     missing and this runs as root with apt; otherwise it says what to install.
+#   - CUDA 13.0's nvcc, headers and runtime from pinned PyPI wheels into .cuda-toolchain/
+#     (scripts/cuda/env.sh; reused on a rerun), to compile the GPU code without a GPU.
 # The data tests then run a second time through the pure-Rust JPEG decoder (the fallback
-# of machines without libjpeg), in target/nolibjpeg.
+# of machines without libjpeg), in target/nolibjpeg. The GPU code (CUDA, cuDNN, NCCL
+# features, and our .cu kernels through nvcc) is type-checked in target/cuda, and the CUDA
+# kernels' arithmetic is checked on the host (tools/cuda_host_check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,3 +65,11 @@ cargo test --release --workspace --features et-train/distributed "$@"
 # The data tests again through the pure-Rust JPEG decoder, in a target dir of its own so that
 # the main build stays cached.
 ET_NO_LIBJPEG=1 CARGO_TARGET_DIR=target/nolibjpeg cargo test --release -p et-data "$@"
+# The GPU code: no GPU here, so type-check it (candle's and our .cu kernels do go through
+# nvcc) and run our kernels' source on the host against references.
+(
+  eval "$(scripts/cuda/env.sh)"
+  CARGO_TARGET_DIR=target/cuda cargo check --release --workspace --all-targets \
+    --features et-train/cudnn,et-train/nccl,et-eval/cudnn,et-bench/cudnn,et-kernels/cudnn
+)
+tools/cuda_host_check/run.sh

@@ -4,6 +4,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
+use et_data::stage_crop::LowFreq;
 use et_kernels::device::{DeviceSpec, Precision};
 use clap::{Parser, Subcommand};
 use et_kernels::testing::seeded;
@@ -59,15 +60,21 @@ enum Cmd {
         precision: Precision,
     },
     /// Decode + timm train transform (RandomResizedCrop(size, bicubic), flip,
-    /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder with the
+    /// RandAugment(POLICY), CHW f32, normalise) of every image of an ImageFolder (or of
+    /// WebDataset shards, streamed through the shuffle buffer as et-train reads them) with the
     /// et-data loader (each batch handed back for reuse once read, unless --no-recycle);
-    /// prints per-epoch times, then `img/s: X` (median over epochs) as the
+    /// with --lowres B, et-train's transform of a stage at B (base --size), low-passed as
+    /// --low-freq says. Prints per-epoch times, then `img/s: X` (median over epochs) as the
     /// last line. Compare with bench/torchvision_data.py.
     Data {
-        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*).
-        #[arg(long, value_name = "DIR")]
+        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*); or shards: DIR/*.tar (or
+        /// DIR/train/*.tar) with classes.json, or a pattern DIR/train-{000000..000009}.tar.
+        #[arg(long, value_name = "DIR|PATTERN")]
         data: std::path::PathBuf,
-        /// Output size of RandomResizedCrop.
+        /// Samples held by the shuffle buffer when reading shards.
+        #[arg(long, default_value_t = 1000)]
+        shuffle_buffer: usize,
+        /// Output size of RandomResizedCrop (the base resolution with --lowres).
         #[arg(long, default_value_t = 224)]
         size: usize,
         /// timm RandAugment policy string.
@@ -82,10 +89,18 @@ enum Cmd {
         /// Images per batch.
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// After the transform, anti-aliased down-sample (Lanczos) to B×B: ET++'s fast
-        /// low-pass in place of the exact Fourier crop.
+        /// A stage's resolution B below --size: the input is brought down to B×B as
+        /// et-train does it, by --low-freq.
         #[arg(long, value_name = "B")]
         lowres: Option<usize>,
+        /// With --lowres: fft (the exact low-frequency crop after RandAugment at --size) or
+        /// resize (RandomResizedCrop straight to B from a DCT-scaled decode).
+        #[arg(long, value_name = "fft|resize", default_value = "fft")]
+        low_freq: LowFreq,
+        /// Smallest area fraction of RandomResizedCrop (timm's recipe: 0.08; et-train's
+        /// default: 0.25).
+        #[arg(long, default_value_t = 0.08)]
+        crop_min_scale: f64,
         /// Decode JPEG crops at least twice --size at a reduced DCT scale (1/2, 1/4, 1/8).
         #[arg(long)]
         reduced_dct: bool,
@@ -94,6 +109,34 @@ enum Cmd {
         /// input tensor), so every batch is written into fresh, zeroed memory.
         #[arg(long)]
         no_recycle: bool,
+    },
+    /// How far `--low-freq resize` moves a stage's inputs from the exact FFT crop: for the
+    /// same crop box of each image, the mean absolute difference, RMS, maximum (8-bit
+    /// levels) and PSNR between the two modes' B×B crops (before flip and RandAugment, which
+    /// are the same draws in both), and how many crops each DCT scale decoded.
+    LowfreqDiff {
+        /// ImageFolder: DIR/<class>/* (or DIR/train/<class>/*).
+        #[arg(long, value_name = "DIR")]
+        data: std::path::PathBuf,
+        /// The base resolution.
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+        /// The stage's resolution B.
+        #[arg(long, value_name = "B")]
+        lowres: u32,
+        /// Images compared (the first N; 0 = all).
+        #[arg(long, default_value_t = 0)]
+        images: usize,
+        /// Smallest area fraction of RandomResizedCrop (timm's recipe: 0.08; et-train's
+        /// default: 0.25).
+        #[arg(long, default_value_t = 0.08)]
+        crop_min_scale: f64,
+        /// Seed of the crop boxes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Threads (the result does not depend on them).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Fidelity of the decoders: full decodes (libjpeg vs the pure-Rust decoder), and
     /// RandomResizedCrop(size) with the reduced-DCT decode vs the exact one (same crop
@@ -149,6 +192,7 @@ enum Cmd {
 
 mod casts;
 mod decode_speed;
+mod lowfreq_diff;
 
 fn all_reduce(model: &str, rounds: usize) -> Result<()> {
     let comm = et_dist::init()?;
@@ -237,7 +281,17 @@ fn main() -> Result<()> {
             println!("peak RSS: {rss}");
             println!("img/s: {:.2}", batch as f64 / median(times));
         }
-        Cmd::Data { data, size, aa, threads, epochs, batch, lowres, reduced_dct, no_recycle } => data_bench(&data, size, &aa, threads, epochs, batch, lowres, reduced_dct, no_recycle)?,
+        Cmd::Data { data, shuffle_buffer, size, aa, threads, epochs, batch, lowres, low_freq, crop_min_scale, reduced_dct, no_recycle } => {
+            let stage = DataStage { size, lowres: lowres.unwrap_or(size), low_freq, crop_min_scale, reduced_dct };
+            data_bench(&data, shuffle_buffer, &stage, &aa, threads, epochs, batch, no_recycle)?
+        }
+        Cmd::LowfreqDiff { data, size, lowres, images, crop_min_scale, seed, threads } => {
+            let mut crop = et_data::transform::RandomResizedCrop::new(size);
+            crop.scale = (crop_min_scale, 1.0);
+            let report = lowfreq_diff::report(&data, &crop, lowres, images, seed, threads)?;
+            println!("{size} -> {lowres} px from {} (crop area {crop_min_scale}..1, seed {seed})", data.display());
+            print!("{}", report.to_text());
+        }
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
         Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
         Cmd::AllReduce { model, rounds } => all_reduce(&model, rounds)?,
@@ -246,46 +300,48 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// What `et-bench data` transforms each image into.
+struct DataStage {
+    size: usize,
+    lowres: usize,
+    low_freq: LowFreq,
+    crop_min_scale: f64,
+    reduced_dct: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
-fn data_bench(dir: &std::path::Path, size: usize, aa: &str, threads: usize, epochs: usize, batch: usize, lowres: Option<usize>, reduced_dct: bool, no_recycle: bool) -> Result<()> {
-    use et_data::folder::{ImageFolder, Sample};
-    use et_data::loader::{Loader, LoaderConfig};
+fn data_bench(dir: &std::path::Path, shuffle_buffer: usize, stage: &DataStage, aa: &str, threads: usize, epochs: usize, batch: usize, no_recycle: bool) -> Result<()> {
+    use et_data::dataset::Dataset;
+    use et_data::loader::{Item, Loader, LoaderConfig};
     use et_data::randaugment::RandAugment;
-    use et_data::resample::{resize_f32_planar, Filter};
-    use et_data::transform::{random_hflip, to_chw_normalized, to_chw_normalized_into, RandomResizedCrop};
+    use et_data::transform::RandomResizedCrop;
     use et_data::Rng;
+    use et_train::pipeline::TrainTransform;
     use std::sync::Arc;
 
     // The allocator settings et-train runs with (freed buffers stay in the process).
     et_kernels::cpu::configure(None).context("configuring the runtime")?;
-    let set = ImageFolder::open(&ImageFolder::split_root(dir, "train"))?;
-    anyhow::ensure!(!set.samples.is_empty(), "no images in {}", dir.display());
-    let crop = RandomResizedCrop::new(size as u32);
-    let ra = RandAugment::parse(aa)?;
-    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
-    let out = lowres.unwrap_or(size);
+    let set = Dataset::open_split(dir, "train", &mut |note: &str| println!("data: {note}"))?;
+    anyhow::ensure!(!set.is_empty(), "no images in {}", dir.display());
+    anyhow::ensure!(shuffle_buffer > 0, "--shuffle-buffer must be at least 1");
+    let &DataStage { size, lowres: out, low_freq, crop_min_scale, reduced_dct } = stage;
     anyhow::ensure!(out > 0 && out <= size, "--lowres must be between 1 and --size");
-    let transform = Arc::new(move |s: &Sample, rng: &mut Rng, slot: &mut [f32]| {
-        let img = crop.decode_apply(&s.path, rng, reduced_dct)?;
-        let img = random_hflip(img, 0.5, rng);
-        let img = ra.apply(&img, rng);
-        if out < size {
-            slot.copy_from_slice(&resize_f32_planar(&to_chw_normalized(&img, &mean, &std), 3, size, size, out, out, Filter::Lanczos));
-            Ok(())
-        } else {
-            to_chw_normalized_into(&img, &mean, &std, slot)
-        }
-    });
-    let n = set.samples.len();
+    anyhow::ensure!(crop_min_scale > 0.0 && crop_min_scale <= 1.0, "--crop-min-scale must be in (0, 1], got {crop_min_scale}");
+    let mut crop = RandomResizedCrop::new(size as u32);
+    crop.scale = (crop_min_scale, 1.0);
+    // et-train's transform of a stage at `out` (at `size`: the plain timm train transform).
+    let tf = TrainTransform { resolution: out, crop, low_freq, hflip: 0.5, randaugment: Some(RandAugment::parse(aa)?), mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], erasing: 0.0 };
+    let transform = Arc::new(move |s: &Item, rng: &mut Rng, slot: &mut [f32]| tf.apply_item_into(s, rng, reduced_dct, slot));
+    let (n, kind) = (set.len(), set.kind());
     let loader = Loader::new(
-        Arc::new(set.samples),
-        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true, shard: Default::default() },
+        Arc::new(set),
+        LoaderConfig { batch_size: batch.max(1), shuffle: true, drop_last: false, seed: 0, threads: threads.max(1), prefetch: 2, skip_corrupt: true, shard: Default::default(), shuffle_buffer },
     );
     println!(
-        "{n} images from {}, size {size}{}{}, {aa}, {} loader threads, batch {batch}{}",
+        "{n} images from {} ({kind}), size {size}{}, crop area {crop_min_scale}..1{}, {aa}, {} loader threads, batch {batch}{}",
         dir.display(),
         if reduced_dct { " (reduced-DCT decode)" } else { "" },
-        lowres.map_or(String::new(), |b| format!(" then Lanczos to {b}")),
+        if out < size { format!(", stage at {out} px ({low_freq} low-pass)") } else { String::new() },
         threads.max(1),
         if no_recycle { ", batch buffers not recycled" } else { "" }
     );

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// so the binaries can print it as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("data directory {0} does not exist: pass --data DIR pointing at an ImageFolder (DIR/<class>/<image> or DIR/train + DIR/val)")]
+    #[error("data directory {0} does not exist: pass --data DIR pointing at an ImageFolder (DIR/<class>/<image> or DIR/train + DIR/val) or at WebDataset shards (DIR/*.tar, DIR/train/*.tar + DIR/val/*.tar, or a pattern DIR/train-{{000000..000009}}.tar)")]
     MissingDir(PathBuf),
     #[error("{0} has no class folders: expected one sub-folder per class containing images")]
     NoClasses(PathBuf),
@@ -14,6 +14,10 @@ pub enum DataError {
     EmptyClass(PathBuf),
     #[error("cannot decode image {path}: {reason} (remove or replace the file)")]
     Decode { path: PathBuf, reason: String },
+    #[error("sample {path} cannot be used: {reason}")]
+    Member { path: PathBuf, reason: String },
+    #[error("shard {path}: {reason}: re-create it (et-pack) or remove it")]
+    Shard { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,

@@ -1,12 +1,12 @@
-//! One evaluation pass over an ImageFolder with timm's eval transform, for any model
+//! One evaluation pass over a data set (an ImageFolder or shards) with timm's eval transform, for any model
 //! given as a closure from a batch of NCHW images to logits. et-eval (ONNX Runtime or
 //! candle) and et-train (validation after each stage) share it.
 
-use crate::folder::{ImageFolder, Sample};
-use crate::loader::{Loader, LoaderConfig};
+use crate::dataset::Dataset;
+use crate::loader::{Item, Loader, LoaderConfig, Shard};
 use crate::metrics::Totals;
 use crate::resample::Filter;
-use crate::{decode, transform, DataError, Rng};
+use crate::{transform, DataError, Rng};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +24,8 @@ pub struct EvalOptions {
     pub batch_size: usize,
     pub threads: usize,
     pub skip_corrupt: bool,
+    /// This process's share in a data-parallel job (together the ranks see every sample once).
+    pub shard: Shard,
 }
 
 /// Accuracy and speed at one resolution.
@@ -35,9 +37,10 @@ pub struct EvalOutcome {
     pub skipped: Vec<(std::path::PathBuf, String)>,
 }
 
-/// Runs `logits(images, [n, 3, r, r]) -> (n × classes)` over every image of `folder`.
-pub fn evaluate_folder<E, F>(
-    folder: &ImageFolder,
+/// Runs `logits(images, [n, 3, r, r]) -> (n × classes)` over every image of `data` (this
+/// rank's share of them), in the data set's order.
+pub fn evaluate_dataset<E, F>(
+    data: &Arc<Dataset>,
     resolution: usize,
     classes: usize,
     pre: &Preprocess,
@@ -56,13 +59,14 @@ where
         threads: opts.threads.max(1),
         prefetch: 2,
         skip_corrupt: opts.skip_corrupt,
-        shard: Default::default(),
+        shard: opts.shard,
+        shuffle_buffer: 1,
     };
-    let loader = Loader::new(Arc::new(folder.samples.clone()), cfg);
+    let loader = Loader::new(data.clone(), cfg);
     let p = pre.clone();
     let r = resolution as u32;
-    let tf = Arc::new(move |s: &Sample, _rng: &mut Rng, out: &mut [f32]| -> Result<(), DataError> {
-        let img = decode::decode_rgb(&s.path)?;
+    let tf = Arc::new(move |s: &Item, _rng: &mut Rng, out: &mut [f32]| -> Result<(), DataError> {
+        let img = s.decode()?;
         let img = transform::eval_transform(&img, r, p.crop_pct, p.filter);
         transform::to_chw_normalized_into(&img, &p.mean, &p.std, out)
     });

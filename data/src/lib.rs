@@ -26,6 +26,12 @@ macro_rules! avx2_dispatch {
 pub mod error;
 pub mod pixels;
 pub mod folder;
+pub mod tar;
+pub mod shards;
+pub mod shard_index;
+pub mod stream;
+pub mod stream_reader;
+pub mod dataset;
 pub mod decode;
 #[cfg(et_libjpeg)]
 pub mod jpeg;
@@ -35,6 +41,7 @@ pub mod augment_ops;
 pub mod geometric;
 pub mod randaugment;
 pub mod lowfreq;
+pub mod stage_crop;
 pub mod loader;
 pub mod metrics;
 pub mod evaluation;

@@ -82,8 +82,13 @@ impl RandomResizedCrop {
     /// are decoded.
     pub fn decode_apply(&self, path: &Path, rng: &mut Rng, reduced_dct: bool) -> Result<RgbImage, DataError> {
         let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        self.decode_apply_bytes(&bytes, path, rng, reduced_dct)
+    }
+
+    /// `decode_apply` of a file already in memory (a shard member); `path` names it in errors.
+    pub fn decode_apply_bytes(&self, bytes: &[u8], path: &Path, rng: &mut Rng, reduced_dct: bool) -> Result<RgbImage, DataError> {
         let reduce_to = reduced_dct.then_some(self.size);
-        let c = crate::decode::decode_crop(&bytes, reduce_to, |w, h| self.params(w, h, rng))
+        let c = crate::decode::decode_crop(bytes, reduce_to, |w, h| self.params(w, h, rng))
             .map_err(|reason| DataError::Decode { path: path.to_path_buf(), reason })?;
         Ok(c.resize(self.size, self.size, self.filter))
     }

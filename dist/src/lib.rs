@@ -12,6 +12,8 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 #[cfg(feature = "mpi")]
 mod watchdog;
 
@@ -23,6 +25,8 @@ pub enum DistError {
     NotBuilt { world: usize },
     #[error("MPI {call} failed: {reason}")]
     Mpi { call: &'static str, reason: String },
+    #[error("NCCL {call} failed: {reason} (NCCL_DEBUG=WARN shows why)")]
+    Nccl { call: &'static str, reason: String },
     #[error("{0}")]
     Protocol(String),
 }

@@ -1,4 +1,4 @@
-//! et-eval: top-1 / top-5 of an image classifier over an ImageFolder, through ONNX Runtime
+//! et-eval: top-1 / top-5 of an image classifier over an ImageFolder or WebDataset shards, through ONNX Runtime
 //! (`--onnx`) or candle (`--run`), at several resolutions, with the timm eval transform.
 
 pub mod backend;
@@ -8,11 +8,12 @@ pub mod npy;
 pub mod ortlib;
 
 use backend::Classifier;
-pub use et_data::evaluation::{evaluate_folder, EvalOptions, Preprocess};
-use et_data::folder::ImageFolder;
+use et_data::dataset::Dataset;
+pub use et_data::evaluation::{evaluate_dataset, EvalOptions, Preprocess};
 use et_data::DataError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -49,20 +50,21 @@ pub struct Report {
 }
 
 /// Checks that the dataset's classes are the model's (same names in the same order).
-pub fn check_classes(folder: &ImageFolder, model_classes: Option<&[String]>, outputs: usize) -> Result<(), EvalError> {
-    if folder.classes.len() > outputs {
+pub fn check_classes(data: &Dataset, model_classes: Option<&[String]>, outputs: usize) -> Result<(), EvalError> {
+    let classes = data.classes();
+    if classes.len() > outputs {
         return Err(EvalError::Input(format!(
-            "{} has {} class folders but the model predicts {outputs} classes: evaluate on data with the model's classes",
-            folder.root.display(),
-            folder.classes.len()
+            "{} has {} classes but the model predicts {outputs} classes: evaluate on data with the model's classes",
+            data.root().display(),
+            classes.len()
         )));
     }
     if let Some(names) = model_classes {
-        if let Some(i) = (0..folder.classes.len()).find(|&i| names.get(i) != Some(&folder.classes[i])) {
+        if let Some(i) = (0..classes.len()).find(|&i| names.get(i) != Some(&classes[i])) {
             return Err(EvalError::Input(format!(
-                "class folder #{i} of {} is '{}' but the model's class #{i} is '{}': the folders must be the classes the model was trained on",
-                folder.root.display(),
-                folder.classes[i],
+                "class #{i} of {} is '{}' but the model's class #{i} is '{}': the data's classes must be the ones the model was trained on",
+                data.root().display(),
+                classes[i],
                 names.get(i).map(String::as_str).unwrap_or("<none>")
             )));
         }
@@ -70,17 +72,17 @@ pub fn check_classes(folder: &ImageFolder, model_classes: Option<&[String]>, out
     Ok(())
 }
 
-/// Evaluates `model` on every image of `folder` at `resolution`.
+/// Evaluates `model` on every image of `data` at `resolution`.
 pub fn evaluate(
     model: &mut dyn Classifier,
-    folder: &ImageFolder,
+    data: &Arc<Dataset>,
     resolution: usize,
     pre: &Preprocess,
     opts: &EvalOptions,
 ) -> Result<ResolutionResult, EvalError> {
     model.check_resolution(resolution)?;
     let classes = model.num_classes();
-    let out = evaluate_folder(folder, resolution, classes, pre, opts, |x, shape| model.logits(x, shape))?;
+    let out = evaluate_dataset(data, resolution, classes, pre, opts, |x, shape| model.logits(x, shape))?;
     for (path, why) in &out.skipped {
         eprintln!("et-eval: skipped {}: {why}", path.display());
     }

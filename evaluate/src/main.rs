@@ -5,7 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use et_data::folder::ImageFolder;
+use et_data::dataset::Dataset;
 use et_data::resample::Filter;
 use et_eval::backend::{CandleClassifier, Classifier, OnnxClassifier};
 use et_eval::gate::{self, load_baseline};
@@ -17,7 +17,7 @@ use et_models::family::{IMAGENET_MEAN, IMAGENET_STD};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Measure top-1 / top-5 of an image classifier on an ImageFolder, with ONNX Runtime
+/// Measure top-1 / top-5 of an image classifier on an ImageFolder or WebDataset shards, with ONNX Runtime
 /// (--onnx, the artifact you ship) or candle (--run, the trained run), at one or more
 /// resolutions. Preprocessing is timm's eval transform: resize the shorter side to
 /// int(r / crop_pct) (bicubic), centre-crop r×r, normalise.
@@ -86,8 +86,10 @@ struct Args {
     /// With --from-hub: use the local Hub cache only, no network.
     #[arg(long, requires = "from_hub")]
     offline: bool,
-    /// ImageFolder to evaluate: DIR/val if it exists, else DIR (one sub-folder per class).
-    #[arg(long, value_name = "DIR", required = true)]
+    /// Images to evaluate: DIR/val if it exists, else DIR; an ImageFolder (one sub-folder
+    /// per class) or WebDataset shards (*.tar with classes.json), or a shard pattern
+    /// DIR/val-{000000..000009}.tar.
+    #[arg(long, value_name = "DIR|PATTERN", required = true)]
     data: Option<PathBuf>,
     /// Comma-separated input resolutions [default: the run's base resolution, or the
     /// resolution recorded in the ONNX file].
@@ -308,7 +310,7 @@ fn run(args: Args) -> Result<bool> {
         plan.push((r, i));
     }
     let data = args.data.as_deref().ok_or_else(|| anyhow!("pass --data DIR"))?;
-    let folder = ImageFolder::open(&ImageFolder::split_root(data, "val"))?;
+    let folder = std::sync::Arc::new(Dataset::open_split(data, "val", &mut |note: &str| println!("data: {note}"))?);
     check_classes(&folder, src.carried.class_names.as_deref(), src.models[0].num_classes())?;
     let available = if et_kernels::cpu::memory_check_enabled() { et_kernels::cpu::available_memory() } else { None };
     let mut results = Vec::new();
@@ -317,7 +319,7 @@ fn run(args: Args) -> Result<bool> {
         if batch_size < args.batch_size {
             eprintln!("et-eval: {r} px: {batch_size} images per batch (not {}) to fit in memory", args.batch_size);
         }
-        let opts = EvalOptions { batch_size, threads, skip_corrupt: args.skip_corrupt };
+        let opts = EvalOptions { batch_size, threads, skip_corrupt: args.skip_corrupt, shard: Default::default() };
         results.push(evaluate(src.models[i].as_mut(), &folder, r, &pre, &opts)?);
     }
     print!("{}", format_table(&results));

@@ -173,7 +173,34 @@ fn fwd_plane<T: WithDType>(xpad: &[T], wk: &[T], bias: T, o: &mut [T], g: Geom) 
     }
 }
 
+/// On a map smaller than the kernel (ConvNeXt's deep stages at low resolution: a 7×7 kernel
+/// on 3×3 or 1×1 maps), the outer rings of taps meet only padding at every output. The
+/// number of rings every side can drop, stride 1 (the same on both axes, so the kernel
+/// stays square); with them the convolution becomes a (k − 2t)² one with padding pad − t and
+/// the same output. Those taps only ever add w·0, so the results are unchanged.
+fn dead_rings(g: &Geom) -> usize {
+    if g.stride != 1 {
+        return 0;
+    }
+    // Tap ky is live iff some output row oy < ho reads a row 0 <= oy + ky − pad < h.
+    let low = |out: usize| g.pad.saturating_sub(out - 1);
+    let high = |len: usize| g.k.saturating_sub(g.pad + len);
+    low(g.ho).min(low(g.wo)).min(high(g.h)).min(high(g.w)).min(g.pad)
+}
+
+/// The geometry without `t` dead rings, and each channel's kernel cut to its live core.
+fn live_core<T: WithDType>(wt: &[T], g: Geom, t: usize) -> (Vec<T>, Geom) {
+    let k2 = g.k - 2 * t;
+    let core = wt.chunks_exact(g.k * g.k).flat_map(|w| w.chunks_exact(g.k).skip(t).take(k2).flat_map(move |row| row[t..t + k2].iter().copied())).collect();
+    (core, Geom { k: k2, pad: g.pad - t, ..g })
+}
+
 fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
+    let t = dead_rings(&g);
+    if t > 0 {
+        let (core, g2) = live_core(wt, g, t);
+        return forward(x, &core, b, g2);
+    }
     let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
     let mut out = vec![T::zero(); g.n * g.c * plane_out];
     out.par_chunks_mut(plane_out).enumerate().with_min_len(planes_per_task(plane_out)).for_each_init(
@@ -259,6 +286,22 @@ fn grad_weight_plane<T: WithDType>(go: &[T], xpad: &[T], gwk: &mut [T], g: Geom)
 
 /// [dW (c·k·k), db (c)] in one buffer.
 fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
+    let t = dead_rings(&g);
+    if t > 0 {
+        // The dead taps' gradients are exact zeros: compute the live core, place it.
+        let g2 = Geom { k: g.k - 2 * t, pad: g.pad - t, ..g };
+        let core = grad_weight(go, x, g2);
+        let (k, k2) = (g.k, g2.k);
+        let mut full = vec![T::zero(); g.c * (k * k + 1)];
+        for (ch, cw) in core[..g.c * k2 * k2].chunks_exact(k2 * k2).enumerate() {
+            for (ky, row) in cw.chunks_exact(k2).enumerate() {
+                let at = ch * k * k + (ky + t) * k + t;
+                full[at..at + k2].copy_from_slice(row);
+            }
+        }
+        full[g.c * k * k..].copy_from_slice(&core[g.c * k2 * k2..]);
+        return full;
+    }
     let (k, plane_in, plane_out) = (g.k, g.h * g.w, g.ho * g.wo);
     let mut gw = vec![T::zero(); g.c * (k * k + 1)];
     gw.par_chunks_mut(k * k + 1).enumerate().for_each(|(ch, gwk)| {
@@ -420,7 +463,8 @@ mod tests {
     #[test]
     fn forward_matches_grouped_conv() -> Result<()> {
         let dev = Device::Cpu;
-        for &(n, c, h, w, k, s, p) in &[(2, 3, 9, 7, 7, 1, 3), (1, 4, 8, 8, 3, 2, 1), (2, 2, 5, 6, 3, 1, 0), (1, 3, 7, 5, 3, 2, 0)] {
+        // The last four: maps smaller than the kernel (dead rings of taps dropped).
+        for &(n, c, h, w, k, s, p) in &[(2, 3, 9, 7, 7, 1, 3), (1, 4, 8, 8, 3, 2, 1), (2, 2, 5, 6, 3, 1, 0), (1, 3, 7, 5, 3, 2, 0), (2, 3, 3, 3, 7, 1, 3), (1, 2, 1, 1, 7, 1, 3), (2, 2, 2, 3, 7, 1, 3), (1, 2, 2, 2, 5, 1, 4)] {
             let x = seeded(&[n, c, h, w], 1, &dev, DType::F32)?;
             let wt = seeded(&[c, 1, k, k], 2, &dev, DType::F32)?;
             let b = seeded(&[c], 3, &dev, DType::F32)?;
@@ -434,10 +478,47 @@ mod tests {
     }
 
     #[test]
+    fn dead_rings_are_exactly_the_taps_that_meet_only_padding() {
+        let g = |h: usize, w: usize, k: usize, pad: usize| Geom { n: 1, c: 1, h, w, k, stride: 1, pad, ho: h + 2 * pad + 1 - k, wo: w + 2 * pad + 1 - k };
+        // 7×7, pad 3: 1×1 keeps the centre tap, 3×3 the 5×5 core, 4×4 and up everything.
+        assert_eq!([1, 2, 3, 4, 16].map(|h| dead_rings(&g(h, h, 7, 3))), [3, 2, 1, 0, 0]);
+        // The smaller axis does not decide alone: a 1×5 map keeps what its width needs.
+        assert_eq!(dead_rings(&g(1, 5, 7, 3)), 0);
+        // pad 4 on a 2×2 map with k 5: output 6×6, every tap meets the map somewhere.
+        assert_eq!(dead_rings(&g(2, 2, 5, 4)), 0);
+        // Brute force: a ring is dead iff none of its taps ever reads inside the map.
+        for (h, k, pad) in [(1, 7, 3), (2, 7, 3), (3, 7, 3), (2, 5, 4), (1, 3, 2), (3, 5, 2)] {
+            let geo = g(h, h, k, pad);
+            let live = |ky: usize| (0..geo.ho).any(|oy| (oy + ky).checked_sub(pad).is_some_and(|y| y < h));
+            let dead = (0..k / 2).take_while(|&r| !live(r) && !live(k - 1 - r)).count();
+            assert_eq!(dead_rings(&geo), dead, "{h} {k} {pad}");
+        }
+    }
+
+    #[test]
+    fn dropping_dead_rings_changes_no_bit() -> Result<()> {
+        // The trimmed forward against the full one written out here (every tap, in order).
+        let (n, c, h, k, p) = (2, 3, 3, 7, 3);
+        let dev = Device::Cpu;
+        let x = seeded(&[n, c, h, h], 7, &dev, DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let wt = seeded(&[c, 1, k, k], 8, &dev, DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let b = vec![0.25f32; c];
+        let g = Geom { n, c, h, w: h, k, stride: 1, pad: p, ho: h, wo: h };
+        let mut xpad = Vec::new();
+        let mut full = vec![0f32; n * c * h * h];
+        for (pl, o) in full.chunks_exact_mut(h * h).enumerate() {
+            pad_plane(&x[pl * h * h..(pl + 1) * h * h], &g, &mut xpad);
+            fwd_plane(&xpad, &wt[(pl % c) * k * k..(pl % c + 1) * k * k], b[pl % c], o, g);
+        }
+        assert_eq!(forward(&x, &wt, &b, g), full);
+        Ok(())
+    }
+
+    #[test]
     fn gradients_match_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
         // Stride 1 with pad < k takes the rotated-kernel input gradient, pad ≥ k the scatter.
-        for &(n, c, h, w, k, s, p) in &[(2, 2, 6, 5, 3, 1, 1), (1, 3, 7, 7, 3, 2, 1), (1, 2, 9, 8, 7, 1, 3), (2, 1, 5, 5, 3, 2, 0), (1, 2, 5, 6, 3, 1, 0), (1, 1, 4, 4, 3, 1, 3)] {
+        for &(n, c, h, w, k, s, p) in &[(2, 2, 6, 5, 3, 1, 1), (1, 3, 7, 7, 3, 2, 1), (1, 2, 9, 8, 7, 1, 3), (2, 1, 5, 5, 3, 2, 0), (1, 2, 5, 6, 3, 1, 0), (1, 1, 4, 4, 3, 1, 3), (2, 2, 3, 3, 7, 1, 3), (1, 2, 1, 1, 7, 1, 3), (1, 2, 2, 3, 7, 1, 3)] {
             let x = Var::from_tensor(&seeded(&[n, c, h, w], 4, &dev, DType::F64)?)?;
             let wt = Var::from_tensor(&seeded(&[c, 1, k, k], 5, &dev, DType::F64)?)?;
             let b = Var::from_tensor(&seeded(&[c], 6, &dev, DType::F64)?)?;

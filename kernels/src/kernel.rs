@@ -257,6 +257,26 @@ pub(crate) fn group_size(n: usize, hw: usize) -> usize {
     want.min(n.div_ceil(rayon::current_num_threads())).max(1)
 }
 
+/// Runs `$body` with the const `N` = `$hw` for the deep stages' tiny maps (1×1 to 4×4 at low
+/// resolution), else with `N` = 0 (any length). A copy of a few floats through memcpy costs
+/// mostly the call; with the length known the compiler emits plain moves.
+macro_rules! short_runs {
+    ($hw:expr, |$n:ident| $body:expr) => {
+        match $hw {
+            1 => { const $n: usize = 1; $body }
+            2 => { const $n: usize = 2; $body }
+            3 => { const $n: usize = 3; $body }
+            4 => { const $n: usize = 4; $body }
+            6 => { const $n: usize = 6; $body }
+            8 => { const $n: usize = 8; $body }
+            9 => { const $n: usize = 9; $body }
+            12 => { const $n: usize = 12; $body }
+            16 => { const $n: usize = 16; $body }
+            _ => { const $n: usize = 0; $body }
+        }
+    };
+}
+
 /// The (C, gs·hw) matrix of a group of gs (C, hw) images: the images themselves when
 /// gs = 1, else copied into `buf`.
 pub(crate) fn gather<'a, T: WithDType>(imgs: &'a [T], c: usize, hw: usize, buf: &'a mut Vec<T>) -> &'a [T] {
@@ -264,27 +284,62 @@ pub(crate) fn gather<'a, T: WithDType>(imgs: &'a [T], c: usize, hw: usize, buf: 
     if gs == 1 {
         return imgs;
     }
-    buf.clear();
-    // One allocation: rayon's for_each_init starts each split with an empty buffer, and
-    // growing it by doubling cost a copy of everything gathered so far.
-    buf.reserve(imgs.len());
-    for ci in 0..c {
-        for img in imgs.chunks_exact(c * hw) {
-            buf.extend_from_slice(&img[ci * hw..(ci + 1) * hw]);
-        }
-    }
+    let cols = gs * hw;
+    rewrite(buf, imgs.len(), |m| {
+        short_runs!(hw, |N| for ci in 0..c {
+            for (i, img) in imgs.chunks_exact(c * hw).enumerate() {
+                copy_run::<T, N>(&mut m[ci * cols + i * hw..ci * cols + (i + 1) * hw], &img[ci * hw..(ci + 1) * hw]);
+            }
+        })
+    });
     buf
 }
 
 /// Writes a (C, gs·hw) matrix out as gs (C, hw) images, every element of `imgs`.
 pub(crate) fn scatter<T: WithDType>(m: &[T], c: usize, hw: usize, imgs: &mut [MaybeUninit<T>]) {
     let cols = m.len() / c.max(1);
-    for (i, img) in imgs.chunks_exact_mut(c * hw).enumerate() {
-        for ci in 0..c {
-            let src = &m[ci * cols + i * hw..ci * cols + (i + 1) * hw];
-            img[ci * hw..(ci + 1) * hw].iter_mut().zip(src).for_each(|(d, &v)| {
-                d.write(v);
-            });
+    short_runs!(hw, |N| for (i, img) in imgs.chunks_exact_mut(c * hw).enumerate() {
+        for (ci, run) in img.chunks_exact_mut(hw).enumerate() {
+            copy_run::<T, N>(run, &m[ci * cols + i * hw..ci * cols + (i + 1) * hw]);
+        }
+    })
+}
+
+
+/// `dst` ← `src`: `N` elements when N > 0 (a fixed-size copy), else `src.len()`.
+#[inline(always)]
+fn copy_run<T: Copy, const N: usize>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    if N > 0 {
+        let (d, s): (&mut [MaybeUninit<T>; N], &[T; N]) = (dst.try_into().expect("run length"), src.try_into().expect("run length"));
+        for k in 0..N {
+            d[k].write(s[k]);
+        }
+    } else {
+        // SAFETY: `MaybeUninit<T>` has `T`'s layout; the copy initialises all of `dst`.
+        let src_uninit: &[MaybeUninit<T>] = unsafe { std::slice::from_raw_parts(src.as_ptr().cast(), src.len()) };
+        dst.copy_from_slice(src_uninit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_and_scatter_transpose_groups_of_images_for_every_run_length() {
+        let (gs, c) = (3, 5);
+        for hw in 1..=20 {
+            let imgs: Vec<f32> = (0..gs * c * hw).map(|i| i as f32).collect();
+            let mut buf = Vec::new();
+            let m = gather(&imgs, c, hw, &mut buf).to_vec();
+            let cols = gs * hw;
+            for (i, ci, p) in (0..gs).flat_map(|i| (0..c).flat_map(move |ci| (0..hw).map(move |p| (i, ci, p)))) {
+                assert_eq!(m[ci * cols + i * hw + p], imgs[i * c * hw + ci * hw + p], "hw {hw}");
+            }
+            let mut back = vec![MaybeUninit::new(-1f32); imgs.len()];
+            scatter(&m, c, hw, &mut back);
+            // SAFETY: initialised above.
+            assert_eq!(back.iter().map(|v| unsafe { v.assume_init() }).collect::<Vec<_>>(), imgs, "hw {hw}");
         }
     }
 }

@@ -136,25 +136,6 @@ fn a_damaged_newest_checkpoint_resumes_from_the_one_before() {
     }
 }
 
-/// Runs `args` in `dir` on a file system of `mb` megabytes (a tmpfs in a private mount
-/// namespace), then copies what it wrote to `keep`. Returns the run's output.
-fn on_small_disk(dir: &Path, keep: &Path, mb: u32, args: &[String]) -> std::process::Output {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::create_dir_all(keep).unwrap();
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    let script = format!(
-        "mount -t tmpfs -o size={mb}m tmpfs '{d}' || exit 97; cd '{root}'; '{bin}' {a}; rc=$?; cp -a '{d}/.' '{k}/'; exit $rc",
-        d = dir.display(),
-        k = keep.display(),
-        root = repo_root().display(),
-        bin = bin("et-train").display(),
-        a = quoted.join(" ")
-    );
-    let o = Command::new("unshare").args(["-Urm", "sh", "-c", &script]).output().expect("unshare (util-linux)");
-    assert_ne!(o.status.code(), Some(97), "cannot mount a small tmpfs in a private mount namespace (`unshare -Urm`): {}", String::from_utf8_lossy(&o.stderr));
-    o
-}
-
 #[test]
 fn a_full_disk_stops_the_run_cleanly_and_the_last_checkpoint_resumes() {
     let (tmp, data, schedule) = setup("full");
@@ -164,7 +145,7 @@ fn a_full_disk_stops_the_run_cleanly_and_the_last_checkpoint_resumes() {
     // first checkpoint fits in 140 MB, the second does not fit beside it.
     let small = tmp.join("small");
     let kept = tmp.join("b");
-    let o = on_small_disk(&small, &kept, 140, &args(&data, &schedule, &small.to_string_lossy(), "2"));
+    let o = on_small_disk("et-train", &small, &kept, 140, &args(&data, &schedule, &small.to_string_lossy(), "2"));
     assert_clean_failure(&o, "et-train", "No space left on device");
     assert!(kept.join("checkpoints").is_dir(), "a checkpoint was written before the disk filled");
     // With room again (here: the copy on the big disk), the run resumes and ends as if never

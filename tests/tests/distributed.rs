@@ -179,3 +179,18 @@ fn ranks_with_other_settings_are_refused() {
     assert!(err.contains("rank 1 of 2: error:") && err.contains("lr is 0.002 here and 0.001 on rank 0"), "{err}");
     assert!(!tmp.join("m/model.safetensors").exists(), "nothing trained");
 }
+
+#[test]
+fn two_ranks_train_on_their_own_shards() {
+    let tmp = TempDir::new("dp-shards");
+    mini_dataset(&tmp.join("data"), &["airplane", "cat", "ship", "frog"], 16);
+    let o = run("et-pack", &[&tmp.s("data"), &tmp.s("shards"), "--shard-mb", "0.02"]);
+    assert_ok(&o, "et-pack");
+    let extra = ["--shuffle-buffer", "8"];
+    let two = mpirun(2, &args(&tmp.s("shards"), &tmp.s("two"), &extra));
+    assert_ok(&two, "mpirun -np 2 et-train on shards");
+    assert!(stdout(&two).contains("val top-1"), "{}", stdout(&two));
+    let steps = step_losses(&tmp.join("two"));
+    assert_eq!(steps.len(), 16, "2 epochs of 64 images in global batches of 8, one record per step");
+    assert!(steps.iter().all(|(_, l)| l.is_finite()));
+}

@@ -69,3 +69,38 @@ fn dry_run_shows_layer_decay_groups_and_writes_nothing() {
     assert!(text.contains("convnext_atto") && text.contains("stage") && text.contains("lr at start"), "{text}");
     assert!(!std::path::Path::new(&out).exists());
 }
+
+/// `--low-freq` is a setting like any other (saved, shown with its source), applies to the
+/// stages below the base resolution, and a TOML stage may set its own; a bad value is one line.
+#[test]
+fn dry_run_shows_the_low_frequency_mode_of_each_stage() {
+    let plan = dry_run(&["--low-freq", "resize", "--base-resolution", "32", "--epochs", "2"]);
+    assert_eq!(plan["settings"]["low_freq"], "resize");
+    assert_eq!(plan["sources"]["low_freq"], "command line");
+    let modes: Vec<&Value> = plan["stages"].as_array().unwrap().iter().map(|s| &s["low_pass"]).collect();
+    let resolutions: Vec<u64> = plan["stages"].as_array().unwrap().iter().map(|s| s["resolution"].as_u64().unwrap()).collect();
+    for (m, r) in modes.iter().zip(&resolutions) {
+        assert_eq!(**m, if *r < 32 { Value::from("resize") } else { Value::Null }, "stage at {r} px");
+    }
+    assert!(resolutions.iter().any(|&r| r < 32));
+    let default = dry_run(&["--base-resolution", "32", "--epochs", "2"]);
+    assert_eq!(default["settings"]["low_freq"], "fft");
+    assert_eq!(default["stages"][0]["low_pass"], "fft");
+
+    let tmp = TempDir::new("dry-run-low-freq");
+    let schedule = tmp.path().join("mixed.toml");
+    std::fs::write(&schedule, "[[stage]]\nresolution = 16\nmagnitude = 1\ncompute = 1\nlow_freq = \"resize\"\n[[stage]]\nresolution = 24\nmagnitude = 2\ncompute = 1\n[[stage]]\nresolution = 32\nmagnitude = 3\ncompute = 1\n").unwrap();
+    let schedule = schedule.to_string_lossy().into_owned();
+    let plan = dry_run(&["--schedule", &schedule, "--base-resolution", "32", "--epochs", "2"]);
+    let modes: Vec<&Value> = plan["stages"].as_array().unwrap().iter().map(|s| &s["low_pass"]).collect();
+    assert_eq!(modes, [&Value::from("resize"), &Value::from("fft"), &Value::Null]);
+    let o = run("et-train", &["--dry-run", "--schedule", &schedule, "--base-resolution", "32", "--epochs", "2"]);
+    assert_ok(&o, "et-train --dry-run");
+    let text = stdout(&o);
+    assert!(text.contains("low-pass") && text.contains("resize"), "{text}");
+
+    let o = run("et-train", &["--dry-run", "--low-freq", "lanczos"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("fft or resize"), "{err}");
+}

@@ -4,6 +4,7 @@
 use crate::optim::OptimizerKind;
 use crate::settings;
 use crate::TrainError;
+use et_data::stage_crop::LowFreq;
 use et_kernels::device::{DeviceSpec, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -12,9 +13,15 @@ settings! {
     /// What to train on and how images are augmented.
     pub struct DataSettings / DataLayer, heading = "Data" {
         /// ImageFolder dataset: DIR/train/<class>/* (and DIR/val/<class>/* for validation),
-        /// or DIR/<class>/* to train without validation.
-        [value_name = "DIR"]
+        /// or DIR/<class>/* to train without validation; or WebDataset shards laid out the
+        /// same way (DIR/train/*.tar + DIR/val/*.tar, or DIR/*.tar, each with classes.json),
+        /// or a pattern DIR/train-{000000..000127}.tar (no validation).
+        [value_name = "DIR|PATTERN"]
         data: value PathBuf = PathBuf::from("assets/cifar10-mini"),
+        /// Samples held by the shuffle buffer when reading shards (per process; each is one
+        /// encoded image in memory). Ignored for an ImageFolder, which is shuffled whole.
+        [value_name = "N"]
+        shuffle_buffer: value usize = 1000,
         /// Data-loading (decode and augmentation) threads.
         threads: value usize = 1,
         /// Stop at the first undecodable training or validation image instead of skipping it
@@ -23,6 +30,13 @@ settings! {
         strict_data: value bool = false,
         /// Smallest area fraction of RandomResizedCrop (timm's recipe: 0.08).
         crop_min_scale: value f64 = 0.25,
+        /// How a stage below the base resolution gets its B×B input: fft (the exact
+        /// low-frequency crop of the base-resolution crop) or resize (the crop resized
+        /// straight to B, from a JPEG decoded at a reduced DCT scale: less decoding, a
+        /// gradual low-pass instead of a brick wall); a stage of a TOML schedule may set its
+        /// own (docs/training.md).
+        [value_name = "fft|resize"]
+        low_freq: value LowFreq = LowFreq::Fft,
         /// Centre-crop fraction used for validation and recorded for export and evaluation
         /// [default: 1.0 under 64 px, else the model's].
         crop_pct: optional f64,
@@ -282,6 +296,9 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     if cfg.model.drop_path_ref_epochs.is_some_and(|v| v.is_nan() || v <= 0.0) {
         return c("--drop-path-ref-epochs must be positive".into());
     }
+    if d.shuffle_buffer == 0 {
+        return c("--shuffle-buffer must be at least 1".into());
+    }
     if cfg.run.compute_threads == Some(0) || d.threads == 0 {
         return c("--threads and --compute-threads must be at least 1".into());
     }
@@ -320,6 +337,7 @@ mod tests {
         assert_eq!(v["lr"], 2e-3);
         assert_eq!(v["erasing"], 0.0);
         assert_eq!(v["device"], "cpu");
+        assert_eq!(v["low_freq"], "fft");
         let back: TrainConfig = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
         // Missing keys (an older file) take their defaults.
@@ -327,5 +345,8 @@ mod tests {
         assert_eq!(partial.model.model, "resnet18");
         assert_eq!(partial.optim.lr, 0.1);
         assert_eq!(partial.optim.batch_size, 64);
+        assert_eq!(partial.data.low_freq, LowFreq::Fft, "a run saved before --low-freq existed used fft");
+        let resize: TrainConfig = serde_json::from_str(r#"{"low_freq": "resize"}"#).unwrap();
+        assert_eq!(resize.data.low_freq, LowFreq::Resize);
     }
 }

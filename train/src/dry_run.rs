@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 #[derive(Clone, Debug, Serialize)]
 pub struct StageRow {
     pub resolution: usize,
+    /// How the input is brought down to the resolution (`None`: the base resolution).
+    pub low_pass: Option<et_data::stage_crop::LowFreq>,
     pub magnitude: f64,
     /// Epochs at the stage's resolution.
     pub epochs: f64,
@@ -54,11 +56,11 @@ pub struct DryRun {
 /// The plan of a run with settings `cfg`, given by `cli` over `preset`.
 pub fn dry_run(cfg: &TrainConfig, preset: Option<&TrainLayer>, cli: &TrainLayer) -> Result<DryRun, TrainError> {
     validate(cfg)?;
-    let data = Data::open(cfg)?;
+    let data = Data::open(cfg, &mut |note: &str| eprintln!("et-train: {note}"))?;
     let fam = et_models::registry::family(&cfg.model.model)?;
     let schedule = Schedule::resolve(&cfg.schedule.schedule, fam.etpp_resolutions(), data.base, cfg.schedule.epochs).map_err(TrainError::Config)?;
     let mp = model_plan(cfg, &data, &schedule)?;
-    let plan = Plan::new(cfg, &schedule, data.train.samples.len(), 1)?;
+    let plan = Plan::new(cfg, &schedule, data.train.len(), 1)?;
     let ps = ParamStore::zeros();
     Model::new(&mp.config, ps.var_builder(DType::F32, &Device::Cpu))?;
     let layer_decay = cfg.optim.layer_decay.map_or_else(Vec::new, |d| layer_groups(fam, &ps.trainable_in_creation_order(), d));
@@ -69,6 +71,7 @@ pub fn dry_run(cfg: &TrainConfig, preset: Option<&TrainLayer>, cli: &TrainLayer)
         .enumerate()
         .map(|(i, (s, p))| StageRow {
             resolution: s.resolution,
+            low_pass: s.low_pass(data.base, cfg.data.low_freq),
             magnitude: s.magnitude,
             epochs: s.epochs,
             base_epochs: schedule.stage_compute(i),
@@ -92,8 +95,8 @@ pub fn dry_run(cfg: &TrainConfig, preset: Option<&TrainLayer>, cli: &TrainLayer)
         family: fam.name().to_string(),
         params: ps.num_trainable(),
         drop_path: mp.drop_path,
-        train_images: data.train.samples.len(),
-        val_images: data.val.as_ref().map_or(0, |v| v.samples.len()),
+        train_images: data.train.len(),
+        val_images: data.val.as_ref().map_or(0, |v| v.len()),
         classes: data.classes(),
         base_resolution: data.base,
         schedule: schedule.name.clone(),
@@ -128,11 +131,12 @@ impl DryRun {
             self.base_resolution
         );
         out += &format!("schedule {}: budget {} base epochs, {} optimiser steps of {} images, warm-up {:.2} base epochs\n", self.schedule, self.budget, self.total_steps, self.effective_batch, self.warmup_epochs);
-        out += "  stage  res  RandAugment    epochs  base-epochs   steps  batch   lr at start\n";
+        out += "  stage  res  low-pass  RandAugment    epochs  base-epochs   steps  batch   lr at start\n";
         for (i, s) in self.stages.iter().enumerate() {
             let batch = if s.accumulation > 1 { format!("{}x{}", s.micro_batch, s.accumulation) } else { s.micro_batch.to_string() };
             let replay = if s.replay_times > 1 { format!(", replay x{}", s.replay_times) } else { String::new() };
-            out += &format!("  {:>5}  {:>3}  m{:<11} {:>8.2}  {:>11.2}  {:>6}  {:>5}   {:.3e}{replay}\n", i + 1, s.resolution, s.magnitude, s.epochs, s.base_epochs, s.steps, batch, s.lr);
+            let low_pass = s.low_pass.map_or("-".to_string(), |m| m.to_string());
+            out += &format!("  {:>5}  {:>3}  {low_pass:<8}  m{:<11} {:>8.2}  {:>11.2}  {:>6}  {:>5}   {:.3e}{replay}\n", i + 1, s.resolution, s.magnitude, s.epochs, s.base_epochs, s.steps, batch, s.lr);
         }
         if !self.layer_decay.is_empty() {
             out += "layer-wise lr decay groups:\n  layer  lr scale  tensors\n";

@@ -255,7 +255,8 @@ impl Printer<'_> {
                 );
                 for (i, (st, p)) in s.stages.iter().zip(&plan.stages).enumerate() {
                     let replay = st.replay.map_or(String::new(), |r| format!(", replay x{} (buffer {} batches)", r.times, r.size));
-                    println!("  stage {:>2}: {:>3} px, RandAugment m{}, {:.2} epochs, {} steps x {} micro-batches{replay}", i + 1, st.resolution, st.magnitude, st.epochs, p.steps, p.accumulation);
+                    let low_pass = st.low_pass(s.base_resolution, c.data.low_freq).map_or(String::new(), |m| format!(" (low-pass: {m})"));
+                    println!("  stage {:>2}: {:>3} px{low_pass}, RandAugment m{}, {:.2} epochs, {} steps x {} micro-batches{replay}", i + 1, st.resolution, st.magnitude, st.epochs, p.steps, p.accumulation);
                 }
             }
             Event::Resumed { from, step, stage, stage_step } => println!("resumed from {} at step {step} (stage {}, step {stage_step} of the stage)", from.display(), stage + 1),
@@ -290,6 +291,7 @@ impl Printer<'_> {
                 let rank = self.rank.map_or(String::new(), |r| format!("rank {r}: "));
                 eprintln!("et-train: {rank}skipped {}: {reason}", path.display())
             }
+            Event::Data { note } => println!("data: {note}"),
             Event::Initialised { from, loaded, reinitialised } => println!(
                 "initialised {loaded} tensors from {}{}",
                 from.display(),

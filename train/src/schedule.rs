@@ -4,6 +4,7 @@
 //! `budget` is in base-resolution-equivalent epochs. ET++ gives every stage an equal
 //! share of compute, so a stage at resolution r runs (budget/10)·(base/r)² epochs.
 
+use et_data::stage_crop::LowFreq;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -21,6 +22,9 @@ pub struct Stage {
     /// ET++ replay buffer for this stage (docs/algorithm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<Replay>,
+    /// How this stage's input is low-passed (default: the run's --low-freq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_freq: Option<LowFreq>,
 }
 
 /// Replay settings of a stage: each step uses a fresh batch of batch/`times` images plus
@@ -39,7 +43,13 @@ fn default_split() -> usize {
 
 impl Stage {
     pub fn new(resolution: usize, magnitude: f64, epochs: f64) -> Stage {
-        Stage { resolution, magnitude, epochs, batch_size: None, replay: None }
+        Stage { resolution, magnitude, epochs, batch_size: None, replay: None, low_freq: None }
+    }
+
+    /// How this stage low-passes its input: its own `low_freq`, else the run's `default`;
+    /// `None` at the base resolution, where there is nothing to low-pass.
+    pub fn low_pass(&self, base: usize, default: LowFreq) -> Option<LowFreq> {
+        (self.resolution < base).then(|| self.low_freq.unwrap_or(default))
     }
 }
 
@@ -147,6 +157,7 @@ impl Schedule {
 /// compute = 1                 # share of the budget (shares are normalised)
 /// batch_size = 128            # optional
 /// replay = { times = 2, size = 256, split = 32 }   # optional
+/// low_freq = "resize"         # optional: fft or resize (default: the run's --low-freq)
 /// ```
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +175,7 @@ pub struct CustomStage {
     pub compute: f64,
     pub batch_size: Option<usize>,
     pub replay: Option<Replay>,
+    pub low_freq: Option<LowFreq>,
 }
 
 impl CustomSchedule {
@@ -199,7 +211,7 @@ impl CustomSchedule {
                 }
             }
             let ratio = base as f64 / resolution as f64;
-            stages.push(Stage { resolution, magnitude: s.magnitude, epochs: budget * s.compute / total * ratio * ratio, batch_size: s.batch_size, replay: s.replay });
+            stages.push(Stage { resolution, magnitude: s.magnitude, epochs: budget * s.compute / total * ratio * ratio, batch_size: s.batch_size, replay: s.replay, low_freq: s.low_freq });
         }
         Ok(Schedule { name: name.to_string(), base_resolution: base, budget, stages })
     }
@@ -268,6 +280,7 @@ mod tests {
             compute = 1
             batch_size = 16
             replay = { times = 2, size = 4 }
+            low_freq = "resize"
             [[stage]]
             resolution = 32
             magnitude = 9
@@ -279,6 +292,9 @@ mod tests {
         assert!((s.stage_compute(0) - 2.0).abs() < 1e-9 && (s.stage_compute(1) - 6.0).abs() < 1e-9);
         assert_eq!(s.stages[0].batch_size, Some(16));
         assert_eq!(s.stages[0].replay, Some(Replay { times: 2, size: 4, split: 32 }));
+        assert_eq!((s.stages[0].low_freq, s.stages[1].low_freq), (Some(LowFreq::Resize), None));
+        let e = toml::from_str::<CustomSchedule>("[[stage]]\nresolution = 16\nmagnitude = 1\ncompute = 1\nlow_freq = \"lanczos\"").unwrap_err();
+        assert!(e.to_string().contains("fft") && e.to_string().contains("resize"), "{e}");
         let bad: CustomSchedule = toml::from_str("[[stage]]\nresolution = 64\nmagnitude = 1\ncompute = 1").unwrap();
         assert!(bad.build("x", 32, 1.0).unwrap_err().contains("resolution 64"));
         let both: CustomSchedule = toml::from_str("[[stage]]\nresolution = 16\nfraction = 0.5\nmagnitude = 1\ncompute = 1").unwrap();

@@ -21,7 +21,7 @@ macro_rules! show_by_display {
         })*
     };
 }
-show_by_display!(f64, usize, u64, String, et_kernels::device::DeviceSpec, et_kernels::device::Precision, crate::optim::OptimizerKind);
+show_by_display!(f64, usize, u64, String, et_kernels::device::DeviceSpec, et_kernels::device::Precision, crate::optim::OptimizerKind, et_data::stage_crop::LowFreq);
 
 impl ShowDefault for std::path::PathBuf {
     fn show(&self) -> Option<String> {

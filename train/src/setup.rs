@@ -5,45 +5,48 @@ use crate::config::TrainConfig;
 use crate::schedule::Schedule;
 use crate::TrainError;
 use candle_core::{DType, Device};
-use et_data::folder::{ImageFolder, Sample};
+use et_data::dataset::Dataset;
 use et_data::{decode, DataError};
 use et_models::registry::{family, ModelConfig, ModelOptions};
 use et_models::{Family, Model, ParamStore, RunConfig};
 use std::sync::Arc;
 
-/// The training images (and validation images, when the dataset has a `val/` split).
+/// The training images (and validation images, when the dataset has a `val/` split): an
+/// ImageFolder or WebDataset shards.
 pub struct Data {
-    pub train: ImageFolder,
-    pub val: Option<ImageFolder>,
+    pub train: Arc<Dataset>,
+    pub val: Option<Arc<Dataset>>,
     /// The final stage's resolution.
     pub base: usize,
 }
 
 impl Data {
-    pub fn open(cfg: &TrainConfig) -> Result<Data, TrainError> {
-        let train = ImageFolder::open(&ImageFolder::split_root(&cfg.data.data, "train"))?;
-        let val_dir = cfg.data.data.join("val");
-        let val = if val_dir.is_dir() { Some(ImageFolder::with_classes(&val_dir, &train.classes)?) } else { None };
+    /// Opens `--data`; `log` hears notes on shards (indexing them, empty ones).
+    pub fn open(cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<Data, TrainError> {
+        let data = &cfg.data.data;
+        let train = Dataset::open_split(data, "train", log)?;
+        let val = if Dataset::has_split(data, "val") { Some(Arc::new(Dataset::open_with_classes(data, "val", train.classes(), log)?)) } else { None };
         let base = match cfg.schedule.base_resolution {
             Some(b) => b,
-            None => infer_base_resolution(&train.samples)?,
+            None => infer_base_resolution(&train)?,
         };
-        Ok(Data { train, val, base })
+        Ok(Data { train: Arc::new(train), val, base })
     }
 
     pub fn classes(&self) -> usize {
-        self.train.classes.len()
+        self.train.classes().len()
     }
 }
 
 /// Base resolution from the data: the shorter side of the first readable image, capped at
 /// 224 and rounded down to a multiple of 8 (32 for CIFAR, 224 for ImageNet-sized photos).
-pub fn infer_base_resolution(samples: &[Sample]) -> Result<usize, DataError> {
+pub fn infer_base_resolution(data: &Dataset) -> Result<usize, DataError> {
     let mut first_error = None;
     // A damaged first image is skipped here as during training; only if none of the first
     // few can be read is the dataset refused.
-    for s in samples.iter().take(16) {
-        match decode::decode_rgb(&s.path) {
+    for i in 0..data.len().min(16) {
+        let img = data.read(i).and_then(|bytes| decode::decode_bytes(&bytes).map_err(|reason| DataError::Decode { path: data.name(i).into_owned(), reason }));
+        match img {
             Ok(img) => return Ok((img.width().min(img.height()) as usize).min(224) / 8 * 8).map(|b| b.max(8)),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -103,7 +106,7 @@ pub fn model_plan(cfg: &TrainConfig, data: &Data, schedule: &Schedule) -> Result
         model: name.clone(),
         model_config: config.clone(),
         num_classes: data.classes(),
-        class_names: data.train.classes.clone(),
+        class_names: data.train.classes().to_vec(),
         base_resolution: base,
         mean: p.mean,
         std: p.std,

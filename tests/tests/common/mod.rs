@@ -110,3 +110,22 @@ pub fn mini_dataset(dest: &Path, classes: &[&str], per_class: usize) {
         }
     }
 }
+
+/// Runs `tool` with `args` in `dir` on a file system of `mb` megabytes (a tmpfs in a private mount
+/// namespace), then copies what it wrote to `keep`. Returns the run's output.
+pub fn on_small_disk(tool: &str, dir: &Path, keep: &Path, mb: u32, args: &[String]) -> Output {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(keep).unwrap();
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "mount -t tmpfs -o size={mb}m tmpfs '{d}' || exit 97; cd '{root}'; '{bin}' {a}; rc=$?; cp -a '{d}/.' '{k}/'; exit $rc",
+        d = dir.display(),
+        k = keep.display(),
+        root = repo_root().display(),
+        bin = bin(tool).display(),
+        a = quoted.join(" ")
+    );
+    let o = std::process::Command::new("unshare").args(["-Urm", "sh", "-c", &script]).output().expect("unshare (util-linux)");
+    assert_ne!(o.status.code(), Some(97), "cannot mount a small tmpfs in a private mount namespace (`unshare -Urm`): {}", String::from_utf8_lossy(&o.stderr));
+    o
+}

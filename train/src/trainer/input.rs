@@ -8,13 +8,12 @@ use super::{step_rng, Event, StageRun, Trainer};
 use crate::upload::{HostBatch, Pending, Uploader};
 use crate::TrainError;
 use candle_core::Device;
-use et_data::folder::Sample;
-use et_data::loader::{Batch, BatchIter, Loader};
+use et_data::loader::{Batch, BatchIter, Item, Loader};
 use et_data::mixup;
 use et_data::{DataError, Rng};
 use std::sync::Arc;
 
-pub(super) type SampleTransform = dyn Fn(&Sample, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync;
+pub(super) type SampleTransform = dyn Fn(&Item, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync;
 
 /// Micro-batches across epoch boundaries, tracking the loader's position in the state.
 pub(super) struct Stream {
@@ -27,6 +26,9 @@ pub(super) struct Stream {
 impl Stream {
     fn next(&mut self, st: &mut crate::checkpoint::TrainState) -> Result<Batch, TrainError> {
         loop {
+            if self.iter.is_none() && self.loader.batches_in_epoch(st.epoch) == 0 {
+                return Err(self.no_batch(st.epoch));
+            }
             let iter = self.iter.get_or_insert_with(|| self.loader.epoch_from(st.epoch, st.next_batch, self.chw, self.transform.clone()));
             match iter.next() {
                 Some(b) => {
@@ -40,6 +42,18 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// An epoch that gives a rank no whole batch (shards too few or too uneven for the ranks).
+    fn no_batch(&self, epoch: u64) -> TrainError {
+        let c = self.loader.config();
+        TrainError::Config(format!(
+            "epoch {epoch} gives process {} of {} no whole batch of {} images from its shards ({} images in all): use more, smaller shards (et-pack --shard-mb), fewer processes or a smaller --batch-size",
+            c.shard.rank,
+            c.shard.world,
+            c.batch_size,
+            self.loader.len()
+        ))
     }
 }
 

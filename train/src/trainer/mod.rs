@@ -26,13 +26,12 @@ use crate::TrainError;
 use candle_core::{Device, Tensor};
 use input::{Ahead, SampleTransform, Stream};
 use et_data::evaluation::Preprocess;
-use et_data::loader::{Loader, LoaderConfig, Shard};
+use et_data::loader::{Item, Loader, LoaderConfig, Shard};
 use et_data::mixup::MixupConfig;
 use et_data::randaugment::RandAugment;
 use et_data::replay::ReplayBuffer;
 use et_data::resample::Filter;
 use et_data::transform::RandomResizedCrop;
-use et_data::folder::Sample;
 use et_data::Rng;
 use et_dist::Collective;
 use et_kernels::device::DeviceSpec;
@@ -53,6 +52,8 @@ pub enum Event<'a> {
     Checkpoint { dir: &'a Path, step: usize },
     Skipped { path: &'a Path, reason: &'a str },
     Initialised { from: &'a Path, loaded: usize, reinitialised: &'a [String] },
+    /// A note on the data: shards indexed by reading them, empty shards.
+    Data { note: &'a str },
 }
 
 #[derive(Debug, Clone)]
@@ -129,14 +130,14 @@ impl<'e> Trainer<'e> {
         validate(cfg)?;
         check_same_settings(comm.as_ref(), cfg)?;
         let (root, world) = (comm.is_root(), comm.world());
-        let data = Data::open(cfg)?;
-        if data.train.samples.len() < cfg.optim.batch_size {
-            return Err(TrainError::Config(format!("the training set has {} images, fewer than --batch-size {}: lower --batch-size", data.train.samples.len(), cfg.optim.batch_size)));
+        let data = Data::open(cfg, &mut |note: &str| on_event(&Event::Data { note }))?;
+        if data.train.len() < cfg.optim.batch_size {
+            return Err(TrainError::Config(format!("the training set has {} images, fewer than --batch-size {}: lower --batch-size", data.train.len(), cfg.optim.batch_size)));
         }
         let family = et_models::registry::family(&cfg.model.model)?;
         let schedule = Schedule::resolve(&cfg.schedule.schedule, family.etpp_resolutions(), data.base, cfg.schedule.epochs).map_err(TrainError::Config)?;
         let mp = model_plan(cfg, &data, &schedule)?;
-        let plan = Plan::new(cfg, &schedule, data.train.samples.len(), world)?;
+        let plan = Plan::new(cfg, &schedule, data.train.len(), world)?;
         if cfg.run.device == DeviceSpec::Cpu && et_kernels::cpu::memory_check_enabled() {
             crate::setup::check_memory(cfg, &mp, &plan, world, et_kernels::cpu::available_memory())?;
         }
@@ -215,8 +216,8 @@ impl<'e> Trainer<'e> {
     }
 
     fn report_plan(&mut self, drop_path: f64) -> Result<(), TrainError> {
-        let val_images = self.data.val.as_ref().map_or(0, |v| v.samples.len());
-        let (train_images, classes, params) = (self.data.train.samples.len(), self.data.classes(), self.learner.params.num_trainable());
+        let val_images = self.data.val.as_ref().map_or(0, |v| v.len());
+        let (train_images, classes, params) = (self.data.train.len(), self.data.classes(), self.learner.params.num_trainable());
         (self.on_event)(&Event::Plan { plan: &self.plan, train_images, val_images, classes, params, drop_path });
         let (st, c, p) = (&self.state, &self.cfg, &self.plan);
         if st.step == 0 && st.stage == 0 {
@@ -248,7 +249,7 @@ impl<'e> Trainer<'e> {
         let (c, st, base) = (&self.cfg, self.stage(si), self.data.base);
         let r = st.resolution;
         let loader = Loader::new(
-            Arc::new(self.data.train.samples.clone()),
+            self.data.train.clone(),
             LoaderConfig {
                 batch_size: self.plan.stages[si].fresh_per_rank,
                 shuffle: true,
@@ -258,6 +259,7 @@ impl<'e> Trainer<'e> {
                 prefetch: 2,
                 skip_corrupt: !c.data.strict_data,
                 shard: Shard { rank: self.comm.rank(), world: self.comm.world() },
+                shuffle_buffer: c.data.shuffle_buffer,
             },
         );
         let mut replay = match st.replay {
@@ -272,10 +274,12 @@ impl<'e> Trainer<'e> {
         crop.scale = (c.data.crop_min_scale, 1.0);
         let ra = RandAugment::parse(&policy(st.magnitude))?;
         let magnitude = ra.magnitude;
-        let tf = TrainTransform { base, resolution: r, crop, hflip: 0.5, randaugment: Some(ra), mean: self.pre.mean, std: self.pre.std, erasing: c.data.erasing };
-        // Exact crop-aware decode: rows below the crop are never decoded.
-        let transform: Arc<SampleTransform> = Arc::new(move |smp: &Sample, rng: &mut Rng, out: &mut [f32]| tf.apply_path_into(&smp.path, rng, false, out));
-        let compute_per_image = (r as f64 / base as f64).powi(2) / (self.data.train.samples.len() as f64 * c.schedule.epochs);
+        let low_freq = st.low_freq.unwrap_or(c.data.low_freq);
+        let tf = TrainTransform { resolution: r, crop, low_freq, hflip: 0.5, randaugment: Some(ra), mean: self.pre.mean, std: self.pre.std, erasing: c.data.erasing };
+        // Crop-aware decode: rows below the crop are never decoded; exact in fft mode, at a
+        // DCT scale for the stage's resolution in resize mode.
+        let transform: Arc<SampleTransform> = Arc::new(move |item: &Item, rng: &mut Rng, out: &mut [f32]| tf.apply_item_into(item, rng, false, out));
+        let compute_per_image = (r as f64 / base as f64).powi(2) / (self.data.train.len() as f64 * c.schedule.epochs);
         Ok(StageRun {
             index: si,
             stream: Stream { loader, transform, chw: [3, r, r], iter: None },

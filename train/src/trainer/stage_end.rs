@@ -6,14 +6,16 @@ use crate::checkpoint::{self, EMA_FILE, OPTIMIZER_FILE, REPLAY_FILE};
 use crate::dist_sync::{average_buffers, sum_counts};
 use crate::TrainError;
 use candle_core::Tensor;
-use et_data::evaluation::{evaluate_folder, EvalOptions};
-use et_data::folder::ImageFolder;
+use et_data::dataset::Dataset;
+use et_data::evaluation::{evaluate_dataset, EvalOptions};
+use et_data::loader::Shard;
 use et_data::replay::ReplayBuffer;
 use et_kernels::CandleOps;
 use et_models::Model;
 use et_runfiles::{METRICS_FILE, PLOT_FILE, WEIGHTS_FILE};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The replay buffer file of rank `rank` of `world` in a checkpoint.
@@ -27,13 +29,14 @@ pub(crate) fn replay_file(rank: usize, world: usize) -> String {
 
 impl Trainer<'_> {
     /// Top-1, top-5 and the number of unreadable images skipped, on the validation split at
-    /// the base resolution: each rank evaluates every world-th image, the counts are summed.
-    fn evaluate(&self, val: &ImageFolder, model: &Model) -> Result<(f64, f64, usize), TrainError> {
+    /// the base resolution: each rank evaluates its share of the images (the loader's
+    /// `Shard`), the counts are summed.
+    fn evaluate(&self, val: &Arc<Dataset>, model: &Model) -> Result<(f64, f64, usize), TrainError> {
         let (c, comm) = (&self.cfg, self.comm.as_ref());
-        let share = ImageFolder { root: val.root.clone(), classes: val.classes.clone(), samples: val.samples.iter().skip(comm.rank()).step_by(comm.world()).cloned().collect() };
         let device = &self.learner.device;
-        let opts = EvalOptions { batch_size: c.optim.batch_size.max(64), threads: c.data.threads.max(1), skip_corrupt: !c.data.strict_data };
-        let out = evaluate_folder::<TrainError, _>(&share, self.data.base, self.data.classes(), &self.pre, &opts, |images, shape| {
+        let shard = Shard { rank: comm.rank(), world: comm.world() };
+        let opts = EvalOptions { batch_size: c.optim.batch_size.max(64), threads: c.data.threads.max(1), skip_corrupt: !c.data.strict_data, shard };
+        let out = evaluate_dataset::<TrainError, _>(val, self.data.base, self.data.classes(), &self.pre, &opts, |images, shape| {
             let x = Tensor::from_slice(images, shape.as_slice(), device)?;
             Ok(model.forward(&CandleOps::inference(), &x)?.flatten_all()?.to_vec1::<f32>()?)
         })?;
@@ -77,9 +80,10 @@ impl Trainer<'_> {
         let seconds = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
         let mean_loss = self.state.stage_loss_sum() / self.state.stage_step.max(1) as f64;
         let (resolution, magnitude) = (self.stage(si).resolution, self.stage(si).magnitude);
+        let low_pass = self.stage(si).low_pass(self.plan.schedule.base_resolution, self.cfg.data.low_freq);
         (self.on_event)(&Event::StageEnd { stage: si, resolution, seconds, val_top1, val_top5, ema_top1, mean_loss, skipped: stage.skipped });
         let progress = self.state.progress();
-        self.metrics.log(json!({"event": "stage_end", "stage": si, "resolution": resolution, "magnitude": magnitude, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": progress, "skipped": stage.skipped, "step": self.state.step}))?;
+        self.metrics.log(json!({"event": "stage_end", "stage": si, "resolution": resolution, "magnitude": magnitude, "low_pass": low_pass, "seconds": seconds, "val_seconds": val_seconds, "val_top1": val_top1, "val_top5": val_top5, "ema_top1": ema_top1, "train_loss": mean_loss, "progress": progress, "skipped": stage.skipped, "step": self.state.step}))?;
         if self.comm.is_root() {
             let curves = crate::plot::read_metrics(&out.join(METRICS_FILE), &self.plan.schedule.name)?;
             crate::plot::write_png(&[curves], &out.join(PLOT_FILE))?;
