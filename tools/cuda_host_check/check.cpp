@@ -88,11 +88,15 @@ static std::vector<float> rnd(size_t n, float scale) {
     return v;
 }
 
-// max |a − r| / max(1, max |r|)
+// Element by element: max over i of |a_i − r_i| / max(1, |r_i|) (relative where |r_i| > 1,
+// absolute below). A kernel that writes too few elements, or the wrong ones, fails too.
 static double err(const std::vector<float>& a, const std::vector<double>& r) {
-    double m = 0, sc = 1;
-    for (double v : r) sc = std::fmax(sc, std::fabs(v));
-    for (size_t i = 0; i < a.size(); ++i) m = std::fmax(m, std::fabs(a[i] - r[i]) / sc);
+    if (a.size() != r.size()) return INFINITY;
+    double m = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        double e = std::fabs(a[i] - r[i]) / std::fmax(1.0, std::fabs(r[i]));
+        m = std::isnan(e) ? INFINITY : std::fmax(m, e);
+    }
     return m;
 }
 
@@ -243,6 +247,8 @@ template <typename S> static void check_all() {
     check_layer_norm<S>(2, 5, 7, 1);           // channels-first (ConvNeXt's LayerNorm2d)
     check_layer_norm<S>(3, 17, 13, 3);
     check_layer_norm<S>(1, 96, 4, 2);
+    check_layer_norm<S>(41, 70, 1, 3);         // each row lane and slice takes several rows
+    check_layer_norm<S>(4, 6, 50, 3);          // each thread of a slice takes several columns
     check_softmax<S>(6, 49);                   // Swin's 7×7 windows
     check_softmax<S>(3, 197);                  // DeiT's tokens, > blockDim
     check_softmax<S>(5, 5);

@@ -70,7 +70,7 @@ fn lamb_matches_the_reference_update() -> Result<()> {
     for t in 1..=2 {
         let g: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
         let gn = g.iter().map(|g| g * g).sum::<f64>().sqrt().max(1.0);
-        let mut u = vec![0.0; 4];
+        let mut u = [0.0; 4];
         for i in 0..4 {
             let gi = g[i] / gn;
             m[i] = 0.9 * m[i] + 0.1 * gi;
