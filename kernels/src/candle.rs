@@ -15,12 +15,12 @@ use std::rc::Rc;
 
 /// Runs models in candle. Every op here has a working gradient (no `*_no_bwd` paths, see
 /// docs/kernels.md); `train` switches stochastic depth on. f32/f64 tensors on the CPU go through the
-/// hand-written kernels of this module; other devices and dtypes (CUDA, bf16) through
-/// [`portable`] compositions of candle ops.
+/// hand-written kernels of this module; f32/bf16 CUDA tensors through our CUDA kernels where
+/// an op has one (kernels/cuda); everything else through [`portable`] compositions of candle ops.
 pub struct CandleOps {
     pub train: bool,
-    /// Whether f32/f64 CPU tensors use the hand-written kernels (tests switch it off to
-    /// check the portable path against them).
+    /// Whether f32/f64 CPU tensors use the hand-written kernels, and f32/bf16 CUDA tensors
+    /// our CUDA kernels (tests switch it off to check the portable path against them).
     kernels: bool,
     rng: Cell<u64>,
     /// New running statistics computed in training mode, keyed by the buffer tensor's id;
@@ -110,7 +110,8 @@ impl CandleOps {
         Ok(Recording::start(self.tape.as_ref()))
     }
 
-    /// The same, always on the portable compositions (what CUDA and bf16 run).
+    /// The same, always on the portable compositions (what CPU bf16 and the CUDA ops without
+    /// a kernel of ours run).
     pub fn portable(mut self) -> Self {
         self.kernels = false;
         self

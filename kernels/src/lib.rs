@@ -1,9 +1,8 @@
 //! The op layer of efficienttrain-rs: [`CandleOps`], the candle back-end of the `Ops` trait
 //! that every model is written against (et-ops), with its hand-written CPU kernels and their
 //! own gradient tape, CUDA kernels (depthwise convolution, LayerNorm, softmax, GELU), the
-//! portable compositions of
-//! candle ops that run on CUDA and in bf16, and where a run computes (`--device`,
-//! `--precision`, the compute threads).
+//! portable compositions of candle ops that run on CUDA and in bf16, and where a run computes
+//! (`--device`, `--precision`, the compute threads).
 //!
 //! Every kernel's gradient is checked against f64 central differences in its own tests.
 

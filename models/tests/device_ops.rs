@@ -1,8 +1,8 @@
 //! The ops and models on the training device against the CPU kernels. On a CUDA build with a
 //! GPU (`scripts/device-check.sh` sets ET_REQUIRE_CUDA=1 so that a missing GPU fails instead
-//! of passing on the CPU) this checks candle's CUDA/cuDNN/cuBLAS kernels under our portable
-//! compositions, forward and backward, in f32 and bf16; elsewhere the device is the CPU and
-//! it checks the portable path in f32.
+//! of passing on the CPU) this checks our CUDA kernels (kernels/cuda) and candle's
+//! CUDA/cuDNN/cuBLAS kernels under our portable compositions, forward and backward, in f32 and
+//! bf16; elsewhere the device is the CPU and it checks the portable path in f32.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use et_kernels::testing::{assert_every_parameter_learns, seeded};
