@@ -14,7 +14,7 @@ fn main() {
     // Virtual architecture: the driver JIT-compiles the PTX for the GPU it finds.
     let cap: String = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into()).chars().filter(|c| c.is_ascii_digit()).collect();
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
-    for name in ["depthwise"] {
+    for name in ["depthwise", "layer_norm", "softmax", "gelu"] {
         let src = format!("cuda/{name}.cu");
         let ptx = out.join(format!("{name}.ptx"));
         let status = Command::new(&nvcc)

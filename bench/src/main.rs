@@ -160,6 +160,24 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// Mixed precision's model of casts: the median time of building it anew from casts of
+    /// the f32 masters (each micro-batch, formerly), of the casts alone, and of rewriting
+    /// the casts of the model built once (each optimiser step, now).
+    Casts {
+        #[arg(long, default_value = "convnext_tiny")]
+        model: String,
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// The compute precision cast to.
+        #[arg(long, default_value = "bf16")]
+        precision: Precision,
+        /// Timed repetitions (after one untimed).
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
     /// Time of libjpeg-turbo decoding every JPEG of an ImageFolder, read into memory
     /// first: all of each image at full and at 1/8 DCT scale (where entropy decoding is
     /// nearly everything), entropy-decoded by et-data's decoder and by libjpeg's.
@@ -172,6 +190,7 @@ enum Cmd {
     },
 }
 
+mod casts;
 mod decode_speed;
 mod lowfreq_diff;
 
@@ -181,7 +200,7 @@ fn all_reduce(model: &str, rounds: usize) -> Result<()> {
     create_model(model, &ModelOptions::default(), ps.var_builder(DType::F32, &candle_core::Device::Cpu))?;
     let sizes: Vec<usize> = ps.trainable().iter().map(|(_, v)| v.elem_count()).collect();
     let floats: usize = sizes.iter().sum();
-    let mut grads = et_train::optim::Grads(sizes.iter().map(|&n| vec![1.0f32; n]).collect());
+    let mut grads = et_train::optim::Grads::Host(sizes.iter().map(|&n| vec![1.0f32; n]).collect());
     let mut times = Vec::new();
     for i in 0..=rounds {
         comm.barrier()?;
@@ -228,7 +247,7 @@ fn main() -> Result<()> {
             let opts = ModelOptions { num_classes: classes, drop_path_rate: 0.0, stem_stride, img_size: None };
             let (cfg, net) = create_model(&model, &opts, ps.var_builder(DType::F32, &dev))?;
             cfg.check_input(&model, size, size)?;
-            let opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0);
+            let opt = Optimizer::new(ps.trainable(), OptimConfig::default(), &|_| 1.0)?;
             // et-train's own step: forward, backward and the update of a `Learner`.
             let mut learner = Learner::new(ps.clone(), net, cfg, opt, None, dev.clone(), precision);
             learner.sync_phases = true;
@@ -276,6 +295,7 @@ fn main() -> Result<()> {
         Cmd::DecodeCheck { data, size, dump } => fidelity::decode_check(&data, size, dump.as_deref())?,
         Cmd::DecodeSpeed { data, passes } => decode_speed::decode_speed(&data, passes)?,
         Cmd::AllReduce { model, rounds } => all_reduce(&model, rounds)?,
+        Cmd::Casts { model, classes, device, precision, reps } => casts::casts(&model, classes, &device.open()?, precision, reps)?,
     }
     Ok(())
 }

@@ -1,24 +1,11 @@
 // Depthwise k×k convolution on NCHW planes (one filter per channel), forward and both
 // gradients, for f32 and bf16 storage with f32 arithmetic. candle runs conv2d(groups = C) as
 // C separate convolutions (docs/kernels.md): for ConvNeXt that is thousands of cuDNN calls a step.
-// bf16 is handled as raw 16-bit words (no CUDA headers needed); rounding is to nearest even.
+// bf16 storage and the helpers: common.cuh.
 // Plain direct kernels: one thread per output (forward) or input (input gradient) element,
 // one block per (channel, tap) reduction for the weight and bias gradients.
 
-__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float ld(const unsigned short* p, long long i) {
-    return __uint_as_float(((unsigned int)p[i]) << 16);
-}
-__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(unsigned short* p, long long i, float v) {
-    unsigned int u = __float_as_uint(v);
-    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) { p[i] = 0x7fc0; return; }  // NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    p[i] = (unsigned short)(u >> 16);
-}
-
-#define GRID_LOOP(i, total) \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (total); i += (long long)gridDim.x * blockDim.x)
+#include "common.cuh"
 
 // y[plane, oy, ox] = b[c] + Σ_ij x[plane, oy·s − p + i, ox·s − p + j] · w[c, i, j]
 template <typename T>
@@ -114,3 +101,6 @@ __device__ void grad_weight(const T* dy, const T* x, T* out, int n, int c, int h
     extern "C" __global__ void et_dw_gw_##suffix(const T* dy, const T* x, T* out, ARGS) { grad_weight(dy, x, out, PASS); }
 INSTANCE(f32, float)
 INSTANCE(bf16, unsigned short)
+#undef INSTANCE
+#undef ARGS
+#undef PASS

@@ -15,12 +15,12 @@ use std::rc::Rc;
 
 /// Runs models in candle. Every op here has a working gradient (no `*_no_bwd` paths, see
 /// docs/kernels.md); `train` switches stochastic depth on. f32/f64 tensors on the CPU go through the
-/// hand-written kernels of this module; other devices and dtypes (CUDA, bf16) through
-/// [`portable`] compositions of candle ops.
+/// hand-written kernels of this module; f32/bf16 CUDA tensors through our CUDA kernels where
+/// an op has one (kernels/cuda); everything else through [`portable`] compositions of candle ops.
 pub struct CandleOps {
     pub train: bool,
-    /// Whether f32/f64 CPU tensors use the hand-written kernels (tests switch it off to
-    /// check the portable path against them).
+    /// Whether f32/f64 CPU tensors use the hand-written kernels, and f32/bf16 CUDA tensors
+    /// our CUDA kernels (tests switch it off to check the portable path against them).
     kernels: bool,
     rng: Cell<u64>,
     /// New running statistics computed in training mode, keyed by the buffer tensor's id;
@@ -110,7 +110,8 @@ impl CandleOps {
         Ok(Recording::start(self.tape.as_ref()))
     }
 
-    /// The same, always on the portable compositions (what CUDA and bf16 run).
+    /// The same, always on the portable compositions (what CPU bf16 and the CUDA ops without
+    /// a kernel of ours run).
     pub fn portable(mut self) -> Self {
         self.kernels = false;
         self
@@ -146,9 +147,20 @@ impl CandleOps {
         Ok(())
     }
 
-    /// Ops with a CUDA kernel of ours (kernels/cuda/): the depthwise convolution.
+    /// Ops with a CUDA kernel of ours (kernels/cuda/): the depthwise convolution, LayerNorm
+    /// (both layouts), the attention softmax and GELU.
     fn cuda_kernels_for(&self, x: &Tensor) -> bool {
         self.kernels && x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16)
+    }
+
+    fn attend_path(&self, q: &Tensor) -> AttendPath {
+        if self.kernels_for(q) {
+            AttendPath::Kernels
+        } else if self.cuda_kernels_for(q) {
+            AttendPath::OwnSoftmax
+        } else {
+            AttendPath::Portable
+        }
     }
 
     /// Buffer updates (BatchNorm running statistics) recorded by a training forward pass.
@@ -258,7 +270,7 @@ impl Ops for CandleOps {
     fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
         let (w, b) = (&*self.p(w), &*self.p(b));
         let _r = self.rec(x)?;
-        if !self.kernels_for(x) {
+        if !(self.kernels_for(x) || self.cuda_kernels_for(x)) {
             return portable::layer_norm(x, w, b, 1, eps);
         }
         layer_norm(x, w, b, 1, eps)
@@ -267,7 +279,7 @@ impl Ops for CandleOps {
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
         let (w, b) = (&*self.p(w), &*self.p(b));
         let _r = self.rec(x)?;
-        if !self.kernels_for(x) {
+        if !(self.kernels_for(x) || self.cuda_kernels_for(x)) {
             return portable::layer_norm(x, w, b, x.rank() - 1, eps);
         }
         layer_norm(x, w, b, x.rank() - 1, eps)
@@ -275,7 +287,7 @@ impl Ops for CandleOps {
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
         let _r = self.rec(x)?;
-        if !self.kernels_for(x) {
+        if !(self.kernels_for(x) || self.cuda_kernels_for(x)) {
             return x.gelu_erf();
         }
         gelu(x)
@@ -437,7 +449,7 @@ impl Ops for CandleOps {
         let (n, l, _) = qkv.dims3()?;
         let qkv = qkv.reshape((n, l, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
-        attend(&q, &k, &v, bias, false)
+        attend(&q, &k, &v, bias, self.attend_path(&q))
     }
 
     fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -451,8 +463,8 @@ impl Ops for CandleOps {
             })
         };
         let q = split(q)?;
-        let fused = self.kernels_for(&q);
-        attend(&q, &split(k)?, &split(v)?, bias, fused)
+        let path = self.attend_path(&q);
+        attend(&q, &split(k)?, &split(v)?, bias, path)
     }
 
     fn token(&self, x: &Tensor, index: usize) -> Result<Tensor> {
@@ -600,10 +612,19 @@ impl Ops for CandleOps {
     }
 }
 
+/// How [`attend`] computes: our CPU attention kernels; candle's matmuls around our softmax
+/// kernel (CUDA); or candle's ops throughout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AttendPath {
+    Kernels,
+    OwnSoftmax,
+    Portable,
+}
+
 /// softmax(q·kᵀ/√d + bias)·v on (N, heads, L, d) tensors, heads merged: (N, Lq, heads·d).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, fused_softmax: bool) -> Result<Tensor> {
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, path: AttendPath) -> Result<Tensor> {
     let (n, heads, lq, d) = q.dims4()?;
-    if fused_softmax {
+    if path == AttendPath::Kernels {
         let o = match bias {
             None => super::attention::attention(q, k, v)?,
             Some(b) => super::attention::attention_biased(q, k, v, b)?,
@@ -619,7 +640,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, fused_softm
         }
         scores = scores.reshape((n / g, g, heads, lq, lk))?.broadcast_add(b)?.reshape((n, heads, lq, lk))?;
     }
-    let p = if fused_softmax { super::softmax::softmax_last_dim(&scores)? } else { portable::softmax_last(&scores)? };
+    let p = if path == AttendPath::OwnSoftmax { super::softmax::softmax_last_dim(&scores)? } else { portable::softmax_last(&scores)? };
     p.matmul(v)?.transpose(1, 2)?.reshape((n, lq, heads * d))
 }
 

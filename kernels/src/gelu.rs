@@ -1,5 +1,6 @@
 //! GELU (erf form, PyTorch's default) with a fused backward: dy·(Φ(x) + x·φ(x)) in one
-//! pass instead of candle's chain of element-wise ops.
+//! pass instead of candle's chain of element-wise ops. With the `cuda` feature the same ops
+//! run `cuda/gelu.cu` on CUDA tensors (f32 or bf16).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -96,6 +97,11 @@ impl CustomOp1 for Gelu {
         Ok((forward(s, l)?, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::gelu_cuda::launch(false, &[(s, l)])?, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
     }
@@ -126,6 +132,11 @@ impl CustomOp2 for GeluGrad {
             dt => candle_core::bail!("gelu grad: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::gelu_cuda::launch(true, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Fused LayerNorm with affine, forward and backward, over one axis of a contiguous tensor
 //! viewed as (outer, C, inner): inner = H·W for ConvNeXt's channels-first norm, inner = 1
 //! for the usual last-axis norm. candle's own fused layer norm has no gradient and the
-//! composed one costs ~10 strided passes each way (docs/kernels.md).
+//! composed one costs ~10 strided passes each way (docs/kernels.md). With the `cuda`
+//! feature the same ops run `cuda/layer_norm.cu` on CUDA tensors (f32 or bf16).
 
 use super::kernel::{add_in_order, dispatch, lane_sum, split, written, Kernel};
 use super::simd::avx2;
@@ -232,6 +233,12 @@ impl CustomOp3 for LayerNormFwd {
         Ok((dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let axis = super::layer_norm_cuda::Axis { c: self.d.c, inner: self.d.inner };
+        Ok((super::layer_norm_cuda::forward(axis, self.eps, (s1, l1), (s2, l2), (s3, l3))?, l1.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let all = x.apply_op3_no_bwd(w, &grad, &LayerNormBwd { d: self.d, eps: self.eps })?;
@@ -247,6 +254,13 @@ impl CustomOp3 for LayerNormBwd {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = dispatch(self, &[(s1, l1), (s2, l2), (s3, l3)])?;
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * l2.shape().elem_count())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let axis = super::layer_norm_cuda::Axis { c: self.d.c, inner: self.d.inner };
+        let out = super::layer_norm_cuda::backward(axis, self.eps, (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * l2.shape().elem_count())))
     }
 }

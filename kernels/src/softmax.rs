@@ -1,6 +1,7 @@
 //! Softmax over the last dimension, forward and backward one pass per row each. candle's
 //! `ops::softmax` (the variant with a gradient, docs/kernels.md) is five ops forward and more
-//! backward, each a full pass over the attention scores.
+//! backward, each a full pass over the attention scores. With the `cuda` feature the same ops
+//! run `cuda/softmax.cu` on CUDA tensors (f32 or bf16).
 
 use super::kernel::{contiguous, dispatch, Kernel};
 use super::simd::{avx2, exp_f32};
@@ -130,6 +131,11 @@ impl CustomOp1 for Softmax {
         Ok((y, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::softmax_cuda::launch(false, self.cols, &[(s, l)])?, l.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { cols: self.cols })?))
     }
@@ -142,6 +148,11 @@ impl CustomOp2 for SoftmaxGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         Ok((dispatch(self, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::softmax_cuda::launch(true, self.cols, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
     }
 }
 

@@ -3,6 +3,7 @@
 //! and the `config.json` of a run.
 
 pub mod caformer;
+pub mod cast;
 pub mod convnext;
 pub mod cswin;
 pub mod error;
@@ -20,6 +21,7 @@ mod test_support;
 pub mod testing;
 pub mod vit;
 
+pub use cast::CastModel;
 pub use error::ModelError;
 pub use family::Family;
 pub use et_ops::Ops;

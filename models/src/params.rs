@@ -88,7 +88,13 @@ impl ParamStore {
     /// a model built per step from this builder reaches the f32 `Var`s. Buffers (BatchNorm
     /// running statistics) are handed out uncast, so their updates land on the masters.
     pub fn var_builder_cast(self: &Arc<Self>, compute: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(CastBackend { store: Backend(self.clone()), compute }), DType::F32, device.clone())
+        VarBuilder::from_backend(Box::new(CastBackend { store: Backend(self.clone()), compute, record: None }), DType::F32, device.clone())
+    }
+
+    /// [`ParamStore::var_builder_cast`] that also lists every cast it hands out with its
+    /// master (in `record`), so that the casts can be refreshed in place (`CastModel`).
+    pub(crate) fn var_builder_cast_recorded(self: &Arc<Self>, compute: DType, device: &Device, record: CastRecord) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(CastBackend { store: Backend(self.clone()), compute, record: Some(record) }), DType::F32, device.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Var>> {
@@ -234,18 +240,25 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
     }
 }
 
+/// The casts a builder handed out, with their masters.
+pub(crate) type CastRecord = Arc<Mutex<Vec<(Var, Tensor)>>>;
+
 struct CastBackend {
     store: Backend,
     compute: DType,
+    record: Option<CastRecord>,
 }
 
 impl CastBackend {
     fn cast(&self, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
         if is_buffer(name) || t.dtype() == self.compute {
-            Ok(t)
-        } else {
-            t.to_dtype(self.compute)
+            return Ok(t);
         }
+        let cast = t.to_dtype(self.compute)?;
+        if let (Some(record), Some(var)) = (&self.record, self.store.0.get(name)) {
+            record.lock().unwrap_or_else(|e| e.into_inner()).push((var, cast.clone()));
+        }
+        Ok(cast)
     }
 }
 

@@ -1,8 +1,8 @@
 //! The ops and models on the training device against the CPU kernels. On a CUDA build with a
 //! GPU (`scripts/device-check.sh` sets ET_REQUIRE_CUDA=1 so that a missing GPU fails instead
-//! of passing on the CPU) this checks candle's CUDA/cuDNN/cuBLAS kernels under our portable
-//! compositions, forward and backward, in f32 and bf16; elsewhere the device is the CPU and
-//! it checks the portable path in f32.
+//! of passing on the CPU) this checks our CUDA kernels (kernels/cuda) and candle's
+//! CUDA/cuDNN/cuBLAS kernels under our portable compositions, forward and backward, in f32 and
+//! bf16; elsewhere the device is the CPU and it checks the portable path in f32.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use et_kernels::testing::{assert_every_parameter_learns, seeded};
@@ -28,7 +28,9 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 /// Forward value and input/parameter gradients of `f` on the CPU kernels (f32) and on
-/// `dev` (portable ops, `dtype`), compared with `tol`.
+/// `dev` in `dtype`, compared with `tol`: on a GPU both through the portable compositions of
+/// candle's kernels and through ours (kernels/cuda: depthwise convolution, LayerNorm, the
+/// attention softmax, GELU; the other ops are candle's either way).
 fn compare(name: &str, dev: &Device, dtype: DType, tol: f64, shapes: &[&[usize]], f: &dyn Fn(&CandleOps, &[Tensor]) -> Result<Tensor>) -> Result<()> {
     let run = |ops: CandleOps, d: &Device, dt: DType| -> Result<(Tensor, Vec<Tensor>)> {
         let vars: Vec<Var> = shapes.iter().enumerate().map(|(i, s)| Var::from_tensor(&seeded(s, 10 + i as u64, d, DType::F32)?)).collect::<Result<_>>()?;
@@ -40,12 +42,18 @@ fn compare(name: &str, dev: &Device, dtype: DType, tol: f64, shapes: &[&[usize]]
         Ok((y, grads))
     };
     let (y0, g0) = run(CandleOps::train(1), &Device::Cpu, DType::F32)?;
-    let (y1, g1) = run(CandleOps::train(1).portable(), dev, dtype)?;
-    let d = rel_diff(&y0, &y1)?;
-    assert!(d <= tol, "{name} {dtype:?}: forward differs by {d:.2e} (tolerance {tol:.0e})");
-    for (i, (a, b)) in g0.iter().zip(&g1).enumerate() {
-        let d = rel_diff(a, b)?;
-        assert!(d <= tol, "{name} {dtype:?}: gradient {i} differs by {d:.2e} (tolerance {tol:.0e})");
+    let mut paths = vec![("portable", CandleOps::train(1).portable())];
+    if dev.is_cuda() {
+        paths.push(("our CUDA kernels", CandleOps::train(1)));
+    }
+    for (path, ops) in paths {
+        let (y1, g1) = run(ops, dev, dtype)?;
+        let d = rel_diff(&y0, &y1)?;
+        assert!(d <= tol, "{name} {dtype:?} ({path}): forward differs by {d:.2e} (tolerance {tol:.0e})");
+        for (i, (a, b)) in g0.iter().zip(&g1).enumerate() {
+            let d = rel_diff(a, b)?;
+            assert!(d <= tol, "{name} {dtype:?} ({path}): gradient {i} differs by {d:.2e} (tolerance {tol:.0e})");
+        }
     }
     Ok(())
 }
@@ -67,9 +75,14 @@ fn ops_on_the_device_match_the_cpu_kernels_forward_and_backward() -> Result<()> 
         }
         compare("layer norm (channels)", &dev, dt, tol, &[&[2, 8, 5, 3], &[8], &[8]], &|o, v| o.layer_norm_channels(&v[0], &v[1], &v[2], 1e-6))?;
         compare("layer norm (last)", &dev, dt, tol, &[&[3, 5, 24], &[24], &[24]], &|o, v| o.layer_norm(&v[0], &v[1], &v[2], 1e-5))?;
+        // Rows wider than a block (256 threads), and more channels than a warp per group.
+        compare("layer norm (last, wide)", &dev, dt, tol, &[&[2, 7, 300], &[300], &[300]], &|o, v| o.layer_norm(&v[0], &v[1], &v[2], 1e-6))?;
+        compare("layer norm (channels, 1x1 map)", &dev, dt, tol, &[&[3, 40, 1, 1], &[40], &[40]], &|o, v| o.layer_norm_channels(&v[0], &v[1], &v[2], 1e-6))?;
         compare("gelu", &dev, dt, tol, &[&[4, 33]], &|o, v| o.gelu(&v[0]))?;
         compare("max pool 3x3/s2/p1", &dev, dt, tol, &[&[2, 4, 9, 8]], &|o, v| o.max_pool2d(&v[0], 3, 2, 1))?;
         compare("attention", &dev, dt, tol, &[&[4, 10, 48], &[2, 2, 10, 10]], &|o, v| o.attention(&v[0], 2, 8, Some(&v[1])))?;
+        // DeiT's 197 tokens: softmax rows longer than a block and not a multiple of it.
+        compare("attention 197 tokens", &dev, dt, tol, &[&[2, 197, 48]], &|o, v| o.attention(&v[0], 2, 8, None))?;
         compare("batch norm (train)", &dev, dt, tol, &[&[4, 6, 5, 5], &[6], &[6]], &|o, v| {
             let d = v[0].device();
             o.batch_norm(&v[0], &v[1], &v[2], &Tensor::zeros(6, DType::F32, d)?, &Tensor::ones(6, DType::F32, d)?, 1e-5, 0.1)

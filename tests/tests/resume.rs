@@ -110,3 +110,45 @@ fn sigkill_mid_stage_then_resume_is_bit_identical() {
     let o = run("et-train", &["--resume", &tmp.s("nothing-here")]);
     assert_clean_failure(&o, "et-train", "no checkpoint");
 }
+
+/// Preparing the next micro-batch during the current one (the default) and copying it on
+/// the upload thread (what a GPU does; `ET_PREFETCH=thread` forces it on the CPU) change
+/// nothing: the same batches in the same order, so the same weights, EMA and logged losses
+/// and input shapes as preparing each micro-batch when its step needs it (`ET_PREFETCH=0`).
+/// Mid-stage checkpoints (every 3 steps) interleave with the look-ahead; their resumption
+/// is the test above.
+#[test]
+fn preparing_batches_ahead_changes_nothing() {
+    let tmp = TempDir::new("prefetch");
+    mini_dataset(&tmp.join("data"), &["airplane", "cat", "ship"], 8);
+    std::fs::write(tmp.join("s.toml"), SCHEDULE).unwrap();
+    let (data, schedule) = (tmp.s("data"), tmp.s("s.toml"));
+    // Everything a run logs, apart from times and its own paths.
+    let log = |dir: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(tmp.join(dir).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] != "plan")
+            .map(|mut v| {
+                for k in ["img_per_s", "time_s", "seconds", "val_seconds", "stage_seconds"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v
+            })
+            .collect()
+    };
+    for (dir, mode) in [("none", "0"), ("ahead", ""), ("thread", "thread")] {
+        let a = args(&data, &schedule, &tmp.s(dir));
+        let o = run_env("et-train", &a.iter().map(String::as_str).collect::<Vec<_>>(), &[("ET_PREFETCH", mode)]);
+        assert_ok(&o, &format!("et-train with ET_PREFETCH={mode}"));
+    }
+    let steps = log("none").iter().filter(|v| v["event"] == "step").count();
+    assert!(steps >= 10, "{steps} step records");
+    for dir in ["ahead", "thread"] {
+        for f in ["model.safetensors", "ema.safetensors"] {
+            assert!(read(&tmp.join("none").join(f)) == read(&tmp.join(dir).join(f)), "{f} differs with ET_PREFETCH for {dir}");
+        }
+        assert_eq!(log("none"), log(dir), "metrics differ for {dir}");
+    }
+}

@@ -77,10 +77,10 @@ pub fn broadcast_optimizer(comm: &dyn Collective, opt: &mut Optimizer) -> Result
         return Ok(());
     }
     for p in &mut opt.params {
-        for v in [&mut p.m, &mut p.v] {
-            let mut bytes = if comm.is_root() { to_bytes(v) } else { Vec::new() };
+        for m in [&mut p.m, &mut p.v] {
+            let mut bytes = if comm.is_root() { to_bytes(&m.to_vec()?) } else { Vec::new() };
             comm.broadcast(&mut bytes, 0)?;
-            *v = from_bytes(&bytes);
+            m.set(from_bytes(&bytes))?;
         }
     }
     let mut step = opt.step.to_le_bytes().to_vec();
@@ -99,34 +99,41 @@ pub fn average_grads(comm: &dyn Collective, grads: &mut Grads, loss: f64, images
     // Shares can differ: a replayed chunk may be empty, an unreadable image skipped.
     let [total] = sum_counts(comm, [images as f64])?;
     let share = (images as f64 / total.max(1.0)) as f32;
-    let mut flat: Vec<f32> = Vec::with_capacity(BUCKET.min(grads.0.iter().map(Vec::len).sum::<usize>()));
+    // Device gradients go through host copies: the collective exchanges host buffers.
+    grads.with_host(|grads| reduce_buckets(comm, grads, share))?;
+    // The loss in f64, so that the logged loss of a world of n equals a world of one's to
+    // rounding.
+    let [loss_sum] = sum_counts(comm, [loss * images as f64])?;
+    Ok((loss_sum / total.max(1.0), total as usize))
+}
+
+/// Sums `share`-weighted gradients over the ranks in flat buckets of at most [`BUCKET`].
+fn reduce_buckets(comm: &dyn Collective, grads: &mut [Vec<f32>], share: f32) -> Result<(), TrainError> {
+    let mut flat: Vec<f32> = Vec::with_capacity(BUCKET.min(grads.iter().map(Vec::len).sum::<usize>()));
     let mut members: Vec<usize> = Vec::new();
-    let flush = |flat: &mut Vec<f32>, members: &mut Vec<usize>, grads: &mut Grads| -> Result<(), TrainError> {
+    let flush = |flat: &mut Vec<f32>, members: &mut Vec<usize>, grads: &mut [Vec<f32>]| -> Result<(), TrainError> {
         comm.sum_f32(flat)?;
         let mut at = 0;
         for &i in members.iter() {
-            let len = grads.0[i].len();
-            grads.0[i].copy_from_slice(&flat[at..at + len]);
+            let len = grads[i].len();
+            grads[i].copy_from_slice(&flat[at..at + len]);
             at += len;
         }
         flat.clear();
         members.clear();
         Ok(())
     };
-    for i in 0..grads.0.len() {
-        if !flat.is_empty() && flat.len() + grads.0[i].len() > BUCKET {
+    for i in 0..grads.len() {
+        if !flat.is_empty() && flat.len() + grads[i].len() > BUCKET {
             flush(&mut flat, &mut members, grads)?;
         }
-        flat.extend(grads.0[i].iter().map(|g| g * share));
+        flat.extend(grads[i].iter().map(|g| g * share));
         members.push(i);
     }
     if !flat.is_empty() {
         flush(&mut flat, &mut members, grads)?;
     }
-    // The loss in f64, so that the logged loss of a world of n equals a world of one's to
-    // rounding.
-    let [loss_sum] = sum_counts(comm, [loss * images as f64])?;
-    Ok((loss_sum / total.max(1.0), total as usize))
+    Ok(())
 }
 
 /// timm's `--dist-bn reduce`: every BatchNorm running statistic of `store` replaced by its

@@ -2,7 +2,11 @@
 //! train with): after every optimiser step, `ema ← decay·ema + (1 − decay)·w` for every
 //! tensor of the model, BatchNorm statistics included. The average lives in its own
 //! `ParamStore` with its own `Model`, so it is evaluated and saved like the live weights.
+//! As the optimiser, it runs on the host for CPU weights and as device ops elsewhere, with
+//! one rule (`optim::rules::ema`).
 
+use crate::optim::rules;
+use crate::optim::Residence;
 use candle_core::{Result, Tensor, Var};
 use et_models::ParamStore;
 use rayon::prelude::*;
@@ -13,6 +17,7 @@ pub struct Ema {
     pub store: Arc<ParamStore>,
     /// (live, average) pairs, by name.
     pairs: Vec<(Var, Var)>,
+    residence: Residence,
 }
 
 impl Ema {
@@ -28,7 +33,13 @@ impl Ema {
         for (s, a) in &pairs {
             a.set(&s.as_tensor().copy()?)?;
         }
-        Ok(Ema { decay, store, pairs })
+        let on_cpu = pairs.first().is_none_or(|(s, _)| s.device().is_cpu());
+        Ok(Ema { decay, store, pairs, residence: if on_cpu { Residence::Host } else { Residence::Device } })
+    }
+
+    /// Where the update runs: the device path on CPU tensors is how tests compare the two.
+    pub fn set_residence(&mut self, residence: Residence) {
+        self.residence = residence;
     }
 
     /// Restarts the average from the live weights (after they were loaded from elsewhere).
@@ -42,9 +53,16 @@ impl Ema {
     pub fn update(&self) -> Result<()> {
         let d = self.decay as f32;
         for (s, a) in &self.pairs {
+            if self.residence == Residence::Device {
+                a.set(&rules::ema(&a.as_tensor().detach(), &s.as_tensor().detach(), d)?)?;
+                continue;
+            }
             let w: Vec<f32> = s.as_tensor().flatten_all()?.to_vec1()?;
             let mut e: Vec<f32> = a.as_tensor().flatten_all()?.to_vec1()?;
-            e.par_iter_mut().zip(w.par_iter()).for_each(|(e, &w)| *e = d * *e + (1.0 - d) * w);
+            e.par_iter_mut().zip(w.par_iter()).for_each(|(e, w)| {
+                let Ok(v) = rules::ema(&*e, w, d);
+                *e = v;
+            });
             a.set(&Tensor::from_vec(e, a.shape(), a.device())?)?;
         }
         Ok(())
@@ -79,6 +97,26 @@ mod tests {
             assert!((got[i] - (0.75 * w0[i] + 0.25 * (i as f32 + 1.0))).abs() < 1e-6);
         }
         assert_eq!(ema.store.get("bn.running_mean").unwrap().as_tensor().to_vec1::<f32>()?, vec![1.0; 3]);
+        Ok(())
+    }
+
+    /// The device update (forced onto CPU tensors) is the host's, bit for bit: the same f32
+    /// operations in the same order.
+    #[test]
+    fn device_update_equals_host_update() -> Result<()> {
+        let live = store(1);
+        let (host, mut device) = (Ema::new(&live, store(2), 0.9)?, Ema::new(&live, store(3), 0.9)?);
+        device.set_residence(Residence::Device);
+        for step in 0..3 {
+            let w = (live.get("w").unwrap().as_tensor() * 1.7)?.affine(1.0, step as f64)?;
+            live.get("w").unwrap().set(&w)?;
+            host.update()?;
+            device.update()?;
+        }
+        for name in ["w", "bn.running_mean"] {
+            let (a, b) = (host.store.get(name).unwrap(), device.store.get(name).unwrap());
+            assert_eq!(a.as_tensor().to_vec1::<f32>()?, b.as_tensor().to_vec1::<f32>()?, "{name}");
+        }
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ pub mod settings;
 pub mod setup;
 pub mod step;
 pub mod trainer;
+pub mod upload;
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@
 //! In a data-parallel job every rank runs this loop on its share of each batch; the ranks
 //! meet in the collectives of `dist_sync.rs`, and rank 0 alone writes files.
 
+mod input;
 mod stage_end;
 
 use crate::checkpoint::{self, TrainState, EMA_FILE, OPTIMIZER_FILE};
@@ -13,7 +14,6 @@ use crate::config::{validate, TrainConfig};
 use crate::dist_sync::{average_grads, broadcast_optimizer, broadcast_vars, check_same_settings};
 use crate::ema::Ema;
 use crate::layer_decay::layer_scales;
-use crate::loss::smoothed_targets;
 use crate::optim::{OptimConfig, Optimizer};
 use crate::pipeline::{policy, TrainTransform};
 use crate::plan::Plan;
@@ -21,16 +21,18 @@ use crate::run_io::{check_space, check_writable, Metrics};
 use crate::schedule::{Schedule, Stage};
 use crate::setup::{model_plan, Data, Network};
 use crate::step::{EmaNet, Learner};
+use crate::upload::Uploader;
 use crate::TrainError;
 use candle_core::{Device, Tensor};
+use input::{Ahead, SampleTransform, Stream};
 use et_data::evaluation::Preprocess;
-use et_data::loader::{Batch, BatchIter, Item, Loader, LoaderConfig, Shard};
-use et_data::mixup::{self, MixupConfig};
+use et_data::loader::{Item, Loader, LoaderConfig, Shard};
+use et_data::mixup::MixupConfig;
 use et_data::randaugment::RandAugment;
 use et_data::replay::ReplayBuffer;
 use et_data::resample::Filter;
 use et_data::transform::RandomResizedCrop;
-use et_data::{DataError, Rng};
+use et_data::Rng;
 use et_dist::Collective;
 use et_kernels::device::DeviceSpec;
 use et_models::RunConfig;
@@ -72,50 +74,6 @@ pub fn train(cfg: &TrainConfig, resume: Option<(&Path, TrainState)>, on_event: &
     Trainer::new(Arc::new(et_dist::Solo), cfg, resume, on_event)?.run()
 }
 
-type SampleTransform = dyn Fn(&Item, &mut Rng, &mut [f32]) -> Result<(), DataError> + Send + Sync;
-
-/// Micro-batches across epoch boundaries, tracking the loader's position in the state.
-struct Stream {
-    loader: Loader,
-    transform: Arc<SampleTransform>,
-    chw: [usize; 3],
-    iter: Option<BatchIter>,
-}
-
-impl Stream {
-    fn next(&mut self, st: &mut TrainState) -> Result<Batch, TrainError> {
-        loop {
-            if self.iter.is_none() && self.loader.batches_in_epoch(st.epoch) == 0 {
-                return Err(self.no_batch(st.epoch));
-            }
-            let iter = self.iter.get_or_insert_with(|| self.loader.epoch_from(st.epoch, st.next_batch, self.chw, self.transform.clone()));
-            match iter.next() {
-                Some(b) => {
-                    st.next_batch += 1;
-                    return Ok(b?);
-                }
-                None => {
-                    st.epoch += 1;
-                    st.next_batch = 0;
-                    self.iter = None;
-                }
-            }
-        }
-    }
-
-    /// An epoch that gives a rank no whole batch (shards too few or too uneven for the ranks).
-    fn no_batch(&self, epoch: u64) -> TrainError {
-        let c = self.loader.config();
-        TrainError::Config(format!(
-            "epoch {epoch} gives process {} of {} no whole batch of {} images from its shards ({} images in all): use more, smaller shards (et-pack --shard-mb), fewer processes or a smaller --batch-size",
-            c.shard.rank,
-            c.shard.world,
-            c.batch_size,
-            self.loader.len()
-        ))
-    }
-}
-
 /// A stage in progress.
 struct StageRun {
     index: usize,
@@ -132,6 +90,16 @@ struct StageRun {
     /// RandAugment magnitude of the transform it ran.
     input: Vec<usize>,
     magnitude: f64,
+    /// The next micro-batch, prepared during the current one.
+    ahead: Option<Ahead>,
+    /// Losses of steps not yet read from the device, in order.
+    unread: Vec<StepLosses>,
+}
+
+/// The micro-batch losses of one step, still on the device.
+struct StepLosses {
+    step: usize,
+    losses: Vec<Tensor>,
 }
 
 pub struct Trainer<'e> {
@@ -149,6 +117,8 @@ pub struct Trainer<'e> {
     elapsed_before: f64,
     resume_dir: Option<PathBuf>,
     last_checkpoint: Option<PathBuf>,
+    uploader: Uploader,
+    look_ahead: bool,
 }
 
 impl<'e> Trainer<'e> {
@@ -203,7 +173,8 @@ impl<'e> Trainer<'e> {
                 (st, m, e, Some(dir.to_path_buf()))
             }
         };
-        let mut t = Trainer { comm, cfg: cfg.clone(), data, plan, learner, mix, pre, state, metrics, on_event, started, elapsed_before, resume_dir, last_checkpoint: None };
+        let (look_ahead, uploader) = input::prefetch(&device)?;
+        let mut t = Trainer { comm, cfg: cfg.clone(), data, plan, learner, mix, pre, state, metrics, on_event, started, elapsed_before, resume_dir, last_checkpoint: None, uploader, look_ahead };
         t.initialise(mp.run_config, mp.drop_path)?;
         Ok(t)
     }
@@ -321,65 +292,37 @@ impl<'e> Trainer<'e> {
             skipped: 0,
             input: Vec::new(),
             magnitude,
+            ahead: None,
+            unread: Vec::new(),
         })
     }
 
-    /// The next loaded batch; a batch whose every image was unreadable is skipped whole.
-    fn next_batch(&mut self, stage: &mut StageRun) -> Result<Batch, TrainError> {
-        loop {
-            let b = stage.stream.next(&mut self.state)?;
-            for (path, reason) in &b.skipped {
-                self.state.skipped += 1;
-                stage.skipped += 1;
-                (self.on_event)(&Event::Skipped { path, reason });
-            }
-            if !b.labels.is_empty() {
-                return Ok(b);
-            }
-        }
-    }
-
-    /// Micro-batch `k` of the current step: replayed chunks added, mixed, as tensors.
-    fn micro_batch_input(&mut self, stage: &mut StageRun, k: usize) -> Result<(Tensor, Tensor, usize), TrainError> {
-        let mut batch = self.next_batch(stage)?;
-        let (seed, step, rank) = (self.cfg.run.seed, self.state.step, self.rank_key());
-        let key = |stream: u64| step_rng(seed, step, stream ^ rank, k);
-        let times = self.stage(stage.index).replay.map_or(1, |rp| rp.times.max(1));
-        let (mut images, labels, shape) = match &mut stage.replay {
-            Some(buf) => buf.step_batch(&batch.images, batch.shape, &batch.labels, times, &mut key(0x7270))?,
-            None => (std::mem::take(&mut batch.images), batch.labels.clone(), batch.shape),
-        };
-        let (n, classes, device) = (labels.len(), self.data.classes(), self.learner.device.clone());
-        let targets = if self.mix.enabled() {
-            let soft = mixup::apply(&self.mix, &mut images, shape, &labels, &mut key(0x6d78));
-            Tensor::from_vec(soft, (n, classes), &device)?
-        } else {
-            smoothed_targets(&labels, classes, self.cfg.optim.label_smoothing, &device)?
-        };
-        let x = Tensor::from_vec(images, shape.as_slice(), &device)?;
-        Ok((x, targets, n))
-    }
-
-    /// One optimiser step: the stage's micro-batches, then the update.
+    /// One optimiser step: the stage's micro-batches, then the update. The step's loss is
+    /// read from the device only where it is needed (a log line, a checkpoint, the stage's
+    /// end, a collective; every step on the CPU, where reading costs nothing), so that a GPU
+    /// is not made to wait every step.
     fn step(&mut self, stage: &mut StageRun) -> Result<(), TrainError> {
         let accum = self.plan.stages[stage.index].accumulation;
-        let (mut step_loss, mut step_images) = (0.0, 0usize);
-        // The loss is the global batch's: ranks hold equal shares of it.
+        let (step, mut step_images, mut losses) = (self.state.step, 0usize, Vec::with_capacity(accum));
         for k in 0..accum {
-            let (x, targets, n) = self.micro_batch_input(stage, k)?;
-            stage.input = x.dims().to_vec();
-            let seed = step_rng(self.cfg.run.seed, self.state.step, 0x6470 ^ self.rank_key(), k).next_u64();
-            let mb = self.learner.micro_batch(&x, &targets, seed, 1.0 / accum as f32)?;
-            if !mb.loss.is_finite() {
-                return Err(self.non_finite(stage.index, mb.loss));
+            let input = self.take_input(stage, step, k)?;
+            stage.input = input.shape;
+            let batch = input.pending.wait()?;
+            let seed = step_rng(self.cfg.run.seed, step, 0x6470 ^ self.rank_key(), k).next_u64();
+            let mb = self.learner.micro_batch(&batch.x, &batch.targets, seed, 1.0 / accum as f32)?;
+            losses.push(mb.loss);
+            step_images += input.images;
+            // The next micro-batch's host work and copy while this one computes.
+            if k + 1 < accum && self.look_ahead {
+                stage.ahead = Some(self.prepare(stage, step, k + 1)?);
             }
-            step_loss += mb.loss / accum as f64;
-            step_images += n;
         }
-        // Over all ranks: the mean gradient and loss of the global batch.
+        // Over all ranks: the mean gradient and loss of the global batch (the loss is the
+        // global batch's: ranks hold equal shares of it).
         let comm = self.comm.clone();
+        let step_loss = if comm.world() > 1 { Some(self.read_losses(stage.index, step, &losses)?) } else { None };
         let grads = self.learner.grads_mut().ok_or_else(|| TrainError::Internal("an optimiser step without a micro-batch".into()))?;
-        let (step_loss, step_images) = average_grads(comm.as_ref(), grads, step_loss, step_images)?;
+        let (step_loss, step_images) = average_grads(comm.as_ref(), grads, step_loss.unwrap_or(0.0), step_images)?;
         let progress = self.state.progress();
         let lr = self.plan.lr.at(progress);
         self.learner.update(lr, self.plan.wd.at(progress), self.cfg.optim.clip_grad)?;
@@ -388,23 +331,66 @@ impl<'e> Trainer<'e> {
         st.step += 1;
         st.stage_step += 1;
         st.stage_images += step_images;
-        st.add_stage_loss(step_loss);
         stage.window.1 += step_images;
-        stage.recent.push(step_loss);
         let stage_done = st.stage_step == self.plan.stages[stage.index].steps;
-        if st.step % self.cfg.run.log_every.max(1) == 0 || stage_done {
+        let log = st.step.is_multiple_of(self.cfg.run.log_every.max(1)) || stage_done;
+        let every = self.cfg.run.save_every_steps;
+        let save = every > 0 && st.step.is_multiple_of(every) && !stage_done;
+        if comm.world() > 1 {
+            self.add_step_loss(stage, step_loss);
+        } else {
+            stage.unread.push(StepLosses { step, losses });
+        }
+        // A checkpoint must hold the loader position and replay buffer of its own steps.
+        if self.look_ahead && !stage_done && !save {
+            stage.ahead = Some(self.prepare(stage, self.state.step, 0)?);
+        }
+        if log || save || stage_done || self.learner.device.is_cpu() {
+            self.settle(stage)?;
+        }
+        if log {
             self.log_step(stage, lr)?;
         }
-        let every = self.cfg.run.save_every_steps;
-        if every > 0 && self.state.step % every == 0 && !stage_done {
+        if save {
             self.state.stage_elapsed_s = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
             self.checkpoint(stage.replay.as_ref())?;
         }
         Ok(())
     }
 
-    fn non_finite(&mut self, stage: usize, loss: f64) -> TrainError {
-        let step = self.state.step;
+    /// The mean loss of a step's micro-batches, read from the device; a non-finite one
+    /// stops the run.
+    fn read_losses(&mut self, stage: usize, step: usize, losses: &[Tensor]) -> Result<f64, TrainError> {
+        let values: Vec<f32> = match losses {
+            [] => Vec::new(),
+            _ => Tensor::stack(losses, 0)?.to_vec1()?,
+        };
+        let mut step_loss = 0.0;
+        for v in values {
+            if !v.is_finite() {
+                return Err(self.non_finite(stage, step, v as f64));
+            }
+            step_loss += v as f64 / losses.len() as f64;
+        }
+        Ok(step_loss)
+    }
+
+    /// Reads the losses of the steps run since the last read, in order, into the stage's
+    /// totals.
+    fn settle(&mut self, stage: &mut StageRun) -> Result<(), TrainError> {
+        for s in std::mem::take(&mut stage.unread) {
+            let loss = self.read_losses(stage.index, s.step, &s.losses)?;
+            self.add_step_loss(stage, loss);
+        }
+        Ok(())
+    }
+
+    fn add_step_loss(&mut self, stage: &mut StageRun, loss: f64) {
+        self.state.add_stage_loss(loss);
+        stage.recent.push(loss);
+    }
+
+    fn non_finite(&mut self, stage: usize, step: usize, loss: f64) -> TrainError {
         if let Err(e) = self.metrics.log(json!({"event": "error", "step": step, "stage": stage, "loss": loss.to_string()})) {
             return e;
         }
@@ -477,7 +463,7 @@ fn step_rng(seed: u64, step: usize, stream: u64, k: usize) -> Rng {
 fn build_learner(cfg: &TrainConfig, net: Network, device: &Device) -> Result<Learner, TrainError> {
     let scales = cfg.optim.layer_decay.map(|d| layer_scales(net.family, &net.params.trainable_in_creation_order(), d));
     let scale_of = |n: &str| scales.as_ref().map_or(1.0, |m| m.get(n).copied().unwrap_or(1.0));
-    let opt = Optimizer::new(net.params.trainable(), OptimConfig { kind: cfg.optim.optimizer, ..Default::default() }, &scale_of);
+    let opt = Optimizer::new(net.params.trainable(), OptimConfig { kind: cfg.optim.optimizer, ..Default::default() }, &scale_of)?;
     let ema = match cfg.optim.ema_decay {
         Some(d) => {
             let twin = Network::new(net.family, net.config.clone(), cfg.run.seed, device)?;
