@@ -205,7 +205,7 @@ fn all_reduce(model: &str, rounds: usize) -> Result<()> {
     for i in 0..=rounds {
         comm.barrier()?;
         let t = Instant::now();
-        et_train::dist_sync::average_grads(comm.as_ref(), &mut grads, 1.0, 8)?;
+        et_train::dist_sync::average_grads(comm.as_ref(), None, &mut grads, 1.0, 8)?;
         if i > 0 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }

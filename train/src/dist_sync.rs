@@ -92,15 +92,24 @@ pub fn broadcast_optimizer(comm: &dyn Collective, opt: &mut Optimizer) -> Result
 /// The step's gradients and loss over the global batch: each rank's mean-loss gradient
 /// weighted by its share of the step's `images` (equal shares: the plain average), summed in
 /// flat buckets. Returns the global mean loss and the step's images over all ranks.
-pub fn average_grads(comm: &dyn Collective, grads: &mut Grads, loss: f64, images: usize) -> Result<(f64, usize), TrainError> {
+/// Sums a flat f32 device tensor over the ranks in place: NCCL, GPU to GPU.
+pub type DeviceSum<'a> = &'a dyn Fn(&Tensor) -> Result<(), TrainError>;
+
+/// Averages the step's gradients over the ranks, weighted by each rank's images, and returns
+/// the global mean loss and image count. Gradients on a GPU go through `device_sum` where the
+/// job has one (NCCL), else through host copies and `comm`.
+pub fn average_grads(comm: &dyn Collective, device_sum: Option<DeviceSum>, grads: &mut Grads, loss: f64, images: usize) -> Result<(f64, usize), TrainError> {
     if comm.world() == 1 {
         return Ok((loss, images));
     }
     // Shares can differ: a replayed chunk may be empty, an unreadable image skipped.
     let [total] = sum_counts(comm, [images as f64])?;
     let share = (images as f64 / total.max(1.0)) as f32;
-    // Device gradients go through host copies: the collective exchanges host buffers.
-    grads.with_host(|grads| reduce_buckets(comm, grads, share))?;
+    match (&mut *grads, device_sum) {
+        (Grads::Device(ts), Some(sum)) => reduce_device_buckets(ts, share, BUCKET, sum)?,
+        // MPI exchanges host buffers: device gradients go through host copies.
+        (grads, _) => grads.with_host(|grads| reduce_buckets(comm, grads, share))?,
+    }
     // The loss in f64, so that the logged loss of a world of n equals a world of one's to
     // rounding.
     let [loss_sum] = sum_counts(comm, [loss * images as f64])?;
@@ -136,6 +145,60 @@ fn reduce_buckets(comm: &dyn Collective, grads: &mut [Vec<f32>], share: f32) -> 
     Ok(())
 }
 
+/// GPU-to-GPU sums for gradients that stay on the device: NCCL, in builds with the `nccl`
+/// feature, when the job runs on several GPUs. Without it device gradients go through MPI on
+/// the host (correct, slower).
+pub struct GpuComm(#[cfg(feature = "nccl")] et_dist::nccl::Nccl);
+
+impl GpuComm {
+    /// Every rank must call it at the same point; ranks run one device type (their settings
+    /// were checked to be equal first).
+    pub fn open(comm: &dyn Collective, device: &candle_core::Device) -> Result<Option<GpuComm>, TrainError> {
+        #[cfg(feature = "nccl")]
+        if comm.world() > 1 && device.is_cuda() {
+            return Ok(Some(GpuComm(et_dist::nccl::Nccl::new(comm, device)?)));
+        }
+        let _ = (comm, device);
+        Ok(None)
+    }
+
+    /// Replaces `t` (flat f32, on this rank's GPU) by its sum over the ranks.
+    pub fn sum(&self, t: &Tensor) -> Result<(), TrainError> {
+        #[cfg(feature = "nccl")]
+        return Ok(self.0.sum(t)?);
+        #[cfg(not(feature = "nccl"))]
+        {
+            let _ = t;
+            Err(TrainError::Internal("a GPU sum in a build without NCCL".into()))
+        }
+    }
+}
+
+/// [`reduce_buckets`] for gradients that stay on their device: each bucket of at most
+/// `bucket` floats is one flat tensor, weighted, summed in place by `sum`, and the gradients
+/// become views of it (the optimiser only reads them).
+fn reduce_device_buckets(grads: &mut [Tensor], share: f32, bucket: usize, sum: DeviceSum) -> Result<(), TrainError> {
+    let mut start = 0;
+    while start < grads.len() {
+        let (mut end, mut floats) = (start, 0);
+        while end < grads.len() && (end == start || floats + grads[end].elem_count() <= bucket) {
+            floats += grads[end].elem_count();
+            end += 1;
+        }
+        let parts = grads[start..end].iter().map(|g| g.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+        let flat = (Tensor::cat(&parts, 0)? * share as f64)?;
+        sum(&flat)?;
+        let mut at = 0;
+        for g in &mut grads[start..end] {
+            let n = g.elem_count();
+            *g = flat.narrow(0, at, n)?.reshape(g.shape())?;
+            at += n;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
 /// timm's `--dist-bn reduce`: every BatchNorm running statistic of `store` replaced by its
 /// mean over the ranks (each rank's batches moved them differently).
 pub fn average_buffers(comm: &dyn Collective, store: &ParamStore) -> Result<(), TrainError> {
@@ -158,4 +221,43 @@ pub fn sum_counts<const N: usize>(comm: &dyn Collective, counts: [f64; N]) -> Re
     let mut c = counts;
     comm.sum_f64(&mut c)?;
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{CpuStorage, Device, InplaceOp1, Layout};
+
+    /// Doubles a tensor in place: what an all-reduce of two equal ranks does.
+    struct Double;
+    impl InplaceOp1 for Double {
+        fn name(&self) -> &'static str {
+            "double"
+        }
+        fn cpu_fwd(&self, s: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+            match s {
+                CpuStorage::F32(v) => v.iter_mut().for_each(|x| *x *= 2.0),
+                _ => candle_core::bail!("f32 only"),
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn device_buckets_equal_the_host_buckets() -> Result<(), TrainError> {
+        let shapes: [&[usize]; 5] = [&[3, 4], &[7], &[2, 2, 5], &[11], &[1]];
+        let host: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| (0..s.iter().product::<usize>()).map(|j| (i * 31 + j) as f32 * 0.37 - 3.0).collect()).collect();
+        let mut expect = host.clone();
+        reduce_buckets(&et_dist::Solo, &mut expect, 0.3)?;
+        // Buckets of 12 floats: some tensors share one, the 20-float one gets its own.
+        for (sum, factor) in [(&(|_: &Tensor| Ok(())) as DeviceSum, 1.0f32), (&|t: &Tensor| Ok(t.inplace_op1(&Double)?), 2.0)] {
+            let mut dev = shapes.iter().zip(&host).map(|(s, v)| Tensor::from_vec(v.clone(), *s, &Device::Cpu)).collect::<candle_core::Result<Vec<_>>>()?;
+            reduce_device_buckets(&mut dev, 0.3, 12, sum)?;
+            for ((g, want), s) in dev.iter().zip(&expect).zip(shapes) {
+                assert_eq!(g.dims(), s);
+                assert_eq!(g.flatten_all()?.to_vec1::<f32>()?, want.iter().map(|w| w * factor).collect::<Vec<_>>());
+            }
+        }
+        Ok(())
+    }
 }

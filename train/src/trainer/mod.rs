@@ -11,7 +11,7 @@ mod stage_end;
 
 use crate::checkpoint::{self, TrainState, EMA_FILE, OPTIMIZER_FILE};
 use crate::config::{validate, TrainConfig};
-use crate::dist_sync::{average_grads, broadcast_optimizer, broadcast_vars, check_same_settings};
+use crate::dist_sync::{average_grads, broadcast_optimizer, broadcast_vars, check_same_settings, DeviceSum, GpuComm};
 use crate::ema::Ema;
 use crate::layer_decay::layer_scales;
 use crate::optim::{OptimConfig, Optimizer};
@@ -119,6 +119,8 @@ pub struct Trainer<'e> {
     last_checkpoint: Option<PathBuf>,
     uploader: Uploader,
     look_ahead: bool,
+    /// NCCL between the job's GPUs, where it has them.
+    gpu: Option<GpuComm>,
 }
 
 impl<'e> Trainer<'e> {
@@ -174,7 +176,8 @@ impl<'e> Trainer<'e> {
             }
         };
         let (look_ahead, uploader) = input::prefetch(&device)?;
-        let mut t = Trainer { comm, cfg: cfg.clone(), data, plan, learner, mix, pre, state, metrics, on_event, started, elapsed_before, resume_dir, last_checkpoint: None, uploader, look_ahead };
+        let gpu = GpuComm::open(comm.as_ref(), &device)?;
+        let mut t = Trainer { comm, cfg: cfg.clone(), data, plan, learner, mix, pre, state, metrics, on_event, started, elapsed_before, resume_dir, last_checkpoint: None, uploader, look_ahead, gpu };
         t.initialise(mp.run_config, mp.drop_path)?;
         Ok(t)
     }
@@ -322,7 +325,9 @@ impl<'e> Trainer<'e> {
         let comm = self.comm.clone();
         let step_loss = if comm.world() > 1 { Some(self.read_losses(stage.index, step, &losses)?) } else { None };
         let grads = self.learner.grads_mut().ok_or_else(|| TrainError::Internal("an optimiser step without a micro-batch".into()))?;
-        let (step_loss, step_images) = average_grads(comm.as_ref(), grads, step_loss.unwrap_or(0.0), step_images)?;
+        let gpu_sum = self.gpu.as_ref().map(|g| move |t: &Tensor| g.sum(t));
+        let device_sum = gpu_sum.as_ref().map(|f| f as DeviceSum);
+        let (step_loss, step_images) = average_grads(comm.as_ref(), device_sum, grads, step_loss.unwrap_or(0.0), step_images)?;
         let progress = self.state.progress();
         let lr = self.plan.lr.at(progress);
         self.learner.update(lr, self.plan.wd.at(progress), self.cfg.optim.clip_grad)?;
