@@ -8,7 +8,7 @@ use std::str::FromStr;
 pub enum DeviceError {
     #[error("unknown device '{0}': use cpu, cuda or cuda:N")]
     Unknown(String),
-    #[error("this build has no CUDA support: rebuild with `cargo build --release --features cuda` (see docs/gpu.md), or use --device cpu")]
+    #[error("this build has no CUDA support: rebuild with `cargo build --release --features et-train/cuda,et-eval/cuda` (see docs/gpu.md), or use --device cpu")]
     NotCompiled,
     #[error("cannot open CUDA device {ordinal}: {reason}")]
     Unavailable { ordinal: usize, reason: String },

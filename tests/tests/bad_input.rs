@@ -143,7 +143,7 @@ fn devices_and_precisions_this_build_cannot_run() {
     assert_clean_failure(&o, "et-train", "--precision bf16 needs --device cuda");
     if !cfg!(feature = "cuda") {
         let o = run("et-train", &with(&["--device", "cuda"]));
-        assert_clean_failure(&o, "et-train", "rebuild with `cargo build --release --features cuda`");
+        assert_clean_failure(&o, "et-train", "rebuild with `cargo build --release --features et-train/cuda,et-eval/cuda`");
         small_convnext_run(&tmp.join("run"), 1);
         let o = run("et-eval", &["--run", &tmp.s("run"), "--data", &data, "--device", "cuda:1"]);
         assert_clean_failure(&o, "et-eval", "no CUDA support");
