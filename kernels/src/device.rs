@@ -150,7 +150,7 @@ mod tests {
         if !cfg!(feature = "cuda") {
             let e = DeviceSpec::Cuda(0).open().unwrap_err();
             assert_eq!(e, DeviceError::NotCompiled);
-            assert!(e.to_string().contains("--features cuda"));
+            assert!(e.to_string().contains("--features et-train/cuda"));
         }
     }
 }
