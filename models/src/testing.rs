@@ -1,8 +1,21 @@
-//! Deterministic parameter values for parity tests (feature `testing`): the same arithmetic
-//! as `fixture_values` in tools/gen_fixtures.py, so fixtures need not ship weights or inputs.
+//! Helpers for the model tests (feature `testing`): deterministic parameter values, the same
+//! arithmetic as `fixture_values` in tools/gen_fixtures.py, so fixtures need not ship weights
+//! or inputs; and a small variant of every family.
 
 use crate::params::ParamStore;
 use candle_core::{Result, Tensor};
+
+/// One small variant of every family, with an input size it takes (a multiple of its
+/// patch and window sizes), for tests that build every family.
+pub const SMALL_FAMILIES: [(&str, usize); 7] = [
+    ("convnext_atto", 64),
+    ("resnet18", 64),
+    ("deit_tiny_patch16_224", 32),
+    ("swin_tiny_patch4_window7_224", 56),
+    ("pvt_v2_b0", 64),
+    ("caformer_s18", 64),
+    ("CSWin_64_12211_tiny_224", 64),
+];
 
 /// Deterministic test values shared with tools/gen_fixtures.py (`fill`): the same integer
 /// arithmetic on both sides, so parity fixtures need not ship weights or inputs.

@@ -7,18 +7,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use et_kernels::testing::seeded;
 use et_kernels::CandleOps;
 use et_models::registry::{model_config, Model, ModelOptions};
-use et_models::testing::{fill_for_fixture, fixture_values};
+use et_models::testing::{fill_for_fixture, fixture_values, SMALL_FAMILIES};
 use et_models::{CastModel, ParamStore};
-
-const FAMILIES: [(&str, usize); 7] = [
-    ("convnext_atto", 64),
-    ("resnet18", 64),
-    ("deit_tiny_patch16_224", 32),
-    ("swin_tiny_patch4_window7_224", 56),
-    ("pvt_v2_b0", 64),
-    ("caformer_s18", 64),
-    ("CSWin_64_12211_tiny_224", 64),
-];
 
 fn m(e: et_models::ModelError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
@@ -36,7 +26,7 @@ fn run(model: &Model, ps: &ParamStore, x: &Tensor) -> Result<(Vec<f32>, Vec<Vec<
 #[test]
 fn a_refreshed_cast_model_equals_one_built_from_fresh_casts() -> Result<()> {
     let dev = Device::Cpu;
-    for (name, size) in FAMILIES {
+    for (name, size) in SMALL_FAMILIES {
         let cfg = model_config(name, &ModelOptions { num_classes: 10, img_size: Some(size), ..Default::default() }).map_err(m)?;
         let ps = ParamStore::new(7);
         let built = CastModel::new(&cfg, &ps, DType::F16, &dev).map_err(m)?;

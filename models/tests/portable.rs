@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use et_kernels::testing::{assert_every_parameter_learns, seeded};
-use et_models::testing::fill_for_fixture;
+use et_models::testing::{fill_for_fixture, SMALL_FAMILIES};
 use et_models::registry::{model_config, Model, ModelOptions};
 use et_kernels::CandleOps;
 use et_models::ParamStore;
@@ -15,20 +15,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
 }
 
-const FAMILIES: [(&str, usize); 7] = [
-    ("convnext_atto", 64),
-    ("resnet18", 64),
-    ("deit_tiny_patch16_224", 32),
-    ("swin_tiny_patch4_window7_224", 56),
-    ("pvt_v2_b0", 64),
-    ("caformer_s18", 64),
-    ("CSWin_64_12211_tiny_224", 64),
-];
-
 #[test]
 fn every_family_runs_the_portable_path_like_the_kernels_and_learns_in_half_precision() -> Result<()> {
     let dev = Device::Cpu;
-    for (name, size) in FAMILIES {
+    for (name, size) in SMALL_FAMILIES {
         let opts = ModelOptions { num_classes: 10, img_size: Some(size), ..Default::default() };
         let cfg = model_config(name, &opts).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let ps = ParamStore::new(7);
