@@ -14,17 +14,24 @@
 
 // ---- inner = 1: one block per row ------------------------------------------------------
 
+// Row r's mean and 1/σ, computed by the whole block (two passes, as the CPU kernel).
+template <typename T>
+__device__ void row_stats(const T* xr, int c, float eps, float* buf, float& mean, float& rstd) {
+    float s = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) s += ld(xr, i);
+    mean = block_sum(s, buf) / c;
+    float q = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) { float d = ld(xr, i) - mean; q += d * d; }
+    rstd = 1.f / sqrtf(block_sum(q, buf) / c + eps);
+}
+
 template <typename T>
 __device__ void rows_fwd(const T* x, const T* w, const T* b, T* y, long long rows, int c, float eps) {
     __shared__ float buf[256];
     BLOCK_LOOP(r, rows) {
         const T* xr = x + r * c;
-        float s = 0.f;
-        for (int i = threadIdx.x; i < c; i += blockDim.x) s += ld(xr, i);
-        float mean = block_sum(s, buf) / c;
-        float q = 0.f;
-        for (int i = threadIdx.x; i < c; i += blockDim.x) { float d = ld(xr, i) - mean; q += d * d; }
-        float rstd = 1.f / sqrtf(block_sum(q, buf) / c + eps);
+        float mean, rstd;
+        row_stats(xr, c, eps, buf, mean, rstd);
         for (int i = threadIdx.x; i < c; i += blockDim.x) st(y, r * c + i, (ld(xr, i) - mean) * rstd * ld(w, i) + ld(b, i));
     }
 }
@@ -36,12 +43,8 @@ __device__ void rows_bwd(const T* x, const T* w, const T* dy, T* dx, float* stat
     BLOCK_LOOP(r, rows) {
         const T* xr = x + r * c;
         const T* gr = dy + r * c;
-        float s = 0.f;
-        for (int i = threadIdx.x; i < c; i += blockDim.x) s += ld(xr, i);
-        float mean = block_sum(s, buf) / c;
-        float q = 0.f;
-        for (int i = threadIdx.x; i < c; i += blockDim.x) { float d = ld(xr, i) - mean; q += d * d; }
-        float rstd = 1.f / sqrtf(block_sum(q, buf) / c + eps);
+        float mean, rstd;
+        row_stats(xr, c, eps, buf, mean, rstd);
         float a = 0.f, bs = 0.f;
         for (int i = threadIdx.x; i < c; i += blockDim.x) {
             float gw = ld(gr, i) * ld(w, i);
@@ -90,16 +93,24 @@ __device__ void rows_pgrad(const T* x, const T* dy, const float* stats, float* p
 
 // ---- inner > 1: one thread per (outer, position) column ------------------------------------
 
+// The mean and 1/σ of the column at `base` (stride `inner`), by one thread.
+template <typename T>
+__device__ void col_stats(const T* x, long long base, int c, long long inner, float eps, float& mean, float& rstd) {
+    float s = 0.f;
+    for (int ch = 0; ch < c; ++ch) s += ld(x, base + ch * inner);
+    mean = s / c;
+    float q = 0.f;
+    for (int ch = 0; ch < c; ++ch) { float d = ld(x, base + ch * inner) - mean; q += d * d; }
+    rstd = 1.f / sqrtf(q / c + eps);
+}
+
 template <typename T>
 __device__ void cols_fwd(const T* x, const T* w, const T* b, T* y, long long outer, int c, long long inner, float eps) {
     GRID_LOOP(col, outer * inner) {
         long long o = col / inner, i = col % inner;
         long long base = o * c * inner + i;
-        float s = 0.f;
-        for (int ch = 0; ch < c; ++ch) s += ld(x, base + ch * inner);
-        float mean = s / c, q = 0.f;
-        for (int ch = 0; ch < c; ++ch) { float d = ld(x, base + ch * inner) - mean; q += d * d; }
-        float rstd = 1.f / sqrtf(q / c + eps);
+        float mean, rstd;
+        col_stats(x, base, c, inner, eps, mean, rstd);
         for (int ch = 0; ch < c; ++ch) st(y, base + ch * inner, (ld(x, base + ch * inner) - mean) * rstd * ld(w, ch) + ld(b, ch));
     }
 }
@@ -109,11 +120,8 @@ __device__ void cols_bwd(const T* x, const T* w, const T* dy, T* dx, float* stat
     GRID_LOOP(col, outer * inner) {
         long long o = col / inner, i = col % inner;
         long long base = o * c * inner + i;
-        float s = 0.f;
-        for (int ch = 0; ch < c; ++ch) s += ld(x, base + ch * inner);
-        float mean = s / c, q = 0.f;
-        for (int ch = 0; ch < c; ++ch) { float d = ld(x, base + ch * inner) - mean; q += d * d; }
-        float rstd = 1.f / sqrtf(q / c + eps);
+        float mean, rstd;
+        col_stats(x, base, c, inner, eps, mean, rstd);
         float a = 0.f, bs = 0.f;
         for (int ch = 0; ch < c; ++ch) {
             float gw = ld(dy, base + ch * inner) * ld(w, ch);
