@@ -55,8 +55,9 @@ fn sigkill_at_random_instants_then_resume_ends_bit_identical() {
     let mut rng = Xorshift(0x5eed_1234_abcd);
     let (mut kills, mut resumes) = (0, 0);
     loop {
-        // Resume when a checkpoint exists (a kill before the first one starts over).
-        let resume = tmp.join("b/checkpoints").is_dir();
+        // Resume when a complete checkpoint exists: a kill before the first one, or inside its
+        // write (which leaves only a `.tmp-step-N` directory), starts over.
+        let resume = std::fs::read_dir(tmp.join("b/checkpoints")).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-"));
         let cmd_args: Vec<String> = if resume { vec!["--resume".into(), tmp.s("b")] } else { b.clone() };
         resumes += usize::from(resume);
         let mut child = Command::new(bin("et-train")).args(&cmd_args).current_dir(repo_root()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
