@@ -6,7 +6,7 @@
 //! the pre-ReLU tensor do not exist.
 
 use super::kernel::{dispatch, written, Kernel};
-use super::simd::avx2;
+use super::simd::simd;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
@@ -116,12 +116,12 @@ fn grad_sums<T: WithDType>(dy: &[T], x: &[T], mu: f64, inv: f64) -> (f64, f64) {
             return unsafe { plane_grad_sums_f32(dy, x, mu, inv) };
         }
     }
-    avx2!(<T: WithDType> plane_grad_sums(dy: &[T] = dy, x: &[T] = x, mu: f64 = mu, inv: f64 = inv) -> (f64, f64))
+    simd!(<T: WithDType> plane_grad_sums(dy: &[T] = dy, x: &[T] = x, mu: f64 = mu, inv: f64 = inv) -> (f64, f64))
 }
 
 /// Per-channel (mean, biased variance) of NCHW `x`.
 fn channel_stats<T: WithDType>(x: &[T], d: Dims) -> (Vec<f64>, Vec<f64>) {
-    let sums: Vec<(f64, f64)> = x.par_chunks(d.hw).with_min_len(d.min_planes()).map(|p| avx2!(<T: WithDType> plane_sums(p: &[T] = p) -> (f64, f64))).collect();
+    let sums: Vec<(f64, f64)> = x.par_chunks(d.hw).with_min_len(d.min_planes()).map(|p| simd!(<T: WithDType> plane_sums(p: &[T] = p) -> (f64, f64))).collect();
     let (mut mean, mut var) = (vec![0.0; d.c], vec![0.0; d.c]);
     for (p, (s, q)) in sums.into_iter().enumerate() {
         mean[p % d.c] += s;

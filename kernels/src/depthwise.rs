@@ -7,7 +7,7 @@
 //! larger rayon tasks.
 
 use super::kernel::{dispatch, Kernel, layer_grads, LayerGrads, sum, WindowGeom as Geom};
-use super::simd::avx2;
+use super::simd::simd;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -70,26 +70,41 @@ fn flat_len(g: &Geom) -> usize {
     (g.ho - 1) * (g.w + 2 * g.pad) + g.wo
 }
 
-/// Outputs one task of the stride-1 forward keeps in registers: four AVX2 vectors of f32,
-/// i.e. four independent add chains to hide the adds' latency.
-const LANES: usize = 32;
+/// Outputs one block of the stride-1 forward keeps in registers: four vectors, i.e. four
+/// independent add chains to hide the adds' latency — 32 f32 with AVX2, 64 with AVX-512.
+fn lanes() -> usize {
+    if super::simd::level() == super::simd::Level::Avx512 {
+        64
+    } else {
+        32
+    }
+}
 
 /// One output plane, stride 1: the bias, then the k² taps in order, as the strided path.
-/// Blocks of [`LANES`] outputs take all taps while held in registers (one load, multiply
-/// and add per tap and output, instead of also loading and storing the output per tap).
 #[inline(always)]
 fn fwd_plane_s1<T: WithDType>(xpad: &[T], wk: &[T], bias: T, e: &mut Vec<T>, o: &mut [T], g: Geom) {
+    match lanes() {
+        64 => fwd_plane_s1_blocks::<T, 64>(xpad, wk, bias, e, o, g),
+        _ => fwd_plane_s1_blocks::<T, 32>(xpad, wk, bias, e, o, g),
+    }
+}
+
+/// [`fwd_plane_s1`] with blocks of `L` outputs that take all taps while held in registers
+/// (one load, multiply and add per tap and output, instead of also loading and storing the
+/// output per tap). Each output sums the same terms in the same order for every `L`.
+#[inline(always)]
+fn fwd_plane_s1_blocks<T: WithDType, const L: usize>(xpad: &[T], wk: &[T], bias: T, e: &mut Vec<T>, o: &mut [T], g: Geom) {
     let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
     e.clear();
     e.resize(len, bias);
-    let full = len / LANES * LANES;
-    for (i0, block) in e[..full].chunks_exact_mut(LANES).enumerate() {
-        let mut acc = [bias; LANES];
+    let full = len / L * L;
+    for (i0, block) in e[..full].chunks_exact_mut(L).enumerate() {
+        let mut acc = [bias; L];
         for ky in 0..k {
             for kx in 0..k {
-                let (wv, start) = (wk[ky * k + kx], i0 * LANES + ky * wp + kx);
-                let src = &xpad[start..start + LANES];
-                for j in 0..LANES {
+                let (wv, start) = (wk[ky * k + kx], i0 * L + ky * wp + kx);
+                let src = &xpad[start..start + L];
+                for j in 0..L {
                     acc[j] += wv * src[j];
                 }
             }
@@ -210,9 +225,9 @@ fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
             pad_plane(&x[p * plane_in..(p + 1) * plane_in], &g, xpad);
             let (wk, bias) = (&wt[ch * k * k..(ch + 1) * k * k], b[ch]);
             if g.stride == 1 {
-                avx2!(<T: WithDType> fwd_plane_s1(xpad: &[T] = xpad, wk: &[T] = wk, bias: T = bias, e: &mut Vec<T> = e, o: &mut [T] = o, g: Geom = g))
+                simd!(<T: WithDType> fwd_plane_s1(xpad: &[T] = xpad, wk: &[T] = wk, bias: T = bias, e: &mut Vec<T> = e, o: &mut [T] = o, g: Geom = g))
             } else {
-                avx2!(<T: WithDType> fwd_plane(xpad: &[T] = xpad, wk: &[T] = wk, bias: T = bias, o: &mut [T] = o, g: Geom = g))
+                simd!(<T: WithDType> fwd_plane(xpad: &[T] = xpad, wk: &[T] = wk, bias: T = bias, o: &mut [T] = o, g: Geom = g))
             }
         },
     );
@@ -255,7 +270,7 @@ fn grad_input<T: WithDType>(go: &[T], wt: &[T], g: Geom) -> Vec<T> {
             let wk = &wt[ch * k * k..(ch + 1) * k * k];
             gpad.clear();
             gpad.resize(hp * wp, T::zero());
-            avx2!(<T: WithDType> grad_input_plane(go: &[T] = gop, wk: &[T] = wk, gpad: &mut [T] = gpad, g: Geom = g));
+            simd!(<T: WithDType> grad_input_plane(go: &[T] = gop, wk: &[T] = wk, gpad: &mut [T] = gpad, g: Geom = g));
             // Gradients that landed on the padding belong to nothing.
             for (y, dst) in gxp.chunks_exact_mut(g.w).enumerate() {
                 let start = (y + g.pad) * wp + g.pad;
@@ -314,9 +329,9 @@ fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
             let taps = &mut gwk[..k * k];
             if g.stride == 1 {
                 spread_rows(gop, &mut e, &g);
-                avx2!(<T: WithDType> grad_weight_plane_s1(e: &[T] = &e, xpad: &[T] = &xpad, gwk: &mut [T] = taps, g: Geom = g))
+                simd!(<T: WithDType> grad_weight_plane_s1(e: &[T] = &e, xpad: &[T] = &xpad, gwk: &mut [T] = taps, g: Geom = g))
             } else {
-                avx2!(<T: WithDType> grad_weight_plane(go: &[T] = gop, xpad: &[T] = &xpad, gwk: &mut [T] = taps, g: Geom = g))
+                simd!(<T: WithDType> grad_weight_plane(go: &[T] = gop, xpad: &[T] = &xpad, gwk: &mut [T] = taps, g: Geom = g))
             }
         }
     });

@@ -9,7 +9,7 @@
 //! channels held in registers; borders only shorten the tap ranges.
 
 use super::kernel::{dispatch, Kernel, layer_grads, LayerGrads, ordered_sum, written};
-use super::simd::avx2;
+use super::simd::simd;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -92,7 +92,7 @@ fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
         out.par_chunks_mut(row).enumerate().with_min_len(rows_per_task(row)).for_each(|(r, o)| {
             let (img, oy) = (r / g.ho, r % g.ho);
             let xi = &x[img * g.h * g.w * g.c..(img + 1) * g.h * g.w * g.c];
-            avx2!(<T: WithDType> fwd_row(x: &[T] = xi, wt: &[T] = wt, b: &[T] = b, oy: usize = oy, out: &mut [MaybeUninit<T>] = o, g: Geom = g))
+            simd!(<T: WithDType> fwd_row(x: &[T] = xi, wt: &[T] = wt, b: &[T] = b, oy: usize = oy, out: &mut [MaybeUninit<T>] = o, g: Geom = g))
         })
     })
 }
@@ -164,7 +164,7 @@ fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
             let (img, oy) = (r / g.ho, r % g.ho);
             let xi = &x[img * g.h * g.w * c..(img + 1) * g.h * g.w * c];
             let gr = &go[r * row..(r + 1) * row];
-            avx2!(<T: WithDType> grad_weight_row(go: &[T] = gr, x: &[T] = xi, oy: usize = oy, gw: &mut [T] = gw, gb: &mut [T] = gb, g: Geom = g));
+            simd!(<T: WithDType> grad_weight_row(go: &[T] = gr, x: &[T] = xi, oy: usize = oy, gw: &mut [T] = gw, gb: &mut [T] = gb, g: Geom = g));
         }
     });
     let mut out: Vec<T> = (0..c).flat_map(|ch| (0..kk).map(move |t| (t, ch))).map(|(t, ch)| sums[t * c + ch]).collect();

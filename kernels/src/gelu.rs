@@ -5,7 +5,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use super::kernel::written;
-use super::simd::{avx2, exp_f32};
+use super::simd::{exp_f32, simd};
 use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
@@ -53,7 +53,7 @@ fn forward(s: &CpuStorage, l: &Layout) -> Result<CpuStorage> {
         DType::F32 => {
             let x = &s.as_slice::<f32>()?[a..b];
             CpuStorage::F32(written(x.len(), |y| {
-                y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| avx2!(gelu_chunk(x: &[f32] = x, y: &mut [MaybeUninit<f32>] = y)));
+                y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| simd!(gelu_chunk(x: &[f32] = x, y: &mut [MaybeUninit<f32>] = y)));
             }))
         }
         DType::F64 => {
@@ -122,7 +122,7 @@ impl CustomOp2 for GeluGrad {
                 CpuStorage::F32(written(x.len(), |dx| {
                     dx.par_chunks_mut(CHUNK)
                         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                        .for_each(|(d, (x, g))| avx2!(dgelu_chunk(x: &[f32] = x, g: &[f32] = g, dx: &mut [MaybeUninit<f32>] = d)));
+                        .for_each(|(d, (x, g))| simd!(dgelu_chunk(x: &[f32] = x, g: &[f32] = g, dx: &mut [MaybeUninit<f32>] = d)));
                 }))
             }
             DType::F64 => {

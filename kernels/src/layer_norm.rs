@@ -5,7 +5,7 @@
 //! feature the same ops run `cuda/layer_norm.cu` on CUDA tensors (f32 or bf16).
 
 use super::kernel::{add_in_order, dispatch, lane_sum, split, written, Kernel};
-use super::simd::avx2;
+use super::simd::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -45,23 +45,23 @@ fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], d: Dims, eps: f64) -> Vec<T>
         return forward_rows(x, w, b, eps);
     }
     let slice = d.c * d.inner;
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(slice).zip(x.par_chunks(slice)).for_each(|(y, x)| {
-        avx2!(<T: WithDType> image_forward(x: &[T] = x, w: &[T] = w, b: &[T] = b, y: &mut [T] = y, d: Dims = d, eps: f64 = eps))
-    });
-    y
+    written(x.len(), |y| {
+        y.par_chunks_mut(slice).zip(x.par_chunks(slice)).for_each(|(y, x)| {
+            simd!(<T: WithDType> image_forward(x: &[T] = x, w: &[T] = w, b: &[T] = b, y: &mut [MaybeUninit<T>] = y, d: Dims = d, eps: f64 = eps))
+        })
+    })
 }
 
 /// The channel norm of one image, (C, inner).
 #[inline(always)]
-fn image_forward<T: WithDType>(x: &[T], w: &[T], b: &[T], y: &mut [T], d: Dims, eps: f64) {
+fn image_forward<T: WithDType>(x: &[T], w: &[T], b: &[T], y: &mut [MaybeUninit<T>], d: Dims, eps: f64) {
     let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
     stats(x, d, eps, &mut mean, &mut rstd);
     for c in 0..d.c {
         let (wc, bc) = (w[c].to_f64(), b[c].to_f64());
         let r = c * d.inner..(c + 1) * d.inner;
         for (((o, &v), &m), &s) in y[r.clone()].iter_mut().zip(&x[r]).zip(&mean).zip(&rstd) {
-            *o = T::from_f64((v.to_f64() - m) * s * wc + bc);
+            o.write(T::from_f64((v.to_f64() - m) * s * wc + bc));
         }
     }
 }
@@ -72,56 +72,81 @@ fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], d: Dims, eps: f64) -> Vec<
         return backward_rows(x, w, dy, eps);
     }
     let slice = d.c * d.inner;
-    let mut dx = vec![T::zero(); x.len()];
-    let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
-        .par_chunks_mut(slice)
-        .zip(x.par_chunks(slice).zip(dy.par_chunks(slice)))
-        .map(|(dx, (x, dy))| {
-            avx2!(<T: WithDType> image_backward(x: &[T] = x, w: &[T] = w, dy: &[T] = dy, dx: &mut [T] = dx, d: Dims = d, eps: f64 = eps) -> (Vec<f64>, Vec<f64>))
-        })
-        .collect();
-    let mut out = dx;
-    let (mut dw, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
-    for (pw, pb) in partial {
-        dw.iter_mut().zip(pw).for_each(|(s, v)| *s += v);
-        db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
-    }
-    out.extend(dw.into_iter().map(T::from_f64));
-    out.extend(db.into_iter().map(T::from_f64));
-    out
+    // One buffer from the start: appending dw and db to a full-size dx would reallocate,
+    // and so copy, the whole gradient.
+    written(x.len() + 2 * d.c, |out| {
+        let (dx, params) = out.split_at_mut(x.len());
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+            .par_chunks_mut(slice)
+            .zip(x.par_chunks(slice).zip(dy.par_chunks(slice)))
+            .map(|(dx, (x, dy))| {
+                simd!(<T: WithDType> image_backward(x: &[T] = x, w: &[T] = w, dy: &[T] = dy, dx: &mut [MaybeUninit<T>] = dx, d: Dims = d, eps: f64 = eps) -> (Vec<f64>, Vec<f64>))
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
+        for (pw, pb) in partial {
+            dw.iter_mut().zip(pw).for_each(|(s, v)| *s += v);
+            db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
+        }
+        for (p, v) in params.iter_mut().zip(dw.into_iter().chain(db)) {
+            p.write(T::from_f64(v));
+        }
+    })
 }
 
 /// dx of one image, (C, inner), and its (dw, db). The per-channel sums over positions take
 /// 8 partial sums (`lane_sum`): a single running sum is a chain of dependent adds that
 /// cannot vectorise.
 #[inline(always)]
-fn image_backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], dx: &mut [T], d: Dims, eps: f64) -> (Vec<f64>, Vec<f64>) {
+fn image_backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], dx: &mut [MaybeUninit<T>], d: Dims, eps: f64) -> (Vec<f64>, Vec<f64>) {
     let (mut mean, mut rstd) = (vec![0.0; d.inner], vec![0.0; d.inner]);
     stats(x, d, eps, &mut mean, &mut rstd);
-    let (mut a, mut bsum) = (vec![0.0; d.inner], vec![0.0; d.inner]);
+    let n = d.inner;
+    let (mut a, mut bsum) = (vec![0.0; n], vec![0.0; n]);
     let (mut dw, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
     for c in 0..d.c {
         let wc = w[c].to_f64();
-        let (xc, gc) = (&x[c * d.inner..(c + 1) * d.inner], &dy[c * d.inner..(c + 1) * d.inner]);
-        for i in 0..d.inner {
-            let (g, xh) = (gc[i].to_f64(), (xc[i].to_f64() - mean[i]) * rstd[i]);
-            a[i] += g * wc;
-            bsum[i] += g * wc * xh;
-        }
-        dw[c] = lane_sum(d.inner, |i| gc[i].to_f64() * ((xc[i].to_f64() - mean[i]) * rstd[i]));
-        db[c] = lane_sum(d.inner, |i| gc[i].to_f64());
+        let (xc, gc) = (&x[c * n..(c + 1) * n], &dy[c * n..(c + 1) * n]);
+        (dw[c], db[c]) = channel_sums(xc, gc, wc, &mean, &rstd, &mut a, &mut bsum);
     }
     let inv_c = 1.0 / d.c as f64;
     for c in 0..d.c {
         let wc = w[c].to_f64();
-        let r = c * d.inner;
-        for i in 0..d.inner {
-            let xh = (x[r + i].to_f64() - mean[i]) * rstd[i];
-            let g = dy[r + i].to_f64() * wc;
-            dx[r + i] = T::from_f64(rstd[i] * (g - a[i] * inv_c - xh * bsum[i] * inv_c));
+        let (xc, gc, dxc) = (&x[c * n..(c + 1) * n], &dy[c * n..(c + 1) * n], &mut dx[c * n..(c + 1) * n]);
+        for (((o, (&xv, &gv)), (&m, &s)), (&ai, &bi)) in dxc.iter_mut().zip(xc.iter().zip(gc)).zip(mean.iter().zip(&rstd)).zip(a.iter().zip(&bsum)) {
+            let xh = (xv.to_f64() - m) * s;
+            let g = gv.to_f64() * wc;
+            o.write(T::from_f64(s * (g - ai * inv_c - xh * bi * inv_c)));
         }
     }
     (dw, db)
+}
+
+/// One channel's part of the backward, in one pass over its positions: adds g·w and
+/// g·w·x̂ to the per-position sums `a` and `bsum`, and returns (Σ g·x̂, Σ g) — each reduction
+/// over 8 partial sums, in [`lane_sum`]'s order. Zipped slices, not indices, so that the
+/// loop has no bounds checks and vectorises.
+#[inline(always)]
+fn channel_sums<T: WithDType>(xc: &[T], gc: &[T], wc: f64, mean: &[f64], rstd: &[f64], a: &mut [f64], bsum: &mut [f64]) -> (f64, f64) {
+    let (mut lw, mut lb) = ([0.0f64; 8], [0.0f64; 8]);
+    let split = xc.len() / 8 * 8;
+    let step = |(((ai, bi), (&xv, &gv)), (&m, &s)): (((&mut f64, &mut f64), (&T, &T)), (&f64, &f64))| {
+        let (g, xh) = (gv.to_f64(), (xv.to_f64() - m) * s);
+        *ai += g * wc;
+        *bi += g * wc * xh;
+        (g * xh, g)
+    };
+    let chunks = a[..split].chunks_exact_mut(8).zip(bsum[..split].chunks_exact_mut(8)).zip(xc[..split].chunks_exact(8).zip(gc[..split].chunks_exact(8))).zip(mean[..split].chunks_exact(8).zip(rstd[..split].chunks_exact(8)));
+    for (((ac, bc), (xs, gs)), (ms, ss)) in chunks {
+        for (j, e) in ac.iter_mut().zip(bc.iter_mut()).zip(xs.iter().zip(gs)).zip(ms.iter().zip(ss)).enumerate() {
+            let (w, b) = step(e);
+            lw[j] += w;
+            lb[j] += b;
+        }
+    }
+    let tail = a[split..].iter_mut().zip(bsum[split..].iter_mut()).zip(xc[split..].iter().zip(&gc[split..])).zip(mean[split..].iter().zip(&rstd[split..]));
+    let (tw, tb) = tail.map(step).fold((0.0, 0.0), |(sw, sb), (w, b)| (sw + w, sb + b));
+    (lw.iter().fold(tw, |s, &v| s + v), lb.iter().fold(tb, |s, &v| s + v))
 }
 
 // The last-axis norm (inner = 1, every transformer here) has contiguous rows: the column
@@ -174,7 +199,7 @@ fn forward_rows<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let block = rows_per_task(w.len()) * w.len();
     written(x.len(), |y| {
         y.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(y, x)| {
-            avx2!(<T: WithDType> rows_forward(x: &[T] = x, w: &[T] = w, b: &[T] = b, y: &mut [MaybeUninit<T>] = y, eps: f64 = eps))
+            simd!(<T: WithDType> rows_forward(x: &[T] = x, w: &[T] = w, b: &[T] = b, y: &mut [MaybeUninit<T>] = y, eps: f64 = eps))
         });
     })
 }
@@ -189,7 +214,7 @@ fn backward_rows<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
             .zip(x.par_chunks(block).zip(dy.par_chunks(block)))
             .map(|(dx, (x, dy))| {
                 let mut acc = vec![T::zero(); 2 * c];
-                avx2!(<T: WithDType> rows_backward(x: &[T] = x, w: &[T] = w, dy: &[T] = dy, dx: &mut [MaybeUninit<T>] = dx, acc: &mut [T] = &mut acc, eps: f64 = eps));
+                simd!(<T: WithDType> rows_backward(x: &[T] = x, w: &[T] = w, dy: &[T] = dy, dx: &mut [MaybeUninit<T>] = dx, acc: &mut [T] = &mut acc, eps: f64 = eps));
                 acc
             })
             .collect();

@@ -1,15 +1,24 @@
-//! Run-time choice of AVX2 code for the element-wise kernels, and a vectorisable `exp`.
+//! Run-time choice of AVX2 or AVX-512 code for the element-wise kernels, and a vectorisable
+//! `exp`.
 //!
 //! The crate is built for baseline x86-64 (SSE2, 4 lanes) so that its binaries run on any
-//! x86-64 machine. The hot loops of the depthwise convolution and GELU are written as plain
-//! slice loops that LLVM vectorises; [`avx2!`] compiles such a loop a second time with AVX2
-//! (8 lanes) and picks that copy when the CPU has it. Both copies do the same arithmetic in
-//! the same order (Rust never contracts `a * b + c` into an FMA), so results do not depend on
-//! the machine.
+//! x86-64 machine. The hot loops of the depthwise convolution, the norms and GELU are written
+//! as plain slice loops that LLVM vectorises; [`simd!`] compiles such a loop twice more, with
+//! AVX2 (8 lanes) and with AVX-512 (16 lanes), and picks the widest copy the CPU runs. All
+//! copies do the same arithmetic in the same order (Rust never contracts `a * b + c` into an
+//! FMA, and LLVM does not reorder float reductions), so results do not depend on the machine.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// 0: not decided yet, 1: baseline copies, 2: AVX2 copies.
+/// The instruction sets the copies are compiled for, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Baseline = 1,
+    Avx2 = 2,
+    Avx512 = 3,
+}
+
+/// 0: not decided yet, else a [`Level`].
 static CHOICE: AtomicU8 = AtomicU8::new(0);
 
 fn is_f32<T: 'static>() -> bool {
@@ -28,55 +37,81 @@ pub(crate) fn as_f32_mut<T: 'static>(v: &mut [T]) -> Option<&mut [f32]> {
     is_f32::<T>().then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) })
 }
 
-/// Whether the AVX2 copies run: the CPU has AVX2 and `ET_NO_AVX2` is not set (the variable
-/// makes any machine run, and so test, the baseline copies).
-#[inline]
-pub(crate) fn has_avx2() -> bool {
-    match CHOICE.load(Ordering::Relaxed) {
-        0 => {
-            #[cfg(target_arch = "x86_64")]
-            let cpu = std::arch::is_x86_feature_detected!("avx2");
-            #[cfg(not(target_arch = "x86_64"))]
-            let cpu = false;
-            let on = cpu && std::env::var_os("ET_NO_AVX2").is_none();
-            CHOICE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        c => c == 2,
+/// The widest level this CPU runs, capped by the environment: `ET_NO_AVX2` runs the baseline
+/// copies, `ET_NO_AVX512` the AVX2 ones (so any machine can run, and test, the narrower
+/// copies).
+fn detect() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    let (avx2, avx512) = (std::arch::is_x86_feature_detected!("avx2"), std::arch::is_x86_feature_detected!("avx512f"));
+    #[cfg(not(target_arch = "x86_64"))]
+    let (avx2, avx512) = (false, false);
+    let off = |v: &str| std::env::var_os(v).is_some();
+    if !avx2 || off("ET_NO_AVX2") {
+        Level::Baseline
+    } else if !avx512 || off("ET_NO_AVX512") {
+        Level::Avx2
+    } else {
+        Level::Avx512
     }
 }
 
-/// Switches the AVX2 copies off (or back on, where the CPU has them): for tests that
-/// compare the two.
-#[cfg(test)]
-pub(crate) fn force_baseline(off: bool) {
-    let cpu = {
-        CHOICE.store(0, Ordering::Relaxed);
-        has_avx2()
-    };
-    CHOICE.store(if cpu && !off { 2 } else { 1 }, Ordering::Relaxed);
+/// The level whose copies run.
+#[inline]
+pub(crate) fn level() -> Level {
+    match CHOICE.load(Ordering::Relaxed) {
+        3 => Level::Avx512,
+        2 => Level::Avx2,
+        1 => Level::Baseline,
+        _ => {
+            let l = detect();
+            CHOICE.store(l as u8, Ordering::Relaxed);
+            l
+        }
+    }
 }
 
-/// `avx2!(<T: Bound> name(arg: Type = value, ...) -> Ret)` calls `name(value, ...)`, compiled for AVX2
-/// when the CPU has it. `name` should be `#[inline(always)]` so that its body, not a call to
-/// a baseline copy, lands in the AVX2 function. Closures inside `name` (rayon) are compiled
-/// on their own, without AVX2: call this from inside them, on a plane or a chunk.
-macro_rules! avx2 {
+/// Whether the AVX2 (or wider) copies run.
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    level() >= Level::Avx2
+}
+
+/// Runs the copies of `at` (or the widest this CPU has, if narrower): for tests that compare
+/// them. Returns the level now in force.
+#[cfg(test)]
+pub(crate) fn force(at: Level) -> Level {
+    CHOICE.store(0, Ordering::Relaxed);
+    let l = level().min(at);
+    CHOICE.store(l as u8, Ordering::Relaxed);
+    l
+}
+
+/// `simd!(<T: Bound> name(arg: Type = value, ...) -> Ret)` calls `name(value, ...)`, compiled
+/// for AVX-512 or AVX2 when the CPU has them. `name` should be `#[inline(always)]` so that its
+/// body, not a call to a baseline copy, lands in the wide functions. Closures inside `name`
+/// (rayon) are compiled on their own, without AVX: call this from inside them, on a plane or
+/// a chunk.
+macro_rules! simd {
     ($(<$($g:ident: $b:path),*>)? $name:ident($($arg:ident: $ty:ty = $val:expr),* $(,)?) $(-> $ret:ty)?) => {{
         $(let $arg: $ty = $val;)*
         #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
-        unsafe fn fast$(<$($g: $b),*>)?($($arg: $ty),*) $(-> $ret)? {
+        unsafe fn avx2$(<$($g: $b),*>)?($($arg: $ty),*) $(-> $ret)? {
             $name$(::<$($g),*>)?($($arg),*)
         }
-        if $crate::simd::has_avx2() {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { fast$(::<$($g),*>)?($($arg),*) }
-        } else {
+        #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,avx512f"))]
+        unsafe fn avx512$(<$($g: $b),*>)?($($arg: $ty),*) $(-> $ret)? {
             $name$(::<$($g),*>)?($($arg),*)
+        }
+        match $crate::simd::level() {
+            // SAFETY: the CPU supports AVX-512F (`level` checked it).
+            $crate::simd::Level::Avx512 => unsafe { avx512$(::<$($g),*>)?($($arg),*) },
+            // SAFETY: the CPU supports AVX2 (`level` checked it).
+            $crate::simd::Level::Avx2 => unsafe { avx2$(::<$($g),*>)?($($arg),*) },
+            $crate::simd::Level::Baseline => $name$(::<$($g),*>)?($($arg),*),
         }
     }};
 }
-pub(crate) use avx2;
+pub(crate) use simd;
 
 /// e^x in f32 from plain arithmetic (no libm call, no branch), so that loops around it
 /// vectorise: Cody–Waite reduction x = n·ln2 + r, |r| ≤ ln2/2, and Cephes' degree-6
@@ -133,11 +168,11 @@ mod tests {
         s
     }
 
-    /// Every op with AVX2 copies, forward and backward, run with both copies: the results
-    /// must be identical to the bit (the baseline copy is otherwise never run on an AVX2
-    /// machine). Other tests running meanwhile see either copy, which is the claim here.
+    /// Every op with wide copies, forward and backward, run with each copy this CPU has: the
+    /// results must be identical to the bit (the narrower copies otherwise never run on a wide
+    /// machine). Other tests running meanwhile see any copy, which is the claim here.
     #[test]
-    fn ops_agree_bit_for_bit_with_and_without_avx2() -> candle_core::Result<()> {
+    fn ops_agree_bit_for_bit_at_every_simd_level() -> candle_core::Result<()> {
         use crate::testing::seeded;
         use crate::{attention, batch_norm, depthwise, depthwise_nhwc, gelu, layer_norm, softmax, star_relu};
         use candle_core::{DType, Device, Tensor, Var};
@@ -177,10 +212,18 @@ mod tests {
             }
             out.iter().map(|t: &Tensor| Ok(t.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())).collect()
         };
-        force_baseline(true);
-        let baseline = run();
-        force_baseline(false);
-        assert_eq!(baseline?, run()?);
+        force(Level::Baseline);
+        let baseline = run()?;
+        let mut levels = vec![Level::Baseline];
+        for at in [Level::Avx2, Level::Avx512] {
+            let l = force(at);
+            if !levels.contains(&l) {
+                levels.push(l);
+                assert_eq!(baseline, run()?, "{l:?} copies differ from the baseline");
+            }
+        }
+        force(Level::Avx512);
+        eprintln!("compared the {levels:?} copies");
         Ok(())
     }
 
@@ -188,7 +231,7 @@ mod tests {
     fn both_copies_agree_bit_for_bit() {
         let xs: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin() * 20.0).collect();
         let (mut a, mut b) = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
-        let sa = avx2!(sum_sq(xs: &[f32] = &xs, out: &mut [f32] = &mut a) -> f32);
+        let sa = simd!(sum_sq(xs: &[f32] = &xs, out: &mut [f32] = &mut a) -> f32);
         let sb = sum_sq(&xs, &mut b);
         assert_eq!(sa.to_bits(), sb.to_bits());
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));

@@ -4,7 +4,7 @@
 //! run `cuda/softmax.cu` on CUDA tensors (f32 or bf16).
 
 use super::kernel::{contiguous, dispatch, Kernel};
-use super::simd::{avx2, exp_f32};
+use super::simd::{exp_f32, simd};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -59,7 +59,7 @@ fn softmax_in_place_f32(y: &mut [f32]) {
 fn softmax_f32(x: &[f32], cols: usize) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(cols).zip(x.par_chunks(cols)).with_min_len(rows_per_task(cols)).for_each(|(y, x)| {
-        avx2!(softmax_row_f32(x: &[f32] = x, y: &mut [f32] = y))
+        simd!(softmax_row_f32(x: &[f32] = x, y: &mut [f32] = y))
     });
     y
 }
@@ -93,7 +93,7 @@ fn softmax_in_place_exact<T: WithDType>(row: &mut [T]) {
 pub(crate) fn softmax_rows_in_place<T: WithDType>(s: &mut [T], cols: usize) {
     if let Some(s) = super::simd::as_f32_mut(s) {
         for row in s.chunks_exact_mut(cols) {
-            avx2!(softmax_in_place_f32(row: &mut [f32] = row));
+            simd!(softmax_in_place_f32(row: &mut [f32] = row));
         }
         return;
     }

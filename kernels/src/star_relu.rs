@@ -5,7 +5,7 @@
 
 use super::kernel::{dispatch, split, written, Kernel};
 use std::mem::MaybeUninit;
-use super::simd::avx2;
+use super::simd::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -20,7 +20,7 @@ impl Kernel for StarRelu {
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, s, b) = (i[0], i[1][0], i[2][0]);
         written(x.len(), |y| {
-            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| avx2!(<T: WithDType> forward_chunk(x: &[T] = x, y: &mut [MaybeUninit<T>] = y, s: T = s, b: T = b)));
+            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| simd!(<T: WithDType> forward_chunk(x: &[T] = x, y: &mut [MaybeUninit<T>] = y, s: T = s, b: T = b)));
         })
     }
 }
@@ -45,7 +45,7 @@ impl Kernel for StarReluGrad {
         let partial: Vec<[T; 2]> = out[..n]
             .par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .map(|(dx, (x, dy))| avx2!(<T: WithDType> grad_chunk(x: &[T] = x, dy: &[T] = dy, dx: &mut [T] = dx, two_s: T = two_s) -> [T; 2]))
+            .map(|(dx, (x, dy))| simd!(<T: WithDType> grad_chunk(x: &[T] = x, dy: &[T] = dy, dx: &mut [T] = dx, two_s: T = two_s) -> [T; 2]))
             .collect();
         for p in partial {
             out[n] += p[0];
