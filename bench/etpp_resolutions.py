@@ -8,7 +8,7 @@ state of the moment. Prints per round, then a table of medians: img/s of each, t
 and each resolution's speed-up over the base beside the ideal (base / r)^2.
 
     cargo build --release -p et-bench -p et-train
-    /path/to/python-with-torch-and-timm bench/etpp_resolutions.py [--rounds 3] [--threads 2] [--only convnext]
+    /path/to/python-with-torch-and-timm bench/etpp_resolutions.py [--rounds 3] [--threads 2] [--only convnext,resnet]
 """
 import argparse
 import json
@@ -66,9 +66,9 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=0, help="timed steps per run (default 5, 9 under 64 px)")
-    p.add_argument("--only", default="", help="run the configurations whose model name contains this")
+    p.add_argument("--only", default="", help="run the configurations whose model name contains one of these (comma-separated)")
     a = p.parse_args()
-    configs = [c for c in CONFIGS if a.only in c[0]]
+    configs = [c for c in CONFIGS if any(o in c[0] for o in a.only.split(","))]
     plans = [(m, b, e, base, plan_resolutions(m, base, e)) for m, b, e, base in configs]
     results = {}
     for rnd in range(1, a.rounds + 1):

@@ -17,11 +17,14 @@ fn planes_per_task(plane: usize) -> usize {
 }
 
 /// Copies an h×w plane into the interior of a zeroed (h+2p)×(w+2p) buffer, so that the
-/// inner loops need no bounds logic.
+/// inner loops need no bounds logic. A buffer already of that size is one this function
+/// filled before: only its interior was written, so its border is still zero.
 fn pad_plane<T: WithDType>(x: &[T], g: &Geom, buf: &mut Vec<T>) {
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-    buf.clear();
-    buf.resize(hp * wp, T::zero());
+    if buf.len() != hp * wp {
+        buf.clear();
+        buf.resize(hp * wp, T::zero());
+    }
     for (y, row) in x.chunks_exact(g.w).enumerate() {
         let start = (y + g.pad) * wp + g.pad;
         buf[start..start + g.w].copy_from_slice(row);
@@ -95,9 +98,10 @@ fn fwd_plane_s1<T: WithDType>(xpad: &[T], wk: &[T], bias: T, e: &mut Vec<T>, o: 
 #[inline(always)]
 fn fwd_plane_s1_blocks<T: WithDType, const L: usize>(xpad: &[T], wk: &[T], bias: T, e: &mut Vec<T>, o: &mut [T], g: Geom) {
     let (k, wp, len) = (g.k, g.w + 2 * g.pad, flat_len(&g));
-    e.clear();
-    e.resize(len, bias);
     let full = len / L * L;
+    // The blocks overwrite e[..full]; the tail accumulates onto the bias.
+    e.resize(len, T::zero());
+    e[full..].fill(bias);
     for (i0, block) in e[..full].chunks_exact_mut(L).enumerate() {
         let mut acc = [bias; L];
         for ky in 0..k {
@@ -121,11 +125,14 @@ fn fwd_plane_s1_blocks<T: WithDType, const L: usize>(xpad: &[T], wk: &[T], bias:
     }
 }
 
-/// An output-gradient plane laid out on the padded width, zeros in the extra columns.
+/// An output-gradient plane laid out on the padded width, zeros in the extra columns (which
+/// stay zero in a buffer of this size that this function filled before).
 fn spread_rows<T: WithDType>(go: &[T], e: &mut Vec<T>, g: &Geom) {
     let wp = g.w + 2 * g.pad;
-    e.clear();
-    e.resize(flat_len(g), T::zero());
+    if e.len() != flat_len(g) {
+        e.clear();
+        e.resize(flat_len(g), T::zero());
+    }
     for (oy, row) in go.chunks_exact(g.wo).enumerate() {
         e[oy * wp..oy * wp + g.wo].copy_from_slice(row);
     }

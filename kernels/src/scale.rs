@@ -1,7 +1,8 @@
 //! Per-channel scaling of NCHW tensors (ConvNeXt's layer scale γ), forward and backward in
 //! one pass each: candle's broadcast multiply costs a strided reduction for dγ.
 
-use super::kernel::{dispatch, ordered_sum, split, Kernel};
+use super::kernel::{dispatch, ordered_sum, split, written, Kernel};
+use super::simd::simd;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -25,15 +26,17 @@ impl Kernel for Scale {
     const NAME: &'static str = "channel scale";
     fn run<T: WithDType>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, gamma, d) = (i[0], i[1], self.d);
-        let mut y = vec![T::zero(); x.len()];
         // One item (all channels of one image, or one token) per task unit.
         let item = (d.c * d.hw).max(1);
-        y.par_chunks_mut(item).zip(x.par_chunks(item)).with_min_len((4096 / item).max(1)).for_each(|(y, x)| {
-            for ((y, x), &g) in y.chunks_mut(d.hw.max(1)).zip(x.chunks(d.hw.max(1))).zip(gamma) {
-                y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * g);
-            }
-        });
-        y
+        written(x.len(), |y| {
+            y.par_chunks_mut(item).zip(x.par_chunks(item)).with_min_len((4096 / item).max(1)).for_each(|(y, x)| {
+                for ((y, x), &g) in y.chunks_mut(d.hw.max(1)).zip(x.chunks(d.hw.max(1))).zip(gamma) {
+                    y.iter_mut().zip(x).for_each(|(y, &x)| {
+                        y.write(x * g);
+                    });
+                }
+            })
+        })
     }
 }
 
@@ -63,26 +66,54 @@ impl Kernel for ScaleGrad {
             return out;
         }
         // dx per plane; dγ per plane as a side result, summed per channel below.
-        let partial: Vec<T> = dx
-            .par_chunks_mut(d.hw)
-            .zip(x.par_chunks(d.hw).zip(dy.par_chunks(d.hw)))
+        let group = PLANES * d.hw;
+        let partial: Vec<[T; PLANES]> = dx
+            .par_chunks_mut(group)
+            .zip(x.par_chunks(group).zip(dy.par_chunks(group)))
             .enumerate()
-            .with_min_len((4096 / d.hw.max(1)).max(1))
-            .map(|(p, (dx, (x, dy)))| {
-                let g = gamma[p % d.c];
-                let mut acc = T::zero();
-                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    *dx = dy * g;
-                    acc += dy * x;
-                }
-                acc
+            .with_min_len((4096 / group.max(1)).max(1))
+            .map(|(i, (dx, (x, dy)))| {
+                let first = i * PLANES;
+                simd!(<T: WithDType> planes_grad(x: &[T] = x, dy: &[T] = dy, dx: &mut [T] = dx, gamma: &[T] = gamma, first: usize = first, d: Dims = d) -> [T; PLANES])
             })
             .collect();
-        for (p, v) in partial.into_iter().enumerate() {
-            out[x.len() + p % d.c] += v;
+        for (p, v) in partial.iter().flatten().take(d.n * d.c).enumerate() {
+            out[x.len() + p % d.c] += *v;
         }
         out
     }
+}
+
+/// Planes whose dγ sums run side by side: each plane's Σ dy·x is one chain of dependent adds
+/// (its order fixes the bits), so a single plane runs at one add per add latency; eight
+/// independent chains keep the adder busy.
+const PLANES: usize = 8;
+
+/// dx = dy·γ and Σ dy·x of up to [`PLANES`] consecutive planes (the first is plane `first` of
+/// the batch), each sum in position order.
+#[inline(always)]
+fn planes_grad<T: WithDType>(x: &[T], dy: &[T], dx: &mut [T], gamma: &[T], first: usize, d: Dims) -> [T; PLANES] {
+    let hw = d.hw;
+    let m = x.len() / hw;
+    for (j, (dx, dy)) in dx.chunks_exact_mut(hw).zip(dy.chunks_exact(hw)).enumerate() {
+        let g = gamma[(first + j) % d.c];
+        dx.iter_mut().zip(dy).for_each(|(dx, &dy)| *dx = dy * g);
+    }
+    let mut acc = [T::zero(); PLANES];
+    if m == PLANES {
+        let xs: [&[T]; PLANES] = std::array::from_fn(|j| &x[j * hw..(j + 1) * hw]);
+        let gs: [&[T]; PLANES] = std::array::from_fn(|j| &dy[j * hw..(j + 1) * hw]);
+        for i in 0..hw {
+            for j in 0..PLANES {
+                acc[j] += gs[j][i] * xs[j][i];
+            }
+        }
+    } else {
+        for (a, (x, dy)) in acc.iter_mut().zip(x.chunks_exact(hw).zip(dy.chunks_exact(hw))) {
+            *a = x.iter().zip(dy).fold(T::zero(), |s, (&x, &dy)| s + dy * x);
+        }
+    }
+    acc
 }
 
 impl CustomOp2 for Scale {
@@ -144,8 +175,9 @@ mod tests {
         let g = seeded(&[3], 2, &dev, DType::F32)?;
         let d = (scale_channels(&x, &g)? - x.broadcast_mul(&g.reshape((1, 3, 1, 1))?)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         assert_eq!(d, 0.0);
-        let x = Var::from_tensor(&seeded(&[2, 3, 2, 3], 3, &dev, DType::F64)?)?;
-        let g = Var::from_tensor(&seeded(&[3], 4, &dev, DType::F64)?)?;
+        // 18 planes: two full groups of eight whose dγ sums run side by side, and two more.
+        let x = Var::from_tensor(&seeded(&[2, 9, 2, 3], 3, &dev, DType::F64)?)?;
+        let g = Var::from_tensor(&seeded(&[9], 4, &dev, DType::F64)?)?;
         check_grads(&[&x, &g], |v| scale_channels(v[0], v[1]))
     }
 

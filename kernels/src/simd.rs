@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn ops_agree_bit_for_bit_at_every_simd_level() -> candle_core::Result<()> {
         use crate::testing::seeded;
-        use crate::{attention, batch_norm, depthwise, depthwise_nhwc, gelu, layer_norm, softmax, star_relu};
+        use crate::{attention, batch_norm, depthwise, depthwise_nhwc, gelu, layer_norm, scale, softmax, star_relu};
         use candle_core::{DType, Device, Tensor, Var};
         let dev = Device::Cpu;
         let x = Var::from_tensor(&(seeded(&[2, 3, 13, 11], 1, &dev, DType::F32)? * 3.0)?)?;
@@ -197,7 +197,7 @@ mod tests {
             let y = depthwise::depthwise_conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 3)?;
             let y = (y + depthwise::depthwise_conv2d(x.as_tensor(), w3.as_tensor(), b.as_tensor(), 2, 1)?.repeat((1, 1, 2, 2))?.narrow(2, 0, 13)?.narrow(3, 0, 11)?)?;
             let y = (y + batch_norm::batch_norm_train(x.as_tensor(), cw.as_tensor(), cb.as_tensor(), 1e-5)?.0)?;
-            let y = gelu::gelu(&y)?;
+            let y = gelu::gelu(&scale::scale_channels(&y, cw.as_tensor())?)?;
             let y = layer_norm::layer_norm(&y, lw.as_tensor(), lb.as_tensor(), 3, 1e-6)?;
             let y = layer_norm::layer_norm(&y, cw.as_tensor(), cb.as_tensor(), 1, 1e-6)?;
             let y = softmax::softmax_last_dim(&star_relu::star_relu(&y, ss.as_tensor(), sb.as_tensor())?)?;
