@@ -551,6 +551,14 @@ impl Ops for CandleOps {
         tape::op([x], |[x]| x.narrow(dim, start, len), move |g| Ok([Some(g.pad_with_zeros(dim, start, size - start - len)?)]))
     }
 
+    fn split(&self, x: &Tensor, dim: usize, lens: &[usize]) -> Result<Vec<Tensor>> {
+        let _r = self.rec(x)?;
+        if lens.iter().sum::<usize>() != x.dim(dim)? {
+            candle_core::bail!("split: pieces {lens:?} do not add up to dimension {dim} of {:?}", x.dims())
+        }
+        tape::split(x, dim, lens)
+    }
+
     fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
         let Some(first) = xs.first() else { candle_core::bail!("concat of no tensors") };
         let _r = self.rec(first)?;
@@ -664,6 +672,35 @@ mod tests {
         let diff = (ours - refr)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
         assert!(diff < 1e-12);
         check_grads(&[&x, &w, &b], |v| ops.conv2d(v[0], v[1], Some(v[2]), g))
+    }
+
+    /// On the tape, `split`'s gradient is the pieces' gradients side by side (zeros for the
+    /// unused middle piece; the first piece used twice): what candle's graph gives through
+    /// one `narrow` per piece.
+    #[test]
+    fn split_on_the_tape_matches_narrows_in_candles_graph() -> Result<()> {
+        let x = var(&[2, 3, 7], 30)?;
+        let r = seeded(&[2, 3, 2], 31, &Device::Cpu, DType::F64)?;
+        let grad = |ops: CandleOps| -> Result<Vec<f64>> {
+            let p = ops.split(x.as_tensor(), 2, &[2, 3, 2])?;
+            let y = ops.loss_input(&ops.add(&ops.add(&p[0], &p[2])?, &p[0])?)?;
+            let store = ops.backward(&(y * &r)?.sum_all()?)?;
+            let Some(g) = store.get(x.as_tensor()) else { candle_core::bail!("no gradient for x") };
+            g.flatten_all()?.to_vec1()
+        };
+        let (taped, graph) = (grad(CandleOps::train(0).taped())?, grad(CandleOps::train(0))?);
+        assert_eq!(taped, graph);
+        let r: Vec<f64> = r.flatten_all()?.to_vec1()?;
+        for (i, g) in taped.iter().enumerate() {
+            let (row, col) = (i / 7, i % 7);
+            let want = match col {
+                0 | 1 => 2.0 * r[row * 2 + col],
+                5 | 6 => r[row * 2 + col - 5],
+                _ => 0.0,
+            };
+            assert_eq!(*g, want, "element {i}");
+        }
+        Ok(())
     }
 
     #[test]

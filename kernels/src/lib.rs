@@ -31,6 +31,7 @@ pub mod linear;
 pub mod max_pool;
 pub mod pointwise;
 pub mod portable;
+mod profile;
 pub mod relu;
 pub mod scale;
 mod simd;

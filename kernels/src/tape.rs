@@ -22,6 +22,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
+use super::profile;
+
 /// Gradients of a node's outputs (None where none flowed) → gradients of its inputs.
 type Backward = Box<dyn FnOnce(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>>>;
 
@@ -94,7 +96,8 @@ impl Tape {
                 continue;
             }
             let n_in = node.inputs.len();
-            let ins = (node.backward)(&gs)?;
+            let backward = node.backward;
+            let ins = profile::timed(|| format!("{:?}", node.inputs.iter().map(|(_, s)| s.dims()).collect::<Vec<_>>()), || backward(&gs))?;
             if ins.len() != n_in {
                 candle_core::bail!("tape: a backward returned {} gradients for {n_in} inputs", ins.len())
             }
@@ -134,8 +137,9 @@ impl Tape {
             }
         }
         if let Some(s) = through_candle {
-            store.extend(s.backward()?)?;
+            store.extend(profile::timed(|| "parameters' candle graphs".into(), || s.backward())?)?;
         }
+        profile::report();
         Ok(())
     }
 }
@@ -200,6 +204,34 @@ pub(crate) fn cat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
         }).collect()
     }));
     Ok(y)
+}
+
+/// Consecutive pieces along `dim` (`lens` add up to its size), as views; the backward
+/// concatenates the pieces' gradients (zeros for a piece that got none) into one buffer,
+/// where a `narrow` per piece would pad each gradient to the whole size and then add them.
+pub(crate) fn split(x: &Tensor, dim: usize, lens: &[usize]) -> Result<Vec<Tensor>> {
+    let pieces = |x: &Tensor| -> Result<Vec<Tensor>> {
+        let mut start = 0;
+        lens.iter().map(|&len| {
+            start += len;
+            x.narrow(dim, start - len, len)
+        }).collect()
+    };
+    let Some(tape) = active() else { return pieces(x) };
+    if lens.len() < 2 {
+        return Ok(vec![x.clone()]);
+    }
+    let ys = pieces(&x.detach())?;
+    let shapes: Vec<Shape> = ys.iter().map(|y| y.shape().clone()).collect();
+    let (dtype, device) = (x.dtype(), x.device().clone());
+    tape.record(&[x], &ys.iter().collect::<Vec<_>>(), Box::new(move |g| {
+        let parts = g.iter().zip(&shapes).map(|(g, s)| match g {
+            Some(g) => Ok(g.clone()),
+            None => Tensor::zeros(s, dtype, &device),
+        }).collect::<Result<Vec<_>>>()?;
+        Ok(vec![Some(Tensor::cat(&parts, dim)?)])
+    }));
+    Ok(ys)
 }
 
 /// A candle composition with candle's own backward, for the rare paths without a kernel:

@@ -144,15 +144,16 @@ impl Block {
         let c = self.dim;
         let qkv = self.qkv.forward(o, &self.norm1.forward(o, x)?)?;
         let y = if self.attns.len() == 1 {
-            let (q, k, v) = (o.narrow(&qkv, 2, 0, c)?, o.narrow(&qkv, 2, c, c)?, o.narrow(&qkv, 2, 2 * c, c)?);
-            self.attns[0].forward(o, &q, &k, &v, (r, r), (r, r), c)?
+            let qkv = o.split(&qkv, 2, &[c; 3])?;
+            self.attns[0].forward(o, &qkv[0], &qkv[1], &qkv[2], (r, r), (r, r), c)?
         } else {
             let half = c / 2;
+            // q of branch 0, q of branch 1, k of branch 0, …
+            let parts = o.split(&qkv, 2, &[half; 6])?;
             let mut outs = Vec::with_capacity(2);
             // Branch 0: vertical stripes (full height); branch 1: horizontal stripes.
             for (b, window) in [(r, sw), (sw, r)].into_iter().enumerate() {
-                let part = |i: usize| o.narrow(&qkv, 2, i * c + b * half, half);
-                outs.push(self.attns[b].forward(o, &part(0)?, &part(1)?, &part(2)?, (r, r), window, half)?);
+                outs.push(self.attns[b].forward(o, &parts[b], &parts[2 + b], &parts[4 + b], (r, r), window, half)?);
             }
             o.concat(&[&outs[0], &outs[1]], 2)?
         };

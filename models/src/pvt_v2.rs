@@ -97,8 +97,9 @@ impl Attention {
             None => self.kv.forward(o, x)?,
         };
         let (c, heads) = (self.dim, self.heads);
-        let (k, v) = (o.narrow(&kv, 2, 0, c)?, o.narrow(&kv, 2, c, c)?);
-        self.proj.forward(o, &o.sdpa(&q, &k, &v, heads, c / heads, None)?)
+        let kv = o.split(&kv, 2, &[c, c])?;
+        let (k, v) = (&kv[0], &kv[1]);
+        self.proj.forward(o, &o.sdpa(&q, k, v, heads, c / heads, None)?)
     }
 }
 

@@ -90,6 +90,19 @@ pub trait Ops {
     fn pad_end(&self, x: &Self::T, pads: &[usize]) -> Result<Self::T>;
     /// `len` elements from `start` along `dim`.
     fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> Result<Self::T>;
+    /// Consecutive pieces of `x` along `dim`, of the given lengths (a fused qkv into q, k
+    /// and v). Back-ends with a tape override it: the pieces' gradients then meet in one
+    /// buffer instead of one zero-padded copy of `x` per piece.
+    fn split(&self, x: &Self::T, dim: usize, lens: &[usize]) -> Result<Vec<Self::T>> {
+        let mut start = 0;
+        lens.iter()
+            .map(|&len| {
+                let piece = self.narrow(x, dim, start, len);
+                start += len;
+                piece
+            })
+            .collect()
+    }
     /// Concatenation along `dim`.
     fn concat(&self, xs: &[&Self::T], dim: usize) -> Result<Self::T>;
     /// Inverse of [`Ops::to_tokens`]: (N, H·W, C) → (N, C, H, W) with H and W taken from the
