@@ -5,7 +5,10 @@ For each configuration the resolutions come from et-train's own plan (`et-train 
 (configuration, resolution) runs `et-bench train-step`, then `bench/torch_train_step.py`,
 back to back, once per round, rounds interleaved, so that each pair shares the machine's
 state of the moment. Prints per round, then a table of medians: img/s of each, their ratio,
-and each resolution's speed-up over the base beside the ideal (base / r)^2.
+and each resolution's speed-up over the base beside the ideal (base / r)^2. Both sides run the
+same model: Swin, like et-train, keeps the windows laid out for the base size and pads smaller
+maps (`--swin-at-size` has PyTorch build it for each size instead, with windows that shrink
+to small maps: less work at 96 px).
 
     cargo build --release -p et-bench -p et-train
     /path/to/python-with-torch-and-timm bench/etpp_resolutions.py [--rounds 3] [--threads 2] [--only convnext,resnet]
@@ -49,12 +52,14 @@ def rate(text):
     return float(m[-1]) if m else None
 
 
-def run_pair(model, batch, extra, size, threads, steps, python):
+def run_pair(model, batch, extra, size, threads, steps, python, base, swin_base_layout):
     steps = steps or (9 if size <= 64 else 5)
     args = ["--model", model, "--size", str(size), "--batch", str(batch), "--threads", str(threads),
             "--steps", str(steps), "--warmup", "1" if size > 64 else "2", *extra]
     ours = subprocess.run([os.path.join(ROOT, "target/release/et-bench"), "train-step", *args], capture_output=True, text=True)
-    theirs = subprocess.run([python, os.path.join(ROOT, "bench/torch_train_step.py"), *args], capture_output=True, text=True)
+    # Swin as et-train runs it below the base: windows laid out for the base, maps padded.
+    same = ["--built-for", str(base)] if model.startswith("swin") and swin_base_layout else []
+    theirs = subprocess.run([python, os.path.join(ROOT, "bench/torch_train_step.py"), *args, *same], capture_output=True, text=True)
     for name, p in (("et-bench", ours), ("torch", theirs)):
         if rate(p.stdout) is None:
             sys.exit(f"{name} failed for {model} at {size} px:\n{p.stdout[-800:]}{p.stderr[-800:]}")
@@ -66,6 +71,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=0, help="timed steps per run (default 5, 9 under 64 px)")
+    p.add_argument("--swin-at-size", action="store_true",
+                   help="PyTorch builds Swin for each step's size (windows shrink to small maps) instead of the same padded model et-train runs")
     p.add_argument("--only", default="", help="run the configurations whose model name contains one of these (comma-separated)")
     a = p.parse_args()
     configs = [c for c in CONFIGS if any(o in c[0] for o in a.only.split(","))]
@@ -74,7 +81,7 @@ def main():
     for rnd in range(1, a.rounds + 1):
         for m, b, e, base, sizes in plans:
             for s in sizes:
-                o, t = run_pair(m, b, e, s, a.threads, a.steps, sys.executable)
+                o, t = run_pair(m, b, e, s, a.threads, a.steps, sys.executable, base, not a.swin_at_size)
                 results.setdefault((m, b, base, s), []).append((o, t))
                 print(f"round {rnd} | {m} b{b} {s}px | ours {o:.2f} | pytorch {t:.2f} | ratio {o / t:.2f}", flush=True)
     print(f"\nmedians over {a.rounds} rounds, {a.threads} threads; speed-up = img/s at r over img/s at the base")

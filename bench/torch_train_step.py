@@ -19,15 +19,18 @@ import timm
 import torch
 
 
-def create(name, classes, size):
-    """The model as et-bench builds it at `size`: ViTs with their position embedding and
-    Swin with its windows laid out for that size (as et-train does from stage to stage);
-    CSWin, which timm lacks, from tools/cswin_ref.py."""
+def create(name, classes, size, built_for=None):
+    """The model as et-bench builds it at `size`: ViTs with their position embedding for that
+    size; Swin with its windows laid out for that size, or, given `built_for`, for that base
+    size and run at `size` with padded windows, which is what et-train and et-bench compute
+    (timm's `strict_img_size=False`); CSWin, which timm lacks, from tools/cswin_ref.py."""
     if name.startswith("CSWin"):
         import os, sys
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
         import cswin_ref
         return cswin_ref.create(name, num_classes=classes)
+    if built_for and name.startswith("swin"):
+        return timm.create_model(name, num_classes=classes, img_size=built_for, strict_img_size=False)
     kwargs = {"img_size": size} if name.startswith(("deit", "vit", "swin")) else {}
     return timm.create_model(name, num_classes=classes, **kwargs)
 
@@ -45,12 +48,13 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--built-for", type=int, default=None, help="Swin: build for this base size and run at --size with padded windows, as et-train does")
     a = p.parse_args()
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = create(a.model, a.classes, a.size)
+    model = create(a.model, a.classes, a.size, a.built_for)
     if a.stem_stride is not None:
         c = model.stem[0].out_channels
         model.stem[0] = torch.nn.Conv2d(3, c, kernel_size=a.stem_stride, stride=a.stem_stride)

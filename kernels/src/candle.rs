@@ -103,11 +103,13 @@ impl CandleOps {
     }
 
     /// Makes this op's tape (if any) the one kernels record on, for one method call.
+    #[track_caller]
     fn rec(&self, x: &Tensor) -> Result<Recording> {
+        let span = super::profile::span(std::panic::Location::caller(), x.dims());
         if self.tape.is_some() && !self.kernels_for(x) {
             candle_core::bail!("a taped training step runs the CPU kernels only (f32/f64 on the CPU), not {:?} on {:?}", x.dtype(), x.device())
         }
-        Ok(Recording::start(self.tape.as_ref()))
+        Ok(Recording::start(self.tape.as_ref(), span))
     }
 
     /// The same, always on the portable compositions (what CPU bf16 and the CUDA ops without

@@ -44,12 +44,13 @@ thread_local! {
     static ACTIVE: RefCell<Option<Rc<Tape>>> = const { RefCell::new(None) };
 }
 
-/// Makes `tape` the thread's recording tape until dropped (then restores the previous one).
-pub(crate) struct Recording(Option<Rc<Tape>>);
+/// Makes `tape` the thread's recording tape until dropped (then restores the previous one);
+/// times the op under `ET_PROFILE`.
+pub(crate) struct Recording(Option<Rc<Tape>>, #[allow(dead_code)] profile::Span);
 
 impl Recording {
-    pub(crate) fn start(tape: Option<&Rc<Tape>>) -> Recording {
-        Recording(ACTIVE.with(|a| std::mem::replace(&mut *a.borrow_mut(), tape.cloned())))
+    pub(crate) fn start(tape: Option<&Rc<Tape>>, span: profile::Span) -> Recording {
+        Recording(ACTIVE.with(|a| std::mem::replace(&mut *a.borrow_mut(), tape.cloned())), span)
     }
 }
 
@@ -88,6 +89,7 @@ impl Tape {
     /// recorded tensor `out`. Consumes the recorded nodes (each one's saved tensors are freed
     /// as it is processed).
     pub fn backward(&self, out: &Tensor, grad: Tensor, store: &mut GradStore) -> Result<()> {
+        profile::report_forward();
         let mut grads: HashMap<TensorId, Tensor> = HashMap::from([(out.id(), grad)]);
         let nodes = self.nodes.take();
         for node in nodes.into_iter().rev() {
