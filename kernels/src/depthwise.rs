@@ -8,6 +8,7 @@
 
 use super::kernel::{dispatch, Kernel, layer_grads, LayerGrads, sum, WindowGeom as Geom};
 use super::simd::simd;
+use super::transpose::transposed_batch;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -217,7 +218,22 @@ fn live_core<T: WithDType>(wt: &[T], g: Geom, t: usize) -> (Vec<T>, Geom) {
     (core, Geom { k: k2, pad: g.pad - t, ..g })
 }
 
+/// Maps of at most this many outputs run channels-last (`depthwise_nhwc.rs`). On a 4×4 map a
+/// 7×7 kernel meets the input with 16 of its 49 taps per output and a 16-output plane fills
+/// a quarter of one register block; channels-last skips the taps that meet only padding and
+/// vectorises over channels. On maps this small the transposes in and out cost little.
+const CHANNELS_LAST_MAX: usize = 16;
+
+fn channels_last(g: &Geom) -> bool {
+    g.stride == 1 && g.pad < g.k && g.ho * g.wo <= CHANNELS_LAST_MAX
+}
+
 fn forward<T: WithDType>(x: &[T], wt: &[T], b: &[T], g: Geom) -> Vec<T> {
+    if channels_last(&g) {
+        let xt = transposed_batch(x, g.n, g.c, g.h * g.w);
+        let yt = super::depthwise_nhwc::forward_channels_last(&xt, wt, b, (g.n, g.h, g.w, g.c), g.k, g.pad);
+        return transposed_batch(&yt, g.n, g.ho * g.wo, g.c);
+    }
     let t = dead_rings(&g);
     if t > 0 {
         let (core, g2) = live_core(wt, g, t);
@@ -308,6 +324,10 @@ fn grad_weight_plane<T: WithDType>(go: &[T], xpad: &[T], gwk: &mut [T], g: Geom)
 
 /// [dW (c·k·k), db (c)] in one buffer.
 fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
+    if channels_last(&g) {
+        let (got, xt) = (transposed_batch(go, g.n, g.c, g.ho * g.wo), transposed_batch(x, g.n, g.c, g.h * g.w));
+        return super::depthwise_nhwc::grad_weight_channels_last(&got, &xt, (g.n, g.h, g.w, g.c), g.k, g.pad);
+    }
     let t = dead_rings(&g);
     if t > 0 {
         // The dead taps' gradients are exact zeros: compute the live core, place it.
@@ -485,8 +505,9 @@ mod tests {
     #[test]
     fn forward_matches_grouped_conv() -> Result<()> {
         let dev = Device::Cpu;
-        // The last four: maps smaller than the kernel (dead rings of taps dropped).
-        for &(n, c, h, w, k, s, p) in &[(2, 3, 9, 7, 7, 1, 3), (1, 4, 8, 8, 3, 2, 1), (2, 2, 5, 6, 3, 1, 0), (1, 3, 7, 5, 3, 2, 0), (2, 3, 3, 3, 7, 1, 3), (1, 2, 1, 1, 7, 1, 3), (2, 2, 2, 3, 7, 1, 3), (1, 2, 2, 2, 5, 1, 4)] {
+        // The last five: maps smaller than the kernel; 16 outputs or fewer run channels-last
+        // (the last with 40 channels: a full register block of 32 and a partial one).
+        for &(n, c, h, w, k, s, p) in &[(2, 3, 9, 7, 7, 1, 3), (1, 4, 8, 8, 3, 2, 1), (2, 2, 5, 6, 3, 1, 0), (1, 3, 7, 5, 3, 2, 0), (2, 3, 3, 3, 7, 1, 3), (1, 2, 1, 1, 7, 1, 3), (2, 2, 2, 3, 7, 1, 3), (1, 2, 2, 2, 5, 1, 4), (2, 40, 4, 4, 7, 1, 3)] {
             let x = seeded(&[n, c, h, w], 1, &dev, DType::F32)?;
             let wt = seeded(&[c, 1, k, k], 2, &dev, DType::F32)?;
             let b = seeded(&[c], 3, &dev, DType::F32)?;
@@ -519,7 +540,8 @@ mod tests {
 
     #[test]
     fn dropping_dead_rings_changes_no_bit() -> Result<()> {
-        // The trimmed forward against the full one written out here (every tap, in order).
+        // The forward of a 3×3 map (channels-last, dead taps skipped) against the full one
+        // written out here (every tap, in order): skipping only w·0 terms keeps every bit.
         let (n, c, h, k, p) = (2, 3, 3, 7, 3);
         let dev = Device::Cpu;
         let x = seeded(&[n, c, h, h], 7, &dev, DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -540,7 +562,7 @@ mod tests {
     fn gradients_match_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
         // Stride 1 with pad < k takes the rotated-kernel input gradient, pad ≥ k the scatter.
-        for &(n, c, h, w, k, s, p) in &[(2, 2, 6, 5, 3, 1, 1), (1, 3, 7, 7, 3, 2, 1), (1, 2, 9, 8, 7, 1, 3), (2, 1, 5, 5, 3, 2, 0), (1, 2, 5, 6, 3, 1, 0), (1, 1, 4, 4, 3, 1, 3), (2, 2, 3, 3, 7, 1, 3), (1, 2, 1, 1, 7, 1, 3), (1, 2, 2, 3, 7, 1, 3)] {
+        for &(n, c, h, w, k, s, p) in &[(2, 2, 6, 5, 3, 1, 1), (1, 3, 7, 7, 3, 2, 1), (1, 2, 9, 8, 7, 1, 3), (2, 1, 5, 5, 3, 2, 0), (1, 2, 5, 6, 3, 1, 0), (1, 1, 4, 4, 3, 1, 3), (2, 2, 3, 3, 7, 1, 3), (1, 2, 1, 1, 7, 1, 3), (1, 2, 2, 3, 7, 1, 3), (2, 36, 4, 4, 7, 1, 3)] {
             let x = Var::from_tensor(&seeded(&[n, c, h, w], 4, &dev, DType::F64)?)?;
             let wt = Var::from_tensor(&seeded(&[c, 1, k, k], 5, &dev, DType::F64)?)?;
             let b = Var::from_tensor(&seeded(&[c], 6, &dev, DType::F64)?)?;

@@ -172,6 +172,19 @@ fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
     out
 }
 
+/// The stride-1 forward of channels-last maps `x` (N, H·W, C) with weight (C, 1, k, k) and
+/// padding `pad` < k: for the NCHW kernel's smallest maps (`depthwise.rs`).
+pub(crate) fn forward_channels_last<T: WithDType>(x: &[T], w: &[T], b: &[T], (n, h, wd, c): (usize, usize, usize, usize), k: usize, pad: usize) -> Vec<T> {
+    let g = Geom { n, h, w: wd, c, k, pad, ho: h + 2 * pad + 1 - k, wo: wd + 2 * pad + 1 - k };
+    forward(x, &tap_major(w, c, k * k), b, g)
+}
+
+/// Its weight and bias gradient, [dW (C, 1, k, k) flattened, db (C)], from channels-last
+/// `go` and `x`.
+pub(crate) fn grad_weight_channels_last<T: WithDType>(go: &[T], x: &[T], (n, h, wd, c): (usize, usize, usize, usize), k: usize, pad: usize) -> Vec<T> {
+    grad_weight(go, x, Geom { n, h, w: wd, c, k, pad, ho: h + 2 * pad + 1 - k, wo: wd + 2 * pad + 1 - k })
+}
+
 /// Forward op: (x tokens, weight (C, 1, k, k), bias) -> y tokens.
 struct Fwd {
     g: Geom,

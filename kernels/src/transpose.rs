@@ -64,6 +64,11 @@ pub(crate) fn transposed<T: WithDType>(x: &[T], r: usize, c: usize) -> Vec<T> {
     Transpose { b: 1, r, c }.run(&[x])
 }
 
+/// The (B, C, R) transpose of B row-major R×C matrices.
+pub(crate) fn transposed_batch<T: WithDType>(x: &[T], b: usize, r: usize, c: usize) -> Vec<T> {
+    Transpose { b, r, c }.run(&[x])
+}
+
 /// (B, R, C) → (B, C, R), contiguous, on the CPU.
 pub fn transpose_last2(x: &Tensor) -> Result<Tensor> {
     let (b, r, c) = x.dims3()?;
