@@ -19,6 +19,7 @@ pub fn drop_path_rate(rate: f64, i: usize, total: usize) -> f64 {
 pub const WEIGHT_INIT: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
 
 pub struct Conv2d {
+    /// (out, in / groups, k, k), or (out, in) for [`Conv2d::pointwise_from_linear`].
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub geom: ConvGeom,
@@ -34,19 +35,28 @@ impl Conv2d {
     /// A 1×1 convolution whose weight is stored as a linear layer's (out, in), as in
     /// ConvNeXt blocks without `conv_mlp`: same numbers, timm's names and shapes.
     pub fn pointwise_from_linear(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
-        let weight = vb.get_with_hints((c_out, c_in), "weight", WEIGHT_INIT)?.reshape((c_out, c_in, 1, 1))?;
+        // The parameter itself, not a 4-D view of it: a view is a tensor computed from the
+        // parameter, whose gradient candle's graph would have to carry back every step.
+        let weight = vb.get_with_hints((c_out, c_in), "weight", WEIGHT_INIT)?;
         let bias = Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?);
         Ok(Conv2d { weight, bias, geom: ConvGeom { stride: 1, padding: 0, groups: 1 } })
     }
 
     pub fn forward<O: Ops>(&self, o: &O, x: &O::T) -> Result<O::T> {
+        if self.weight.rank() == 2 {
+            return o.pointwise_linear(x, &self.weight, self.bias.as_ref());
+        }
         o.conv2d(x, &self.weight, self.bias.as_ref(), self.geom)
     }
 
     /// The convolution of tokens (N, H·W, C) laid out as the NCHW map `like`, as tokens
     /// ([`Ops::conv2d_tokens`]).
     pub fn forward_tokens<O: Ops>(&self, o: &O, x: &O::T, like: &O::T) -> Result<O::T> {
-        o.conv2d_tokens(x, like, &self.weight, self.bias.as_ref(), self.geom)
+        let w = match self.weight.dims() {
+            &[out, inp] => self.weight.reshape((out, inp, 1, 1))?,
+            _ => self.weight.clone(),
+        };
+        o.conv2d_tokens(x, like, &w, self.bias.as_ref(), self.geom)
     }
 }
 

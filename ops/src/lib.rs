@@ -25,6 +25,13 @@ pub trait Ops {
     fn conv2d(&self, x: &Self::T, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Self::T>;
     /// `x @ w^T + b` over the last dimension; `w` is (out, in) as in PyTorch.
     fn linear(&self, x: &Self::T, w: &Tensor, b: Option<&Tensor>) -> Result<Self::T>;
+    /// 1×1 convolution of NCHW `x` with a linear layer's (out, in) weight (ConvNeXt's MLP
+    /// without `conv_mlp`). Back-ends with a tape override it so that the gradient reaches the
+    /// stored parameter itself, not a reshaped view of it that candle's graph must carry back.
+    fn pointwise_linear(&self, x: &Self::T, w: &Tensor, b: Option<&Tensor>) -> Result<Self::T> {
+        let (o, i) = w.dims2()?;
+        self.conv2d(x, &w.reshape((o, i, 1, 1))?, b, ConvGeom { stride: 1, padding: 0, groups: 1 })
+    }
     /// LayerNorm over dimension 1 of an NCHW tensor (timm's `LayerNorm2d`).
     fn layer_norm_channels(&self, x: &Self::T, w: &Tensor, b: &Tensor, eps: f64) -> Result<Self::T>;
     /// LayerNorm over the last dimension.

@@ -76,6 +76,27 @@ impl OnnxOps {
     }
 
     /// An f32 initialiser holding `t` reshaped to `shape` (one per distinct tensor and shape).
+    /// A Conv node with weight `w` stored as `shape` (its own, or a 1×1 view of a linear's).
+    fn conv(&self, x: &Value, w: &Tensor, shape: &[usize], b: Option<&Tensor>, g: ConvGeom) -> Result<Value> {
+        let &[_, _, kh, kw] = shape else { candle_core::bail!("conv weight of shape {shape:?}: 4 dimensions expected") };
+        let wn = self.param(w, shape)?;
+        let mut inputs = vec![x.to_string(), wn];
+        if let Some(b) = b {
+            inputs.push(self.param(b, b.dims())?);
+        }
+        let p = g.padding as i64;
+        let s = g.stride as i64;
+        let attrs = vec![
+            ints_attr("kernel_shape", &[kh as i64, kw as i64]),
+            ints_attr("strides", &[s, s]),
+            ints_attr("pads", &[p, p, p, p]),
+            ints_attr("dilations", &[1, 1]),
+            int_attr("group", g.groups as i64),
+        ];
+        let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+        Ok(self.node("Conv", &refs, attrs))
+    }
+
     fn param(&self, t: &Tensor, shape: &[usize]) -> Result<String> {
         let key = (t.id(), shape.to_vec());
         if let Some(name) = self.graph.borrow().by_tensor.get(&key) {
@@ -163,23 +184,13 @@ impl Ops for OnnxOps {
     type T = Value;
 
     fn conv2d(&self, x: &Value, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Value> {
-        let (_, _, kh, kw) = w.dims4()?;
-        let wn = self.param(w, w.dims())?;
-        let mut inputs = vec![x.to_string(), wn];
-        if let Some(b) = b {
-            inputs.push(self.param(b, b.dims())?);
-        }
-        let p = g.padding as i64;
-        let s = g.stride as i64;
-        let attrs = vec![
-            ints_attr("kernel_shape", &[kh as i64, kw as i64]),
-            ints_attr("strides", &[s, s]),
-            ints_attr("pads", &[p, p, p, p]),
-            ints_attr("dilations", &[1, 1]),
-            int_attr("group", g.groups as i64),
-        ];
-        let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
-        Ok(self.node("Conv", &refs, attrs))
+        self.conv(x, w, w.dims(), b, g)
+    }
+
+    fn pointwise_linear(&self, x: &Value, w: &Tensor, b: Option<&Tensor>) -> Result<Value> {
+        // The (out, in) parameter keeps its name, stored as the (out, in, 1, 1) Conv weight.
+        let (o, i) = w.dims2()?;
+        self.conv(x, w, &[o, i, 1, 1], b, ConvGeom { stride: 1, padding: 0, groups: 1 })
     }
 
     fn linear(&self, x: &Value, w: &Tensor, b: Option<&Tensor>) -> Result<Value> {
