@@ -208,6 +208,7 @@ pub fn save(out: &Path, state: &TrainState, write_tensors: &dyn Fn(&Path) -> Res
     }
     state.checksum = state.compute_checksum()?;
     let json = serde_json::to_vec_pretty(&state).map_err(|e| TrainError::Internal(format!("training state: {e}")))?;
+    check_reads_back(&json, &state.checksum)?;
     write_atomic(&tmp.join(STATE_FILE), &json)?;
     let dir = root.join(&name);
     if dir.exists() {
@@ -218,6 +219,17 @@ pub fn save(out: &Path, state: &TrainState, write_tensors: &dyn Fn(&Path) -> Res
     write_atomic(&root.join(LATEST), name.as_bytes())?;
     prune(&root);
     Ok(dir)
+}
+
+/// A state is written only if reading it gives the same checksum: a number that does not
+/// survive JSON (a non-finite one, or a parser that rounds) would otherwise make the
+/// checkpoint look damaged at `--resume`, when it is too late.
+fn check_reads_back(json: &[u8], checksum: &str) -> Result<(), TrainError> {
+    let back: TrainState = serde_json::from_slice(json).map_err(|e| TrainError::Internal(format!("the training state does not read back from its JSON ({e}); no checkpoint written")))?;
+    if back.compute_checksum()? != checksum {
+        return Err(TrainError::Internal("the training state reads back from its JSON with other values (a non-finite number?); no checkpoint written".into()));
+    }
+    Ok(())
 }
 
 /// The checkpoint directories of `root` by step, newest first.
@@ -364,6 +376,29 @@ mod tests {
         std::fs::write(out.join(CHECKPOINTS_DIR).join(LATEST), b"../../etc").unwrap();
         assert_eq!(locate(&out).unwrap().dir, dirs[1]);
         assert!(locate(&out.join("nothing")).unwrap_err().to_string().contains("no checkpoint"));
+        std::fs::remove_dir_all(&out).ok();
+    }
+    #[test]
+    fn timings_and_rates_read_back_bit_exactly() {
+        // Values that serde_json's default (rounding) float parser reads back 1 ulp off, which
+        // made a third of checkpoints look damaged at --resume.
+        let out = std::env::temp_dir().join(format!("et-ckpt-floats-{}", std::process::id()));
+        let mut st = TrainState::fresh(TrainConfig::default(), Schedule::baseline(32, 1.0), 2);
+        st.elapsed_s = 994.1414234139935;
+        st.stage_elapsed_s = 958.7872702291189;
+        st.stage_seconds = vec![994.1414234139935, 958.7872702291189];
+        st.val_top1 = Some(958.7872702291189);
+        let writer = |d: &Path| std::fs::write(d.join("model.safetensors"), b"weights").map_err(|e| io_err(d, e));
+        let dir = save(&out, &st, &writer).unwrap();
+        let back = verify(&dir).unwrap();
+        assert_eq!(back.elapsed_s.to_bits(), st.elapsed_s.to_bits());
+        assert_eq!(back.stage_seconds, st.stage_seconds);
+        // A state that cannot read back is refused at save time, not found damaged later.
+        st.elapsed_s = f64::NAN;
+        st.step = 1;
+        let err = save(&out, &st, &writer).unwrap_err().to_string();
+        assert!(err.contains("no checkpoint written"), "{err}");
+        assert_eq!(locate(&out).unwrap().dir, dir, "the good checkpoint stays the latest");
         std::fs::remove_dir_all(&out).ok();
     }
 }
