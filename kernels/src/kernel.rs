@@ -264,11 +264,22 @@ pub(crate) fn add_in_order<T: WithDType>(parts: Vec<Vec<T>>, size: usize) -> Vec
 /// again for every few columns.
 const MIN_COLS: usize = 256;
 
-/// Images per GEMM for n images of hw pixels: enough for [`MIN_COLS`] columns, but at
-/// least one group per thread.
+/// Images per GEMM for n images of hw pixels: enough for [`MIN_COLS`] columns, at least one
+/// group per thread, and of the sizes between, the one that leaves the busiest thread the
+/// fewest images. Groups of exactly enough columns left remainders: 64 images of 3×3 went
+/// in groups of 29, 29 and 6, and the weight gradient, which gives each thread a run of
+/// whole groups, ran 58 images on one thread and 6 on the other.
 pub(crate) fn group_size(n: usize, hw: usize) -> usize {
-    let want = MIN_COLS.div_ceil(hw.max(1));
-    want.min(n.div_ceil(rayon::current_num_threads())).max(1)
+    group_size_for(n, hw, rayon::current_num_threads())
+}
+
+fn group_size_for(n: usize, hw: usize, threads: usize) -> usize {
+    let t = threads.max(1);
+    let fewest = MIN_COLS.div_ceil(hw.max(1)).min(n.div_ceil(t)).max(1);
+    // The most images a thread takes when each takes a run of whole groups; the smallest
+    // group size among the best, so that more groups are left for work stealing.
+    let load = |gs: usize| n.div_ceil(gs).div_ceil(t) * gs;
+    (fewest..=n.div_ceil(t).max(fewest)).min_by_key(|&gs| (load(gs), gs)).unwrap_or(fewest)
 }
 
 /// Runs `$body` with the const `N` = `$hw` for the deep stages' tiny maps (1×1 to 4×4 at low
@@ -355,5 +366,28 @@ mod tests {
             // SAFETY: initialised above.
             assert_eq!(back.iter().map(|v| unsafe { v.assume_init() }).collect::<Vec<_>>(), imgs, "hw {hw}");
         }
+    }
+
+    #[test]
+    fn image_groups_fill_the_gemm_and_share_evenly_over_the_threads() {
+        for t in 1..=4 {
+            for n in [1, 2, 7, 8, 16, 63, 64, 128] {
+                for hw in [1, 4, 9, 16, 25, 36, 49, 144, 256, 3136] {
+                    let gs = group_size_for(n, hw, t);
+                    let fewest = MIN_COLS.div_ceil(hw).min(n.div_ceil(t));
+                    assert!(gs >= fewest && gs <= n, "n {n} hw {hw} t {t}: {gs}");
+                    // Never more images on one thread than with groups of exactly enough
+                    // columns (the former rule).
+                    let load = |gs: usize| n.div_ceil(gs).div_ceil(t) * gs;
+                    assert!(load(gs) <= load(fewest.max(1)), "n {n} hw {hw} t {t}: {gs}");
+                }
+            }
+        }
+        // The case that ran 58 images on one thread and 6 on the other; ConvNeXt's 7×7 last
+        // stage at batch 16 (12 and 4 before).
+        assert_eq!(group_size_for(64, 9, 2), 32);
+        assert_eq!(group_size_for(16, 49, 2), 8);
+        // Maps large enough for one image per GEMM stay so.
+        assert_eq!(group_size_for(8, 256, 3), 1);
     }
 }
