@@ -247,17 +247,14 @@ impl Ops for CandleOps {
     }
 
     fn pointwise_linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        let (o, i) = w.dims2()?;
         if !self.kernels_for(x) {
-            return self.conv2d(x, &w.reshape((o, i, 1, 1))?, b, ConvGeom { stride: 1, padding: 0, groups: 1 });
+            return et_ops::pointwise_linear_as_conv(self, x, w, b);
         }
         let (w, b) = (self.p(w), self.po(b));
         let (w, b) = (&*w, b.as_deref());
         let _r = self.rec(x)?;
-        if x.dim(1)? != i {
-            candle_core::bail!("pointwise conv: weight {:?} does not fit input {:?}", w.dims(), x.dims())
-        }
-        pointwise_conv(x, w, &bias_or_zeros(b, o, x)?)
+        // pointwise_conv checks that the (out, in) weight fits x.
+        pointwise_conv(x, w, &bias_or_zeros(b, w.dims2()?.0, x)?)
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {

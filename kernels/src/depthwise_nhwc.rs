@@ -26,6 +26,13 @@ struct Geom {
     wo: usize,
 }
 
+impl Geom {
+    /// Stride 1, padding `pad` on every side: the only geometry this kernel runs.
+    fn stride1(n: usize, h: usize, w: usize, c: usize, k: usize, pad: usize) -> Geom {
+        Geom { n, h, w, c, k, pad, ho: h + 2 * pad + 1 - k, wo: w + 2 * pad + 1 - k }
+    }
+}
+
 /// Channels per register block: four AVX2 vectors of f32.
 const CB: usize = 32;
 
@@ -175,14 +182,13 @@ fn grad_weight<T: WithDType>(go: &[T], x: &[T], g: Geom) -> Vec<T> {
 /// The stride-1 forward of channels-last maps `x` (N, H·W, C) with weight (C, 1, k, k) and
 /// padding `pad` < k: for the NCHW kernel's smallest maps (`depthwise.rs`).
 pub(crate) fn forward_channels_last<T: WithDType>(x: &[T], w: &[T], b: &[T], (n, h, wd, c): (usize, usize, usize, usize), k: usize, pad: usize) -> Vec<T> {
-    let g = Geom { n, h, w: wd, c, k, pad, ho: h + 2 * pad + 1 - k, wo: wd + 2 * pad + 1 - k };
-    forward(x, &tap_major(w, c, k * k), b, g)
+    forward(x, &tap_major(w, c, k * k), b, Geom::stride1(n, h, wd, c, k, pad))
 }
 
 /// Its weight and bias gradient, [dW (C, 1, k, k) flattened, db (C)], from channels-last
 /// `go` and `x`.
 pub(crate) fn grad_weight_channels_last<T: WithDType>(go: &[T], x: &[T], (n, h, wd, c): (usize, usize, usize, usize), k: usize, pad: usize) -> Vec<T> {
-    grad_weight(go, x, Geom { n, h, w: wd, c, k, pad, ho: h + 2 * pad + 1 - k, wo: wd + 2 * pad + 1 - k })
+    grad_weight(go, x, Geom::stride1(n, h, wd, c, k, pad))
 }
 
 /// Forward op: (x tokens, weight (C, 1, k, k), bias) -> y tokens.
@@ -273,7 +279,7 @@ pub fn depthwise_conv2d_tokens(x: &Tensor, (h, w): (usize, usize), wt: &Tensor, 
     if pad >= k || h + 2 * pad < k || w + 2 * pad < k {
         candle_core::bail!("depthwise conv: a {h}x{w} map, kernel {k} and padding {pad} do not fit")
     }
-    let g = Geom { n, h, w, c, k, pad, ho: h + 2 * pad + 1 - k, wo: w + 2 * pad + 1 - k };
+    let g = Geom::stride1(n, h, w, c, k, pad);
     let args = [&x.contiguous()?, &wt.contiguous()?, &b.contiguous()?];
     super::tape::apply3([x, wt, b], args, Fwd { g })
 }

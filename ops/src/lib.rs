@@ -17,6 +17,13 @@ pub struct ConvGeom {
     pub groups: usize,
 }
 
+/// [`Ops::pointwise_linear`] as a plain 1×1 [`Ops::conv2d`] on a (out, in, 1, 1) view of
+/// the weight: the trait's default, and a back-end's fallback where it has no kernel.
+pub fn pointwise_linear_as_conv<O: Ops + ?Sized>(o: &O, x: &O::T, w: &Tensor, b: Option<&Tensor>) -> Result<O::T> {
+    let (out, inp) = w.dims2()?;
+    o.conv2d(x, &w.reshape((out, inp, 1, 1))?, b, ConvGeom { stride: 1, padding: 0, groups: 1 })
+}
+
 pub trait Ops {
     /// An activation: a candle tensor, or the name of an ONNX value.
     type T: Clone;
@@ -29,8 +36,7 @@ pub trait Ops {
     /// without `conv_mlp`). Back-ends with a tape override it so that the gradient reaches the
     /// stored parameter itself, not a reshaped view of it that candle's graph must carry back.
     fn pointwise_linear(&self, x: &Self::T, w: &Tensor, b: Option<&Tensor>) -> Result<Self::T> {
-        let (o, i) = w.dims2()?;
-        self.conv2d(x, &w.reshape((o, i, 1, 1))?, b, ConvGeom { stride: 1, padding: 0, groups: 1 })
+        pointwise_linear_as_conv(self, x, w, b)
     }
     /// LayerNorm over dimension 1 of an NCHW tensor (timm's `LayerNorm2d`).
     fn layer_norm_channels(&self, x: &Self::T, w: &Tensor, b: &Tensor, eps: f64) -> Result<Self::T>;

@@ -75,7 +75,6 @@ impl OnnxOps {
         out.into()
     }
 
-    /// An f32 initialiser holding `t` reshaped to `shape` (one per distinct tensor and shape).
     /// A Conv node with weight `w` stored as `shape` (its own, or a 1×1 view of a linear's).
     fn conv(&self, x: &Value, w: &Tensor, shape: &[usize], b: Option<&Tensor>, g: ConvGeom) -> Result<Value> {
         let &[_, _, kh, kw] = shape else { candle_core::bail!("conv weight of shape {shape:?}: 4 dimensions expected") };
@@ -97,6 +96,7 @@ impl OnnxOps {
         Ok(self.node("Conv", &refs, attrs))
     }
 
+    /// An f32 initialiser holding `t` reshaped to `shape` (one per distinct tensor and shape).
     fn param(&self, t: &Tensor, shape: &[usize]) -> Result<String> {
         let key = (t.id(), shape.to_vec());
         if let Some(name) = self.graph.borrow().by_tensor.get(&key) {
